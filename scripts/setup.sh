@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what iservice needs on a Debian 12 machine (run as root):
+# Debian packages, and a venv OUTSIDE /root so that the hook and test clients can
+# be executed by unprivileged users (SPEC §9). Idempotent and quick when done before.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${ISERVICE_VENV:-/opt/iservice}
+PKGS=(openvpn iproute2 iputils-ping nftables openssl python3-venv procps util-linux)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating the venv $VENV (Debian's /usr/bin/python3)"
+  /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+fi
+# Not editable: the checkout may live under /root, which other users cannot read.
+"$VENV/bin/pip" install -q --upgrade --force-reinstall --no-deps . >/dev/null
+"$VENV/bin/pip" install -q ".[dev]" >/dev/null
+chmod -R go+rX "$VENV"
+echo "setup: iservice $("$VENV/bin/iservice" --version | cut -d' ' -f2) in $VENV"

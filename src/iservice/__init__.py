@@ -1,0 +1,3 @@
+"""iservice: the OpenVPN Interactive Service, for Linux."""
+
+__version__ = "0.1.0"

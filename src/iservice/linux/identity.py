@@ -1,0 +1,134 @@
+"""Who is asking, and file checks made with *their* rights.
+
+* ``peer_credentials`` reads ``SO_PEERCRED`` of a connected AF_UNIX socket (the
+  Linux counterpart of impersonating the pipe client).
+* ``user_identity`` builds the uid, primary gid and supplementary groups from the
+  user and group databases, fresh for each request (a group change takes effect
+  at the next connection, like the original's ``NetLocalGroupGetMembers`` check).
+* ``UserPathResolver`` answers the validator's path questions in a short-lived
+  thread whose *file-system* credentials are the user's: ``setfsuid``/``setfsgid``
+  and a thread-local ``setgroups``, made as raw system calls because glibc's
+  wrappers for ``setgroups`` change every thread of the process.  When the fsuid
+  leaves 0 the kernel drops CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH from that thread,
+  so every ``stat``, ``readlink`` and ``open`` it makes is checked exactly as if
+  the user made it; the service never opens a user-chosen path as root.  The thread
+  ends after the check, so the changed credentials die with it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import grp
+import os
+import platform
+import pwd
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+# Raw system call numbers: the thread-local variants (see module docstring).
+_SYSCALLS = {
+    "x86_64": {"setgroups": 116, "setfsuid": 122, "setfsgid": 123},
+    "aarch64": {"setgroups": 159, "setfsuid": 151, "setfsgid": 152},
+}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+@dataclass(frozen=True)
+class PeerCredentials:
+    pid: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class UserIdentity:
+    uid: int
+    gid: int
+    name: str
+    home: str
+    groups: tuple[int, ...]  # supplementary groups, primary gid included
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """The (pid, uid, gid) of the process that connected ``sock``."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid)
+
+
+def user_identity(uid: int, gid: int) -> UserIdentity:
+    """Identity for ``uid``; a uid missing from the user database gets no extra groups."""
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return UserIdentity(uid=uid, gid=gid, name=str(uid), home="/", groups=(gid,))
+    groups = tuple(sorted(set(os.getgrouplist(pw.pw_name, pw.pw_gid))))
+    return UserIdentity(uid=uid, gid=pw.pw_gid, name=pw.pw_name, home=pw.pw_dir or "/",
+                        groups=groups)
+
+
+def is_admin(user: UserIdentity, admin_group: str) -> bool:
+    """uid 0, or a member of ``admin_group`` in the group database."""
+    if user.uid == 0:
+        return True
+    try:
+        gr = grp.getgrnam(admin_group)
+    except KeyError:
+        return False
+    return gr.gr_gid in user.groups or user.name in gr.gr_mem
+
+
+def _syscall(name: str, *args: int) -> int:
+    nums = _SYSCALLS.get(platform.machine())
+    if nums is None:
+        raise OSError(f"no thread-local credential syscalls known for {platform.machine()}")
+    if name == "setgroups":
+        count = len(args)
+        arr = (ctypes.c_uint * max(count, 1))(*args)
+        res = _libc.syscall(nums[name], ctypes.c_long(count), arr)
+    else:
+        res = _libc.syscall(nums[name], ctypes.c_long(args[0]))
+    if name == "setgroups" and res != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(res)
+
+
+def _become_fs_user(user: UserIdentity) -> None:
+    """Give the *calling thread* the user's file-system identity."""
+    _syscall("setgroups", *user.groups)
+    _syscall("setfsgid", user.gid)
+    _syscall("setfsuid", user.uid)
+    # setfsuid/setfsgid report no errors; reading back proves the switch happened.
+    if _syscall("setfsuid", -1 & 0xFFFFFFFF) != user.uid or \
+            _syscall("setfsgid", -1 & 0xFFFFFFFF) != user.gid:
+        raise OSError("could not take the user's file-system identity")
+
+
+def run_as_fs_user(user: UserIdentity, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a fresh thread holding ``user``'s file-system rights."""
+    if os.geteuid() != 0 or user.uid == 0:
+        return fn()  # nothing to drop (tests as non-root, or root asking)
+    box: dict[str, object] = {}
+
+    def body() -> None:
+        try:
+            _become_fs_user(user)
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=body, name=f"fs-user-{user.uid}", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]

@@ -1,0 +1,117 @@
+"""Start openvpn as the requesting user and watch it (SPEC §4).
+
+The child gets the user's uid, gid and supplementary groups, a clean
+environment (none of the service's variables), the nice value of ``priority``,
+stdin = the startup message's ``stdin`` (UTF-8) then EOF, stdout/stderr to the
+session log or ``/dev/null``, and exactly one extra descriptor: its end of the
+session channel.  The process starts in ``/``; openvpn itself enters the working
+directory through a leading ``--cd DIR`` option, so the directory is entered with
+the user's rights (a root ``chdir`` before dropping privileges would not check them).
+
+The process is watched through a pidfd: its exit ends the session even if some
+child still holds the channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from iservice.linux.identity import UserIdentity
+
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def clean_environment(user: UserIdentity) -> dict[str, str]:
+    return {"PATH": SAFE_PATH, "HOME": user.home, "USER": user.name, "LOGNAME": user.name,
+            "LANG": "C.UTF-8"}
+
+
+def exit_status(returncode: int) -> int:
+    """Shell convention: killed by signal N → 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+@dataclass
+class Child:
+    proc: subprocess.Popen[bytes]
+    pidfd: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def wait(self) -> int:
+        """Wait for exit without a thread; returns the shell-style exit status."""
+        if self.proc.returncode is None:
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(self.pidfd, lambda: _wake(fut))
+            try:
+                await fut
+            finally:
+                loop.remove_reader(self.pidfd)
+            self.proc.wait()
+        assert self.proc.returncode is not None
+        return exit_status(self.proc.returncode)
+
+    def signal(self, sig: int) -> None:
+        if self.proc.returncode is None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        try:
+            os.close(self.pidfd)
+        except OSError:
+            pass
+
+
+def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir: str,
+                  nice: int, stdin: bytes, channel_fd: int, log_path: str | None) -> Child:
+    out: int | None = None
+    try:
+        if log_path is not None:
+            out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        proc = subprocess.Popen(
+            [exe, "--cd", workdir, *argv],
+            executable=exe,
+            stdin=subprocess.PIPE,
+            stdout=out if out is not None else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            pass_fds=(channel_fd,),
+            cwd="/",
+            env=clean_environment(user),
+            user=user.uid,
+            group=user.gid,
+            extra_groups=list(user.groups),
+            start_new_session=True,  # no signals from the service's terminal
+        )
+    finally:
+        if out is not None:
+            os.close(out)
+    pidfd = os.pidfd_open(proc.pid)
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
+        except OSError:
+            pass  # it already exited; the session will see that
+    assert proc.stdin is not None
+    try:
+        # At most 4096 UTF-16 units: fits a pipe buffer, so this never blocks.
+        proc.stdin.write(stdin)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    return Child(proc, pidfd)

@@ -1,0 +1,126 @@
+"""Per-session tun devices: created persistent and owned by the user, deleted by index.
+
+The service (root) creates the device; openvpn, running as the user, later attaches
+to it with ``--dev <name> --dev-type tun``.  The kernel lets a non-root process attach
+only when its euid is the device's owner and it is in the device's group.
+
+A tun is created in the network namespace of the thread doing the ioctl, so
+``netns_path`` runs the whole creation in a thread inside that namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import socket
+import struct
+
+from iservice.linux.netlink import NetlinkError, Rtnl, rtnl_in_netns, run_in_netns
+
+# linux/if_tun.h (_IOW('T', n, int) with the generic ioctl encoding)
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+TUNSETOWNER = 0x400454CC
+TUNSETGROUP = 0x400454CE
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFF_TUN_EXCL = 0x8000  # the kernel answers EBUSY instead of attaching to an existing device
+
+_IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, flags, rest of the union
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_TUN_DEV = "/dev/net/tun"
+
+
+def check_tun_name(name: str) -> str:
+    """``name`` if it is a safe interface name (<= 15 chars of [A-Za-z0-9_.-])."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"bad tun device name {name!r}")
+    return name
+
+
+def _check_id(value: int, what: str) -> int:
+    # (u32)-1 means "no owner" to the kernel: refuse it rather than leave the device open.
+    if type(value) is not int or not 0 <= value < 0xFFFFFFFF:
+        raise ValueError(f"bad {what} {value!r}")
+    return value
+
+
+def _c_int(value: int) -> int:
+    # fcntl.ioctl passes an int argument as a C int; the kernel reads an unsigned long
+    # and keeps the low 32 bits, so ids above 2**31 travel as their negative alias.
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _create(name: str, uid: int, gid: int) -> int:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        pass  # no such device: good
+    else:
+        raise FileExistsError(errno.EEXIST, f"network device {name} already exists")
+    fd = os.open(_TUN_DEV, os.O_RDWR | os.O_CLOEXEC)
+    persistent = False
+    try:
+        # EXCL closes the race with the check above: never take over someone's device.
+        fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), IFF_TUN | IFF_NO_PI | IFF_TUN_EXCL))
+        fcntl.ioctl(fd, TUNSETOWNER, _c_int(uid))
+        fcntl.ioctl(fd, TUNSETGROUP, _c_int(gid))
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
+        persistent = True
+        index = socket.if_nametoindex(name)
+        persistent = False  # success: the device stays
+        return index
+    finally:
+        if persistent:  # failed after TUNSETPERSIST: undo it so close() destroys the device
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(fd, TUNSETPERSIST, 0)
+        os.close(fd)  # without TUNSETPERSIST (an earlier failure) this removes the device
+
+
+def create_tun(name: str, uid: int, gid: int, *, netns_path: str | None = None) -> int:
+    """Create the persistent tun ``name`` owned by ``uid``/``gid``; return its ifindex.
+
+    Raises FileExistsError (EEXIST) if a device of that name exists, OSError (EBUSY)
+    if one appeared meanwhile, ValueError for a bad name or id.
+    """
+    check_tun_name(name)
+    _check_id(uid, "uid")
+    _check_id(gid, "gid")
+    if netns_path is None:
+        return _create(name, uid, gid)
+    return run_in_netns(netns_path, lambda: _create(name, uid, gid))
+
+
+def delete_tun(name_or_index: str | int, *, rtnl: Rtnl | None = None,
+               netns_path: str | None = None) -> None:
+    """Delete a tun device (its addresses and routes go with it); gone already is fine.
+
+    Refuses (EINVAL) to delete a device that is not a tun.  Uses ``rtnl`` when given,
+    else a temporary socket (in ``netns_path`` if given).
+    """
+    if isinstance(name_or_index, str):
+        check_tun_name(name_or_index)
+    own = rtnl is None
+    if rtnl is None:
+        rtnl = Rtnl() if netns_path is None else rtnl_in_netns(netns_path)
+    try:
+        if isinstance(name_or_index, str):
+            index = rtnl.link_index(name_or_index)
+            if index is None:
+                return
+        else:
+            index = name_or_index
+        try:
+            info = rtnl.link_info(index)
+            if info.kind != "tun":
+                raise OSError(errno.EINVAL, f"device {info.name} ({index}) is not a tun")
+            rtnl.link_del(index)
+        except NetlinkError as exc:
+            if exc.errno != errno.ENODEV:
+                raise
+    finally:
+        if own:
+            rtnl.close()

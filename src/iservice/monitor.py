@@ -1,0 +1,258 @@
+"""The privileged part: a closed set of typed operations, journaled, in one thread.
+
+Like OpenSSH's monitor, this is the only code that changes the system.  Every
+public method is one row of the allowed vocabulary; each takes values the
+request policy already checked (ifindexes, ``ipaddress`` objects, ranged ints),
+never wire bytes or user-supplied interface names.  All methods run in a single
+worker thread (``Monitor.call``), which owns the netlink socket and the journal,
+so changes are serialized and the journal is always written *before* the change.
+
+Undo reads only the journal, newest first.  Routes and addresses on a session's
+tun die with the tun, so undo deletes those implicitly by deleting the tun last;
+everything else (bypass routes, later DNS and firewall state) is undone
+explicitly.  Routes carry our own ``rtm_protocol``, and are deleted with it, so
+undo can never remove a route the session did not add.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from ipaddress import ip_address, ip_network
+from typing import Any, TypeVar
+
+from iservice import errors
+from iservice.journal import Journal
+from iservice.linux import tun as tundev
+from iservice.linux.netlink import NetlinkError, Route, Rtnl
+from iservice.policy.requests import (
+    AddAddress,
+    AddRoute,
+    DefaultRoute,
+    DelAddress,
+    DelRoute,
+    FlushNeighbors,
+    Nothing,
+    Operation,
+    SetMtu,
+)
+
+log = logging.getLogger("iservice.monitor")
+T = TypeVar("T")
+
+# Kernel errnos that mean "already gone" when undoing.
+_GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
+
+
+def errno_to_ack(err: int) -> int:
+    """The ack's error_number for a kernel errno (openvpn reads 5010 as "exists")."""
+    if err == errno.EEXIST:
+        return errors.ERROR_OBJECT_ALREADY_EXISTS
+    if err in (errno.ENOENT, errno.ESRCH):
+        return errors.ERROR_NOT_FOUND
+    if err in (errno.EPERM, errno.EACCES):
+        return errors.ERROR_ACCESS_DENIED
+    return err
+
+
+@dataclass(frozen=True)
+class Applied:
+    """Result of one operation: ack error number (0 = done) and its journal id."""
+    error: int
+    change_id: int | None = None
+
+
+def _route_data(op: AddRoute) -> dict[str, Any]:
+    return {"dst": str(op.key.dst), "oif": op.oif, "metric": op.key.metric,
+            "gw": None if op.gateway is None else str(op.gateway), "bypass": op.key.bypass}
+
+
+def _route_from_data(d: dict[str, Any]) -> Route:
+    return Route(dst=ip_network(d["dst"]), oif=d["oif"],
+                 gateway=None if d["gw"] is None else ip_address(d["gw"]),
+                 metric=None if d["metric"] < 0 else d["metric"])
+
+
+class Monitor:
+    def __init__(self, journal_path: str, *, rtnl_factory: Callable[[], Rtnl] = Rtnl) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="monitor")
+        self._journal_path = journal_path
+        self._rtnl_factory = rtnl_factory
+        self.journal: Journal
+        self.rtnl: Rtnl
+        self._pool.submit(self._open).result()
+        # tun ifindex of each live session: their tun routes die with the tun.
+        self._tuns: dict[int, int] = {}
+
+    def _open(self) -> None:
+        self.journal = Journal(self._journal_path)
+        self.rtnl = self._rtnl_factory()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        def _close() -> None:
+            self.rtnl.close()
+            self.journal.close()
+        self._pool.submit(_close).result()
+        self._pool.shutdown()
+
+    # -- rows of the vocabulary (run in the monitor thread) -------------------
+
+    def begin_session(self, uid: int, client_pid: int, info: dict[str, Any]) -> int:
+        session_id: int = self.journal.new_session(uid, client_pid, info)
+        return session_id
+
+    def set_session_info(self, session_id: int, info: dict[str, Any]) -> None:
+        self.journal.update_session_info(session_id, info)
+
+    def create_tun(self, session_id: int, name: str, uid: int, gid: int) -> int:
+        change = self.journal.record(session_id, "tun", {"name": name, "ifindex": None})
+        try:
+            ifindex = tundev.create_tun(name, uid, gid)
+        except OSError:
+            self.journal.forget([change])
+            raise
+        self.journal.update(change, {"name": name, "ifindex": ifindex})
+        self._tuns[session_id] = ifindex
+        self.rtnl.link_set(ifindex, up=True)
+        return ifindex
+
+    def default_route(self, family: int) -> DefaultRoute | None:
+        r = self.rtnl.default_route(family)
+        if r is None or r.gateway is None or r.oif is None:
+            return None
+        return DefaultRoute(gateway=r.gateway, oif=r.oif)
+
+    def apply(self, session_id: int, tun_ifindex: int,
+              ops: Sequence[Operation]) -> list[Applied]:
+        """Apply decided operations in order; consecutive route ops go as one batch."""
+        results: list[Applied] = []
+        i = 0
+        while i < len(ops):
+            op = ops[i]
+            if isinstance(op, AddRoute | DelRoute):
+                j = i
+                while j < len(ops) and isinstance(ops[j], AddRoute | DelRoute):
+                    j += 1
+                results.extend(self._routes(session_id, tun_ifindex, ops[i:j]))
+                i = j
+                continue
+            results.append(self._one(session_id, tun_ifindex, op))
+            i += 1
+        return results
+
+    def _one(self, session_id: int, tun_ifindex: int, op: Operation) -> Applied:
+        try:
+            if isinstance(op, AddAddress):
+                data = {"address": str(op.key.address), "prefix_len": op.key.prefix_len,
+                        "ifindex": tun_ifindex}
+                change = self.journal.record(session_id, "addr", data)
+                try:
+                    self.rtnl.addr_add(tun_ifindex, op.key.address, op.key.prefix_len)
+                except OSError:
+                    self.journal.forget([change])
+                    raise
+                return Applied(0, change)
+            if isinstance(op, DelAddress):
+                try:
+                    self.rtnl.addr_del(tun_ifindex, op.key.address, op.key.prefix_len)
+                except OSError as exc:
+                    if exc.errno not in _GONE:
+                        raise
+                self.journal.forget([op.change_id])
+                return Applied(0)
+            if isinstance(op, SetMtu):
+                # Not journaled: the tun is ours and is deleted at the end.
+                self.rtnl.link_set(tun_ifindex, mtu=op.mtu)
+                return Applied(0)
+            if isinstance(op, FlushNeighbors):
+                self.rtnl.neigh_flush(tun_ifindex, op.family)
+                return Applied(0)
+            if isinstance(op, Nothing):
+                return Applied(0)
+        except OSError as exc:
+            return Applied(errno_to_ack(exc.errno or errno.EIO))
+        raise TypeError(f"not an operation: {op!r}")
+
+    def _routes(self, session_id: int, tun_ifindex: int,
+                ops: Sequence[Operation]) -> list[Applied]:
+        adds = [op for op in ops if isinstance(op, AddRoute)]
+        ids = iter(self.journal.record_many(session_id, "route", [_route_data(a) for a in adds]))
+        batch: list[tuple[bool, Route]] = []
+        change_ids: list[int | None] = []
+        for op in ops:
+            if isinstance(op, AddRoute):
+                batch.append((True, _route_from_data(_route_data(op))))
+                change_ids.append(next(ids))
+            else:
+                assert isinstance(op, DelRoute)
+                recorded = self.journal.get(op.change_id)
+                if recorded is None:  # cannot happen: the policy matched the record
+                    raise LookupError(f"journal record {op.change_id} is missing")
+                batch.append((False, _route_from_data(recorded.data)))
+                change_ids.append(op.change_id)
+        errs = self.rtnl.routes_apply(batch)
+        forget: list[int] = []
+        out: list[Applied] = []
+        for (is_add, _route), cid, err in zip(batch, change_ids, errs, strict=True):
+            if not is_add and err in _GONE:
+                err = 0  # already gone: the delete's intent holds
+            # A failed add and a done delete both leave nothing to undo.
+            if cid is not None and (bool(err) == is_add):
+                forget.append(cid)
+            out.append(Applied(errno_to_ack(err) if err else 0, cid if is_add else None))
+        self.journal.forget(forget)
+        return out
+
+    def forget(self, change_ids: Sequence[int]) -> None:
+        self.journal.forget(change_ids)
+
+    def undo_session(self, session_id: int) -> list[str]:
+        """Undo everything the journal holds for the session; returns problems seen."""
+        problems: list[str] = []
+        changes = self.journal.changes(session_id)
+        tun_indexes = {c.data.get("ifindex") for c in changes if c.kind == "tun"}
+        for c in changes:
+            try:
+                if c.kind == "route":
+                    if c.data["oif"] in tun_indexes and not c.data["bypass"]:
+                        continue  # dies with the tun
+                    err = self.rtnl.routes_apply([(False, _route_from_data(c.data))])[0]
+                    if err and err not in _GONE:
+                        problems.append(f"route {c.data['dst']}: {errno.errorcode.get(err, err)}")
+                elif c.kind == "addr":
+                    continue  # dies with the tun
+                elif c.kind == "tun":
+                    self._delete_tun(c.data)
+                else:
+                    problems.append(f"unknown journal record kind {c.kind!r}")
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    problems.append(f"{c.kind} {c.data}: {exc}")
+        self.journal.end_session(session_id)
+        self._tuns.pop(session_id, None)
+        return problems
+
+    def _delete_tun(self, data: dict[str, Any]) -> None:
+        # Found by name whether or not its ifindex was recorded (the service may have
+        # been killed in between): istun<session id> is ours, ids are never reused.
+        # delete_tun refuses a device that is not a tun.
+        tundev.delete_tun(str(data["name"]), rtnl=self.rtnl)
+
+    def leftover_sessions(self) -> list[int]:
+        return [s.id for s in self.journal.sessions()]
+
+
+def family_name(family: int) -> str:
+    return "IPv4" if family == socket.AF_INET else "IPv6"
+
+
+__all__ = ["Applied", "Monitor", "NetlinkError", "errno_to_ack", "family_name"]

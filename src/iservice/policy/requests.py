@@ -1,0 +1,278 @@
+"""What a session may change: channel messages → typed operations (SPEC §6).
+
+Every channel message is hostile input: the user owns openvpn's process and can
+write anything to the channel.  ``RequestPolicy.decide`` turns one decoded
+message into exactly one typed operation (the closed set below, like the rows of
+OpenSSH's monitor table) or raises ``Refused`` with the ack's error number.  It
+does no I/O; it checks the message against the session's *own records* (its tun's
+ifindex, what it added, its limits), never against names the message supplies.
+
+Rules:
+* Addresses, MTU, neighbour flush and routes through the tun: only on the
+  session's own tun (by ifindex, or index 0xFFFFFFFF with exactly its name).
+  Anything naming another interface → access denied (5).
+* A route not through the tun is a *bypass* route: only a host route (/32, /128)
+  via the current default gateway of its family, on that gateway's interface (or
+  with the interface left unset), at most ``max_bypass_routes`` per session, and
+  never for a destination that lies inside a route another live session owns
+  (it would shadow that route).
+* Ranges: prefix lengths 0…32 / 0…128 for routes (1… for addresses), no host bits
+  set, metric -1 (unset) or ≥ 0, MTU 576…65535 (IPv4) / 1280…65535 (IPv6), no
+  multicast/loopback/unspecified addresses.
+* Limits per session: routes, addresses.
+* A delete must match something this session added (the journal's key), else
+  ``ERROR_NOT_FOUND`` and nothing is touched.
+* Windows-only types (WINS, DHCP, create_adapter) → ``ERROR_NOT_SUPPORTED``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+
+from iservice import errors
+from iservice.wire import msg as m
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+
+class Refused(Exception):
+    """The request is not allowed; ``error_number`` goes into the ack."""
+
+    def __init__(self, error_number: int, reason: str) -> None:
+        super().__init__(reason)
+        self.error_number = error_number
+        self.reason = reason
+
+
+# -- the closed set of operations --------------------------------------------
+
+@dataclass(frozen=True)
+class RouteKey:
+    """How a route is identified for delete-matching and undo."""
+    dst: IPNetwork
+    bypass: bool
+    metric: int  # -1 = unset
+
+
+@dataclass(frozen=True)
+class AddressKey:
+    address: IPAddress
+    prefix_len: int
+
+
+@dataclass(frozen=True)
+class AddAddress:
+    key: AddressKey
+
+
+@dataclass(frozen=True)
+class DelAddress:
+    key: AddressKey
+    change_id: int  # the journal record of the add being undone
+
+
+@dataclass(frozen=True)
+class AddRoute:
+    key: RouteKey
+    oif: int
+    gateway: IPAddress | None  # only for bypass routes: the default gateway
+
+
+@dataclass(frozen=True)
+class DelRoute:
+    key: RouteKey
+    change_id: int  # the journal record of the add being undone
+
+
+@dataclass(frozen=True)
+class SetMtu:
+    mtu: int
+
+
+@dataclass(frozen=True)
+class FlushNeighbors:
+    family: int  # socket.AF_INET / AF_INET6
+
+
+@dataclass(frozen=True)
+class Nothing:
+    """Acknowledge without doing anything (e.g. register_dns with no cache to flush)."""
+
+
+Operation = AddAddress | DelAddress | AddRoute | DelRoute | SetMtu | FlushNeighbors | Nothing
+
+
+@dataclass(frozen=True)
+class DefaultRoute:
+    gateway: IPAddress
+    oif: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_routes: int
+    max_addresses: int
+    max_bypass_routes: int
+
+
+@dataclass
+class SessionRecords:
+    """What the session has added (kept by the session, mirrored in the journal)."""
+    routes: dict[RouteKey, int]
+    addresses: dict[AddressKey, int]
+
+    @property
+    def bypass_count(self) -> int:
+        return sum(1 for k in self.routes if k.bypass)
+
+
+def _family_bits(family: int) -> int:
+    return 32 if family == socket.AF_INET else 128
+
+
+def _family_of(addr: IPAddress | IPNetwork) -> int:
+    return socket.AF_INET if addr.version == 4 else socket.AF_INET6
+
+
+class RequestPolicy:
+    """Decides one message at a time for one session."""
+
+    def __init__(self, *, tun_ifindex: int, tun_name: str, limits: Limits,
+                 records: SessionRecords,
+                 default_route: Callable[[int], DefaultRoute | None],
+                 shadows_other_session: Callable[[IPAddress], bool]) -> None:
+        self.tun_ifindex = tun_ifindex
+        self.tun_name = tun_name
+        self.limits = limits
+        self.records = records
+        self._default_route = default_route
+        self._shadows = shadows_other_session
+
+    # -- helpers ------------------------------------------------------------
+
+    def _is_own_iface(self, iface: m.Interface) -> bool:
+        if iface.index == m.IFACE_INDEX_INVALID:
+            return iface.name == self.tun_name
+        return iface.index == self.tun_ifindex
+
+    def _require_own_iface(self, iface: m.Interface) -> None:
+        if not self._is_own_iface(iface):
+            raise Refused(errors.ERROR_ACCESS_DENIED,
+                          f"interface {iface.index}/{iface.name!r} is not this session's tun")
+
+    @staticmethod
+    def _network(addr: IPAddress, prefix_len: int) -> IPNetwork:
+        if not 0 <= prefix_len <= addr.max_prefixlen:
+            raise Refused(errors.ERROR_INVALID_PARAMETER, f"prefix length {prefix_len} out of range")
+        try:
+            return ip_network((addr, prefix_len), strict=True)
+        except ValueError:
+            raise Refused(errors.ERROR_INVALID_PARAMETER,
+                          f"{addr}/{prefix_len} has host bits set") from None
+
+    # -- the table ----------------------------------------------------------
+
+    def decide(self, msg: m.Message) -> Operation:
+        handler = _TABLE.get(msg.type)
+        if handler is None:
+            raise Refused(errors.ERROR_NOT_SUPPORTED,
+                          f"{msg.type.name.lower()} is not supported on Linux")
+        return handler(self, msg)
+
+    def _address(self, msg: m.Message) -> Operation:
+        assert isinstance(msg, m.AddressMsg)
+        self._require_own_iface(msg.iface)
+        a = msg.address
+        if not 1 <= msg.prefix_len <= a.max_prefixlen:
+            raise Refused(errors.ERROR_INVALID_PARAMETER,
+                          f"prefix length {msg.prefix_len} out of range")
+        if a.is_multicast or a.is_loopback or a.is_unspecified:
+            raise Refused(errors.ERROR_INVALID_PARAMETER, f"{a} cannot be a tunnel address")
+        key = AddressKey(a, msg.prefix_len)
+        if msg.type == m.MsgType.DEL_ADDRESS:
+            if key not in self.records.addresses:
+                raise Refused(errors.ERROR_NOT_FOUND, f"{a}/{msg.prefix_len} was not added here")
+            return DelAddress(key, self.records.addresses[key])
+        if key in self.records.addresses:
+            raise Refused(errors.ERROR_OBJECT_ALREADY_EXISTS, f"{a}/{msg.prefix_len} exists")
+        if len(self.records.addresses) >= self.limits.max_addresses:
+            raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
+                          f"more than {self.limits.max_addresses} addresses")
+        return AddAddress(key)
+
+    def _route(self, msg: m.Message) -> Operation:
+        assert isinstance(msg, m.RouteMsg)
+        dst = self._network(msg.prefix, msg.prefix_len)
+        if msg.metric < -1:
+            raise Refused(errors.ERROR_INVALID_PARAMETER, f"metric {msg.metric} out of range")
+        key = RouteKey(dst, bypass=not self._is_own_iface(msg.iface), metric=msg.metric)
+        if msg.type == m.MsgType.DEL_ROUTE:
+            if key not in self.records.routes:
+                raise Refused(errors.ERROR_NOT_FOUND, f"route {dst} was not added here")
+            return DelRoute(key, self.records.routes[key])
+        if key in self.records.routes:
+            raise Refused(errors.ERROR_OBJECT_ALREADY_EXISTS, f"route {dst} exists")
+        if len(self.records.routes) >= self.limits.max_routes:
+            raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
+                          f"more than {self.limits.max_routes} routes")
+        if key.bypass:
+            return self._bypass(msg, key)
+        return AddRoute(key, self.tun_ifindex, None)
+
+    def _bypass(self, msg: m.RouteMsg, key: RouteKey) -> Operation:
+        family = _family_of(key.dst)
+        if key.dst.prefixlen != _family_bits(family):
+            raise Refused(errors.ERROR_ACCESS_DENIED,
+                          f"{key.dst} is not a host route and not via this session's tun")
+        default = self._default_route(family)
+        if default is None:
+            raise Refused(errors.ERROR_ACCESS_DENIED, "no default gateway to bypass the tunnel")
+        if msg.gateway != default.gateway:
+            raise Refused(errors.ERROR_ACCESS_DENIED,
+                          f"gateway {msg.gateway} is not the default gateway {default.gateway}")
+        unset = msg.iface.index == m.IFACE_INDEX_INVALID and msg.iface.name == ""
+        if not unset and msg.iface.index != default.oif:
+            raise Refused(errors.ERROR_ACCESS_DENIED,
+                          "bypass route not on the default gateway's interface")
+        if self.records.bypass_count >= self.limits.max_bypass_routes:
+            raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
+                          f"more than {self.limits.max_bypass_routes} bypass routes")
+        if self._shadows(key.dst.network_address):
+            raise Refused(errors.ERROR_ACCESS_DENIED,
+                          f"{key.dst} would shadow a route of another session")
+        return AddRoute(key, default.oif, default.gateway)
+
+    def _mtu(self, msg: m.Message) -> Operation:
+        assert isinstance(msg, m.SetMtuMsg)
+        self._require_own_iface(msg.iface)
+        low = 576 if msg.family == socket.AF_INET else 1280
+        if not low <= msg.mtu <= 65535:
+            raise Refused(errors.ERROR_INVALID_PARAMETER,
+                          f"MTU {msg.mtu} out of range {low}…65535")
+        return SetMtu(msg.mtu)
+
+    def _flush(self, msg: m.Message) -> Operation:
+        assert isinstance(msg, m.FlushNeighborsMsg)
+        self._require_own_iface(msg.iface)
+        return FlushNeighbors(msg.family)
+
+    def _nothing(self, msg: m.Message) -> Operation:
+        return Nothing()
+
+
+_Handler = Callable[[RequestPolicy, m.Message], Operation]
+
+# One row per message type this platform serves; a missing row = not supported.
+_TABLE: Mapping[m.MsgType, _Handler] = {
+    m.MsgType.ADD_ADDRESS: RequestPolicy._address,
+    m.MsgType.DEL_ADDRESS: RequestPolicy._address,
+    m.MsgType.ADD_ROUTE: RequestPolicy._route,
+    m.MsgType.DEL_ROUTE: RequestPolicy._route,
+    m.MsgType.SET_MTU: RequestPolicy._mtu,
+    m.MsgType.FLUSH_NEIGHBORS: RequestPolicy._flush,
+    m.MsgType.REGISTER_DNS: RequestPolicy._nothing,
+}

@@ -1,0 +1,313 @@
+"""The service: listening socket, accept loop, limits, recovery, stop, systemd glue.
+
+``Server.serve`` owns one task group; each accepted connection is one
+``Session`` task, which handles its own failures (a session never takes the
+server down).  On SIGTERM/SIGINT the listener closes, every session is asked to
+stop (SIGTERM to openvpn, SIGKILL after ``stop_grace``), and the service exits
+once every session has undone its changes.  At start, sessions left in the
+journal by a service that was killed are undone before the socket opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import grp
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from collections import Counter
+from ipaddress import IPv4Address, IPv6Address
+
+from iservice import errors
+from iservice.errors import StartupDataError
+from iservice.linux.identity import peer_credentials
+from iservice.linux.netlink import Rtnl
+from iservice.monitor import Monitor
+from iservice.policy.requests import DefaultRoute
+from iservice.session import Session
+from iservice.settings import Settings
+from iservice.wire import startup as w
+
+log = logging.getLogger("iservice.server")
+
+# Errors from accept() that mean "out of resources now", not "listener broken".
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+class StartupError(Exception):
+    """The service cannot start; the message says why (shown to the administrator)."""
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about our state, when it asked to be told."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with contextlib.suppress(OSError), \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.sendto(state.encode(), addr)
+
+
+def check_private_dir(path: str, what: str) -> None:
+    """A directory the service trusts must be root-owned and not writable by others."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise StartupError(f"{what} {path} is not a directory")
+    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StartupError(f"{what} {path} must be owned by root and not writable by "
+                           f"group or others (it is uid {st.st_uid}, mode {st.st_mode & 0o7777:o})")
+
+
+def hook_command(settings: Settings) -> str:
+    """The hook executable; it must be runnable by any user (openvpn runs as the user)."""
+    path = settings.hook_path or os.path.join(os.path.dirname(sys.executable), "iservice-hook")
+    if not os.path.isabs(path) or any(c.isspace() or c in "\"'\\" for c in path):
+        raise StartupError(f"hook path {path!r} must be absolute, without spaces or quotes")
+    if not os.access(path, os.X_OK):
+        raise StartupError(f"hook {path} does not exist or is not executable")
+    # Every directory on the way and the file itself must be usable by others.
+    probe = path
+    while True:
+        st = os.stat(probe)
+        if not st.st_mode & stat.S_IXOTH:
+            raise StartupError(
+                f"hook {path} cannot be run by other users: {probe} lacks o+x (is the service "
+                "installed under /root? install it into a venv such as /opt/iservice)")
+        if probe == "/":
+            break
+        probe = os.path.dirname(probe)
+    return path
+
+
+class Server:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.hook = hook_command(settings)
+        self.sessions: set[Session] = set()
+        self._conns_by_uid: Counter[int] = Counter()
+        self._conn_count = 0
+        self._stopping = False
+        self._query_rtnl: Rtnl | None = None
+        self.monitor: Monitor
+
+    # -- used by sessions -----------------------------------------------------
+
+    def service_options(self, tun: str, channel_fd: int) -> list[str]:
+        """Appended last, so they win over the user's options (SPEC §4)."""
+        hook = f"{self.hook} {channel_fd}"
+        return ["--dev", tun, "--dev-type", "tun", "--disable-dco",
+                "--ifconfig-noexec", "--route-noexec", "--script-security", "2",
+                "--up", hook, "--route-up", hook, "--route-pre-down", hook, "--down", hook,
+                "--up-restart"]
+
+    def session_log_path(self, session_id: int) -> str | None:
+        if self.settings.log_dir is None:
+            return None
+        return os.path.join(self.settings.log_dir, f"session-{session_id}.log")
+
+    def check_session_limit(self, session: Session) -> None:
+        uid = session.creds.uid
+        live = sum(1 for s in self.sessions
+                   if s is not session and s.creds.uid == uid and s.session_id is not None)
+        if live >= self.settings.max_sessions_per_user:
+            raise StartupDataError("Too many sessions for this user",
+                                   f"at most {self.settings.max_sessions_per_user} at a time",
+                                   code=errors.ERROR_CANT_WAIT)
+
+    def default_route(self, family: int) -> DefaultRoute | None:
+        if self._query_rtnl is None:
+            self._query_rtnl = Rtnl()
+        r = self._query_rtnl.default_route(family)
+        if r is None or r.gateway is None or r.oif is None:
+            return None
+        return DefaultRoute(gateway=r.gateway, oif=r.oif)
+
+    def shadows(self, asking: Session, addr: IPv4Address | IPv6Address) -> bool:
+        """Would a host route to ``addr`` shadow a route another live session owns?"""
+        for s in self.sessions:
+            if s is asking:
+                continue
+            for key in s.records.routes:
+                if not key.bypass and key.dst.version == addr.version and addr in key.dst:
+                    return True
+            for akey in s.records.addresses:
+                if akey.address == addr:
+                    return True
+        return False
+
+    def forget(self, session: Session) -> None:
+        self.sessions.discard(session)
+
+    # -- start ----------------------------------------------------------------
+
+    def _prepare_state(self) -> str:
+        d = self.settings.state_dir
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        check_private_dir(d, "state_dir")
+        if self.settings.log_dir:
+            os.makedirs(self.settings.log_dir, mode=0o750, exist_ok=True)
+        return os.path.join(d, "journal.sqlite3")
+
+    def _listen(self) -> socket.socket:
+        if os.environ.get("LISTEN_PID") == str(os.getpid()) and \
+                int(os.environ.get("LISTEN_FDS", "0")) >= 1:
+            sock = socket.socket(fileno=3)  # SD_LISTEN_FDS_START
+            if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
+                raise StartupError("the socket from systemd is not an AF_UNIX SOCK_SEQPACKET one")
+            sock.setblocking(False)
+            return sock
+        path = self.settings.socket_path
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        check_private_dir(directory, "socket directory")
+        if os.path.lexists(path):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise StartupError(f"{path} exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                probe.connect(path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                os.unlink(path)  # stale socket of a service that died
+            except OSError as exc:
+                raise StartupError(f"cannot probe {path}: {exc}") from None
+            else:
+                raise StartupError(f"another service already listens on {path}")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)  # the socket exists with mode 0600 until chmod below
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            raise StartupError(f"cannot bind {path}: {exc}") from None
+        finally:
+            os.umask(old)
+        gid = -1
+        if self.settings.socket_group:
+            try:
+                gid = grp.getgrnam(self.settings.socket_group).gr_gid
+            except KeyError:
+                raise StartupError(f"socket_group {self.settings.socket_group!r} "
+                                   "does not exist") from None
+        os.chown(path, 0, gid)
+        os.chmod(path, self.settings.socket_mode)
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
+
+    async def _recover(self) -> None:
+        mon = self.monitor
+        for sid in await mon.call(mon.leftover_sessions):
+            problems = await mon.call(mon.undo_session, sid)
+            log.warning("event=recovered session=%d problems=%r", sid,
+                        "; ".join(problems) or "none")
+
+    # -- run ------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        journal_path = self._prepare_state()
+        self.monitor = Monitor(journal_path)
+        try:
+            await self._recover()
+            listener = self._listen()
+            try:
+                await self._serve(listener)
+            finally:
+                listener.close()
+                if not os.environ.get("LISTEN_FDS"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.settings.socket_path)
+        finally:
+            self.monitor.close()
+            if self._query_rtnl is not None:
+                self._query_rtnl.close()
+
+    async def _serve(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("event=ready socket=%s instance=%r", self.settings.socket_path,
+                 self.settings.instance)
+        sd_notify("READY=1\nSTATUS=accepting connections")
+        async with asyncio.TaskGroup() as tg:
+            accept = tg.create_task(self._accept_loop(listener, tg))
+            await stop.wait()
+            log.info("event=stopping sessions=%d", len(self.sessions))
+            sd_notify("STOPPING=1")
+            self._stopping = True
+            accept.cancel()
+            for s in list(self.sessions):
+                s.request_stop()
+        log.info("event=stopped")
+
+    async def _accept_loop(self, listener: socket.socket, tg: asyncio.TaskGroup) -> None:
+        loop = asyncio.get_running_loop()
+        number = 0
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
+                    log.error("event=accept-failed error=%s", exc)
+                    await asyncio.sleep(0.1)
+                    continue
+                raise
+            number += 1
+            try:
+                conn.setblocking(False)
+                creds = peer_credentials(conn)
+                session = Session(self, conn, creds, number)
+                if self._conn_count >= self.settings.max_clients or \
+                        self._conns_by_uid[creds.uid] >= self.settings.max_clients_per_user:
+                    tg.create_task(self._too_many(session))
+                    continue
+                self.sessions.add(session)
+                tg.create_task(self._run_session(session))
+            except Exception:
+                # One bad connection must never stop the accept loop.
+                log.exception("event=accept-bug conn=%d", number)
+                conn.close()
+
+    async def _run_session(self, session: Session) -> None:
+        uid = session.creds.uid
+        self._conn_count += 1
+        self._conns_by_uid[uid] += 1
+        try:
+            await session.run()
+        finally:
+            self._conn_count -= 1
+            self._conns_by_uid[uid] -= 1
+            if not self._conns_by_uid[uid]:
+                del self._conns_by_uid[uid]
+
+    async def _too_many(self, session: Session) -> None:
+        log.warning("event=too-many-clients conn=%d uid=%d client_pid=%d", session.number,
+                    session.creds.uid, session.creds.pid)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(2):
+                await loop.sock_sendall(session.conn, w.encode_reply(w.too_many_clients_reply()))
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            session.conn.close()
+
+
+def run(settings: Settings) -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server = Server(settings)
+        asyncio.run(server.serve())
+    except StartupError as exc:
+        log.error("event=cannot-start reason=%r", str(exc))
+        return 1
+    return 0

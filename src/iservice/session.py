@@ -1,0 +1,419 @@
+"""One session's life: read the request → validate → launch → serve the channel → undo.
+
+A session is one task.  Whatever ends it (openvpn exits or is killed, the channel
+breaks or misbehaves, the service stops, a bug), its ``finally`` runs undo exactly
+once, shielded from cancellation, and a failure ends only this session: ``run``
+never raises into the server's task group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from iservice import errors
+from iservice.errors import ChannelError, MessageTooLargeError, StartupDataError
+from iservice.linux import launch
+from iservice.linux.identity import (
+    PeerCredentials,
+    UserIdentity,
+    is_admin,
+    run_as_fs_user,
+    user_identity,
+)
+from iservice.monitor import Applied
+from iservice.policy.options import Approved, OsPathResolver, validate_options
+from iservice.policy.requests import (
+    AddAddress,
+    AddRoute,
+    DelAddress,
+    DelRoute,
+    Limits,
+    Operation,
+    Refused,
+    RequestPolicy,
+    SessionRecords,
+)
+from iservice.wire import msg as m
+from iservice.wire import startup as w
+
+if TYPE_CHECKING:
+    from iservice.server import Server
+
+log = logging.getLogger("iservice.session")
+
+STARTUP_TIMEOUT = 2.0  # seconds for the startup message (the original's IO_TIMEOUT)
+STARTUP_BUFSIZE = w.MAX_STARTUP_UNITS * 2 + 2  # one unit more than allowed: "too long"
+CHANNEL_BATCH = 4096  # messages decided and applied together (one journal transaction)
+
+
+class Phase(enum.Enum):
+    READING = "reading"
+    VALIDATING = "validating"
+    LAUNCHING = "launching"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    UNDOING = "undoing"
+    DONE = "done"
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _readable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: _wake(fut))
+    try:
+        await fut
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+def recv_packet(sock: socket.socket, buf: bytearray) -> tuple[int, bytes] | None:
+    """One message from a non-blocking SEQPACKET socket: (true length, data), or None.
+
+    ``MSG_TRUNC`` makes recv report the message's real length even when it was
+    longer than ``buf``, so an oversize message is seen as such, never cut silently.
+    """
+    try:
+        n = sock.recv_into(buf, len(buf), socket.MSG_TRUNC)
+    except BlockingIOError:
+        return None
+    return n, bytes(buf[: min(n, len(buf))])
+
+
+@dataclass(eq=False)  # identity semantics: sessions live in sets
+class Session:
+    server: Server
+    conn: socket.socket
+    creds: PeerCredentials
+    number: int  # connection number, for logs before a session id exists
+    phase: Phase = Phase.READING
+    session_id: int | None = None
+    tun_name: str | None = None
+    tun_ifindex: int | None = None
+    user: UserIdentity | None = None
+    child: launch.Child | None = None
+    channel: socket.socket | None = None
+    client_connected: bool = True
+    records: SessionRecords = field(default_factory=lambda: SessionRecords({}, {}))
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # -- logging --------------------------------------------------------------
+
+    def _log(self, level: int, event: str, **kv: object) -> None:
+        parts = [f"event={event}", f"conn={self.number}", f"uid={self.creds.uid}",
+                 f"client_pid={self.creds.pid}"]
+        if self.session_id is not None:
+            parts.append(f"session={self.session_id}")
+        if self.child is not None:
+            parts.append(f"pid={self.child.pid}")
+        parts += [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in kv.items()]
+        log.log(level, " ".join(parts))
+
+    # -- replies --------------------------------------------------------------
+
+    async def _reply(self, reply: w.Reply) -> None:
+        if not self.client_connected:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                await loop.sock_sendall(self.conn, w.encode_reply(reply))
+        except (OSError, TimeoutError):
+            self.client_connected = False
+
+    # -- the life -------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Service stop: end openvpn (SIGTERM, then SIGKILL after the grace period)."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except Exception:
+            self._log(logging.ERROR, "session-bug", phase=self.phase.value)
+            log.exception("unexpected error in session")
+        finally:
+            await self._finish()
+
+    async def _run(self) -> None:
+        try:
+            data = await self._read_startup()
+            approved = await self._validate(data)
+            await self._launch(data, approved)
+        except StartupDataError as exc:
+            self._log(logging.WARNING, "refused", code=f"0x{exc.code:08x}", func=exc.func,
+                      message=exc.message)
+            await self._reply(w.error_reply(exc))
+            return
+        await self._serve()
+
+    async def _read_startup(self) -> w.StartupData:
+        buf = bytearray(STARTUP_BUFSIZE)
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                while True:
+                    got = recv_packet(self.conn, buf)
+                    if got is not None:
+                        break
+                    await _readable(self.conn)
+        except TimeoutError:
+            raise StartupDataError(w.FUNC_TIMEOUT) from None
+        n, raw = got
+        if n > len(buf):
+            raise StartupDataError(w.FUNC_TOO_LONG)
+        return w.decode_startup(raw)
+
+    async def _validate(self, data: w.StartupData) -> Approved:
+        self.phase = Phase.VALIDATING
+        settings = self.server.settings
+        user = user_identity(self.creds.uid, self.creds.gid)
+        self.user = user
+        admin = is_admin(user, settings.ovpn_admin_group)
+        self._log(logging.INFO, "request", user=user.name, admin=admin, workdir=data.workdir,
+                  options=data.options)
+        self.server.check_session_limit(self)
+
+        def check() -> Approved:
+            approved = validate_options(data.options, data.workdir,
+                                        config_dir=settings.config_dir,
+                                        admin_group=settings.ovpn_admin_group,
+                                        is_admin=admin, resolver=OsPathResolver())
+            try:
+                os.close(os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC))
+            except OSError as exc:
+                raise StartupDataError(
+                    "Cannot open /dev/net/tun with your rights", os.strerror(exc.errno or 0),
+                    code=exc.errno or errors.ERROR_ACCESS_DENIED) from None
+            return approved
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, run_as_fs_user, user, check)
+
+    async def _launch(self, data: w.StartupData, approved: Approved) -> None:
+        self.phase = Phase.LAUNCHING
+        assert self.user is not None
+        mon = self.server.monitor
+        user = self.user
+        self.session_id = await mon.call(
+            mon.begin_session, user.uid, self.creds.pid,
+            {"user": user.name, "argv": list(approved.argv), "workdir": data.workdir})
+        self.tun_name = f"istun{self.session_id}"
+        try:
+            self.tun_ifindex = await mon.call(mon.create_tun, self.session_id, self.tun_name,
+                                              user.uid, user.gid)
+        except OSError as exc:
+            raise StartupDataError("Cannot create the tun device",
+                                   os.strerror(exc.errno or 0), code=exc.errno or 1) from None
+        svc_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.channel = svc_end
+        try:
+            svc_end.setblocking(False)
+            argv = [*approved.argv, *self.server.service_options(self.tun_name,
+                                                                   child_end.fileno())]
+            log_path = self.server.session_log_path(self.session_id)
+            try:
+                self.child = launch.start_openvpn(
+                    self.server.settings.exe_path, argv, user=user, workdir=data.workdir,
+                    nice=self.server.settings.priority, stdin=data.stdin.encode("utf-8",
+                                                                                 "surrogatepass"),
+                    channel_fd=child_end.fileno(), log_path=log_path)
+            except OSError as exc:
+                raise StartupDataError("Cannot start openvpn", os.strerror(exc.errno or 0),
+                                       code=exc.errno or 1) from None
+        finally:
+            child_end.close()
+        await mon.call(mon.set_session_info, self.session_id,
+                       {"user": user.name, "argv": list(approved.argv), "workdir": data.workdir,
+                        "tun": self.tun_name, "pid": self.child.pid})
+        self.phase = Phase.RUNNING
+        self._log(logging.INFO, "started", tun=self.tun_name, argv=" ".join(argv))
+        await self._reply(w.PidReply(self.child.pid))
+
+    async def _serve(self) -> None:
+        assert self.child is not None
+        child = self.child
+        async with asyncio.TaskGroup() as tg:
+            channel = tg.create_task(self._serve_channel())
+            stopper = tg.create_task(self._stop_on_request())
+            status = await child.wait()
+            channel.cancel()
+            stopper.cancel()
+        self._log(logging.INFO, "exited", status=status)
+        if status != 0 and not self._stop.is_set():
+            await self._reply(w.exit_error_reply(status))
+
+    async def _stop_on_request(self) -> None:
+        await self._stop.wait()
+        self.phase = Phase.STOPPING
+        assert self.child is not None
+        self.child.signal(signal.SIGTERM)
+        await asyncio.sleep(self.server.settings.stop_grace)
+        self._log(logging.WARNING, "kill", reason="did not exit after SIGTERM")
+        self.child.signal(signal.SIGKILL)
+
+    def _end_openvpn(self, reason: str) -> None:
+        self._log(logging.WARNING, "channel-abort", reason=reason)
+        if self.child is not None:
+            self.child.signal(signal.SIGKILL)
+
+    # -- the channel ----------------------------------------------------------
+
+    def _policy(self) -> RequestPolicy:
+        assert self.tun_ifindex is not None and self.tun_name is not None
+        s = self.server.settings
+        return RequestPolicy(
+            tun_ifindex=self.tun_ifindex, tun_name=self.tun_name,
+            limits=Limits(s.max_routes, s.max_addresses, s.max_bypass_routes),
+            records=self.records, default_route=self.server.default_route,
+            shadows_other_session=lambda a: self.server.shadows(self, a))
+
+    async def _serve_channel(self) -> None:
+        sock = self.channel
+        assert sock is not None
+        buf = bytearray(m.MAX_MESSAGE_SIZE)
+        policy = self._policy()
+        while True:
+            await _readable(sock)
+            batch: list[tuple[int, int | Operation]] = []  # (message_id, ack error | op)
+            eof = False
+            while len(batch) < CHANNEL_BATCH:
+                got = recv_packet(sock, buf)
+                if got is None:
+                    break
+                n, raw = got
+                if n == 0:
+                    eof = True
+                    break
+                try:
+                    if n > len(buf):
+                        raise MessageTooLargeError(f"message of {n} bytes")
+                    msg = m.decode_message(raw)
+                except MessageTooLargeError as exc:
+                    # CVE-2024-27459: an oversize message ends the session.
+                    self._end_openvpn(str(exc))
+                    return
+                except ChannelError as exc:
+                    self._log(logging.WARNING, "bad-message", reason=exc.reason)
+                    batch.append((exc.message_id, exc.error_number))
+                    continue
+                try:
+                    op = policy.decide(msg)
+                except Refused as exc:
+                    self._log(logging.WARNING, "denied", type=msg.type.name.lower(),
+                              error=exc.error_number, reason=exc.reason)
+                    batch.append((msg.message_id, exc.error_number))
+                    continue
+                self._reserve(op)
+                batch.append((msg.message_id, op))
+            if batch:
+                await self._apply(batch)
+            if eof:
+                return
+
+    def _reserve(self, op: Operation) -> None:
+        """Mirror a decided op in the records now, so the rest of a batch sees it."""
+        if isinstance(op, AddRoute):
+            self.records.routes[op.key] = -1
+        elif isinstance(op, DelRoute):
+            self.records.routes.pop(op.key, None)
+        elif isinstance(op, AddAddress):
+            self.records.addresses[op.key] = -1
+        elif isinstance(op, DelAddress):
+            self.records.addresses.pop(op.key, None)
+
+    def _settle(self, op: Operation, result: Applied) -> None:
+        if isinstance(op, AddRoute):
+            if result.error or result.change_id is None:
+                self.records.routes.pop(op.key, None)
+            else:
+                self.records.routes[op.key] = result.change_id
+        elif isinstance(op, DelRoute) and result.error:
+            self.records.routes[op.key] = op.change_id
+        elif isinstance(op, AddAddress):
+            if result.error or result.change_id is None:
+                self.records.addresses.pop(op.key, None)
+            else:
+                self.records.addresses[op.key] = result.change_id
+        elif isinstance(op, DelAddress) and result.error:
+            self.records.addresses[op.key] = op.change_id
+
+    async def _apply(self, batch: list[tuple[int, int | Operation]]) -> None:
+        ops = [item for _, item in batch if not isinstance(item, int)]
+        mon = self.server.monitor
+        assert self.session_id is not None and self.tun_ifindex is not None
+        results = iter(await mon.call(mon.apply, self.session_id, self.tun_ifindex, ops)
+                       if ops else [])
+        acks = bytearray()
+        applied = failed = 0
+        for message_id, item in batch:
+            if isinstance(item, int):
+                error = item
+            else:
+                result = next(results)
+                self._settle(item, result)
+                error = result.error
+                if error:
+                    failed += 1
+                    self._log(logging.WARNING, "failed", op=type(item).__name__, error=error)
+                else:
+                    applied += 1
+            acks += m.encode_ack(m.Ack(message_id, error))
+        if applied or failed:
+            self._log(logging.INFO, "applied", ok=applied, failed=failed)
+        loop = asyncio.get_running_loop()
+        assert self.channel is not None
+        # SEQPACKET keeps boundaries: one send per ack.
+        for i in range(0, len(acks), m.ACK_SIZE):
+            try:
+                await loop.sock_sendall(self.channel, bytes(acks[i:i + m.ACK_SIZE]))
+            except OSError:
+                return
+
+    # -- the end --------------------------------------------------------------
+
+    async def _finish(self) -> None:
+        """Runs exactly once per session, shielded: stop openvpn, undo, close."""
+        self.phase = Phase.UNDOING
+        task = asyncio.ensure_future(self._undo())
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await task
+            raise
+        finally:
+            self.phase = Phase.DONE
+
+    async def _undo(self) -> None:
+        if self.child is not None:
+            if self.child.proc.returncode is None:
+                self.child.signal(signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    await self.child.wait()
+            self.child.close()
+        if self.session_id is not None:
+            mon = self.server.monitor
+            try:
+                problems = await mon.call(mon.undo_session, self.session_id)
+            except Exception:
+                log.exception("undo failed")
+                problems = ["undo raised"]
+            self._log(logging.INFO if not problems else logging.ERROR, "undone",
+                      problems="; ".join(problems) or "none")
+        if self.channel is not None:
+            self.channel.close()
+        self.conn.close()
+        self.server.forget(self)
+

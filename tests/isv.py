@@ -1,0 +1,199 @@
+"""Run the real iservice inside a lab (tests/lab.py): settings, start, stop, clients.
+
+The service runs as root in the lab's client namespace, in a private mount
+namespace with a 0666 /dev/net/tun (SPEC §9); users talk to it with the installed
+``iservice start`` command, as themselves, from the same namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.lab import Lab, LabProcess, User, run, tail
+
+VENV = Path(os.environ.get("ISERVICE_VENV", "/opt/iservice"))
+ISERVICE = str(VENV / "bin" / "iservice")
+PYTHON = str(VENV / "bin" / "python")
+
+
+class Service:
+    """One iservice instance in a lab."""
+
+    def __init__(self, lab: Lab, *, extra: str = "", name: str = "svc") -> None:
+        self.lab = lab
+        self.name = name
+        self.run_dir = lab.base_dir / f"{name}-run"
+        self.socket_path = self.run_dir / "service"
+        self.state_dir = lab.base_dir / f"{name}-state"
+        self.log_dir = lab.base_dir / f"{name}-sessions"
+        self.admin_group = lab.add_group("isvadm")
+        text = (f"config_dir = {lab.config_dir}\n"
+                f"socket_path = {self.socket_path}\n"
+                f"state_dir = {self.state_dir}\n"
+                f"log_dir = {self.log_dir}\n"
+                f"ovpn_admin_group = {self.admin_group}\n"
+                f"hook_path = {VENV / 'bin' / 'iservice-hook'}\n"
+                "stop_grace = 3\n" + extra)
+        self.settings_path = lab.write_file(f"{name}.conf", text, mode=0o644)
+        self.proc: LabProcess | None = None
+
+    # -- life -----------------------------------------------------------------
+
+    def start(self, *, timeout: float = 10.0) -> LabProcess:
+        self.proc = self.lab.popen_service([ISERVICE, "serve", "--settings",
+                                            str(self.settings_path)], label=self.name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "event=ready" in self.log():
+                return self.proc
+            if self.proc.poll() is not None:
+                raise AssertionError(f"service exited {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"service not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        if self.proc is None or self.proc.stderr_path is None:
+            return ""
+        return Path(self.proc.stderr_path).read_text(errors="replace")
+
+    def log_tail(self, lines: int = 60) -> str:
+        if self.proc is None or self.proc.stderr_path is None:
+            return ""
+        return tail(Path(self.proc.stderr_path), lines)
+
+    def service_pid(self) -> int:
+        """The iservice process itself (the popen'd process is `ip netns exec` → exec chain)."""
+        assert self.proc is not None
+        return self.proc.pid  # ip netns exec, unshare, sh and setpriv all exec in place
+
+    def stop(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        os.kill(self.service_pid(), signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.service_pid(), signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    # -- clients --------------------------------------------------------------
+
+    def start_cmd(self, *options: str, workdir: str | Path | None = None, stdin: str = "",
+                  wait: bool = False, raw_options: str | None = None) -> list[str]:
+        argv = [ISERVICE, "start", "--socket", str(self.socket_path),
+                "--workdir", str(workdir or self.lab.config_dir)]
+        if stdin:
+            argv += ["--stdin", stdin]
+        if wait:
+            argv.append("--wait")
+        if raw_options is not None:
+            return [*argv, "--options", raw_options]
+        return [*argv, "--", *options]
+
+    def start_as(self, user: User | None, *options: str, timeout: float = 30,
+                 **kw: Any) -> subprocess.CompletedProcess[str]:
+        return self.lab.run_client(self.start_cmd(*options, **kw), user=user, timeout=timeout)
+
+    def raw_request(self, payload: bytes, user: User | None = None, *,
+                    read_all: bool = True, timeout: float = 10) -> list[bytes]:
+        """Send raw bytes as one message from the client namespace as ``user``; return replies."""
+        script = (
+            "import socket,sys,base64\n"
+            "s=socket.socket(socket.AF_UNIX,socket.SOCK_SEQPACKET)\n"
+            f"s.settimeout({timeout})\n"
+            f"s.connect({str(self.socket_path)!r})\n"
+            "data=base64.b64decode(sys.argv[1])\n"
+            "s.send(data)\n"
+            "while True:\n"
+            "    r=s.recv(65536)\n"
+            "    if not r: break\n"
+            "    print(base64.b64encode(r).decode(), flush=True)\n"
+            f"    if not {read_all}: break\n"
+        )
+        import base64
+        cp = self.lab.run_client([PYTHON, "-I", "-c", script,
+                                  base64.b64encode(payload).decode()], user=user,
+                                 timeout=timeout + 10)
+        if cp.returncode != 0:
+            raise AssertionError(f"raw client failed: {cp.stderr}")
+        return [base64.b64decode(line) for line in cp.stdout.split()]
+
+    # -- inspection -----------------------------------------------------------
+
+    def journal(self) -> dict[str, Any]:
+        """Sessions and change counts in the journal (read-only)."""
+        path = self.state_dir / "journal.sqlite3"
+        if not path.exists():
+            return {"sessions": [], "changes": 0}
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            sessions = [dict(zip(("id", "uid", "info"), (r[0], r[1], json.loads(r[2])),
+                                 strict=True))
+                        for r in db.execute("SELECT id, uid, info FROM sessions")]
+            changes = db.execute("SELECT COUNT(*) FROM changes").fetchone()[0]
+        finally:
+            db.close()
+        return {"sessions": sessions, "changes": changes}
+
+    def tuns(self) -> list[str]:
+        return [x["ifname"] for x in self.lab.links() if x["ifname"].startswith("istun")]
+
+    def session_log(self, session_id: int) -> str:
+        p = self.log_dir / f"session-{session_id}.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def connectable(self) -> bool:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            s.connect(str(self.socket_path))
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+
+def pid_user(pid: int) -> int:
+    """Real uid of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+def wait_for(pred: Any, timeout: float = 10.0, interval: float = 0.05, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}")
+        time.sleep(interval)
+
+
+def ns_pids(lab: Lab, argv0: str) -> list[int]:
+    """PIDs (host view) whose command line starts with argv0."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].decode(errors="replace") == argv0:
+            out.append(int(d.name))
+    return out
+
+
+__all__ = ["ISERVICE", "PYTHON", "Service", "ns_pids", "pid_user", "run", "wait_for"]
+
