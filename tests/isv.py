@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,14 +170,17 @@ def pid_user(pid: int) -> int:
     raise AssertionError(f"no Uid line for {pid}")
 
 
-def wait_for(pred: Any, timeout: float = 10.0, interval: float = 0.05, what: str = "") -> Any:
+def wait_for(pred: Any, timeout: float = 10.0, interval: float = 0.05,
+             what: str | Callable[[], str] = "") -> Any:
+    """Poll ``pred`` until truthy; ``what`` (text, or a function giving it) explains a timeout."""
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}")
+            text = what() if callable(what) else (what or str(pred))
+            raise AssertionError(f"timed out after {timeout}s waiting for {text}")
         time.sleep(interval)
 
 

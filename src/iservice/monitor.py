@@ -27,7 +27,7 @@ from ipaddress import ip_address, ip_network
 from typing import Any, TypeVar
 
 from iservice import errors
-from iservice.journal import Journal
+from iservice.journal import Journal, SessionRecord
 from iservice.linux import tun as tundev
 from iservice.linux.netlink import NetlinkError, Route, Rtnl
 from iservice.policy.requests import (
@@ -247,8 +247,8 @@ class Monitor:
         # delete_tun refuses a device that is not a tun.
         tundev.delete_tun(str(data["name"]), rtnl=self.rtnl)
 
-    def leftover_sessions(self) -> list[int]:
-        return [s.id for s in self.journal.sessions()]
+    def leftover_sessions(self) -> list[SessionRecord]:
+        return self.journal.sessions()
 
 
 def family_name(family: int) -> str:

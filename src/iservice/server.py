@@ -25,6 +25,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from iservice import errors
 from iservice.errors import StartupDataError
+from iservice.linux import launch
 from iservice.linux.identity import peer_credentials
 from iservice.linux.netlink import Rtnl
 from iservice.monitor import Monitor
@@ -204,10 +205,15 @@ class Server:
 
     async def _recover(self) -> None:
         mon = self.monitor
-        for sid in await mon.call(mon.leftover_sessions):
-            problems = await mon.call(mon.undo_session, sid)
-            log.warning("event=recovered session=%d problems=%r", sid,
-                        "; ".join(problems) or "none")
+        for rec in await mon.call(mon.leftover_sessions):
+            # The openvpn of a session whose service died still runs as the user;
+            # end it first (only if it is the very process we started).
+            pid, start = rec.info.get("pid"), rec.info.get("start_time")
+            killed = isinstance(pid, int) and isinstance(start, int) and \
+                launch.kill_if_same(pid, start)
+            problems = await mon.call(mon.undo_session, rec.id)
+            log.warning("event=recovered session=%d uid=%d pid=%s killed=%s problems=%r",
+                        rec.id, rec.uid, pid, killed, "; ".join(problems) or "none")
 
     # -- run ------------------------------------------------------------------
 

@@ -237,7 +237,8 @@ class Session:
             child_end.close()
         await mon.call(mon.set_session_info, self.session_id,
                        {"user": user.name, "argv": list(approved.argv), "workdir": data.workdir,
-                        "tun": self.tun_name, "pid": self.child.pid})
+                        "tun": self.tun_name, "pid": self.child.pid,
+                        "start_time": launch.process_start_time(self.child.pid)})
         self.phase = Phase.RUNNING
         self._log(logging.INFO, "started", tun=self.tun_name, argv=" ".join(argv))
         await self._reply(w.PidReply(self.child.pid))

@@ -31,6 +31,44 @@ def clean_environment(user: UserIdentity) -> dict[str, str]:
             "LANG": "C.UTF-8"}
 
 
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat).
+
+    With the pid it identifies one process for good: a recycled pid has another
+    start time, so a leftover openvpn can be ended after a crash without hitting
+    an unrelated process.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after it.
+    rest = data[data.rfind(b")") + 2:].split()
+    try:
+        return int(rest[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def kill_if_same(pid: int, start_time: int) -> bool:
+    """SIGKILL ``pid`` only if it is still the process that started at ``start_time``."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        # Checked after the pidfd is open: the pidfd pins this exact process.
+        if process_start_time(pid) != start_time:
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
 def exit_status(returncode: int) -> int:
     """Shell convention: killed by signal N → 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
