@@ -393,3 +393,64 @@ def test_reconnect_ends_with_the_new_configuration(lab: Lab, svc: Service, user:
         assert svc.journal()["changes"] == n_before
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not svc.tuns(), 5, what="cleanup")
+
+
+# -- scale (correctness only; speed is measured in bench/) ------------------------
+
+def test_a_thousand_pushed_routes_all_in_then_all_out(lab: Lab, user: User) -> None:
+    pushes = "".join(f'push "route 10.{100 + i // 250}.{i % 250}.0 255.255.255.0"\n'
+                     for i in range(1000))
+    lab.start_server(pushes + 'push "route-ipv6 fd00:77::/64"\n', port=1195, name="many",
+                     network="10.28.0.0/24", network6="fd00:28::/64")
+    lab.write_client_config("many.ovpn", port=1195)
+    svc = Service(lab, name="svcmany")
+    svc.start()
+    pid = started_pid(svc.start_as(user, "--config", "many.ovpn"))
+    wait_for(lambda: len(our_routes(lab)) == 1001, 30,
+             what=lambda: f"{len(our_routes(lab))} routes\n{svc.log_tail(10)}")
+    tun = svc.tuns()[0]
+    assert all(r.get("dev") == tun for r in our_routes(lab))
+    assert svc.journal()["changes"] >= 1001 + 2
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not our_routes(lab) and not svc.tuns(), 5, what="all removed")
+    assert svc.journal() == {"sessions": [], "changes": 0}
+    assert svc.stop() == 0
+
+
+# -- systemd glue -------------------------------------------------------------------
+
+LAUNCHER = """
+import os, socket, sys
+path, notify, settings, iservice = sys.argv[1:5]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.bind(path); os.chmod(path, 0o666); s.listen(16)
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+env = dict(os.environ, LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), NOTIFY_SOCKET=notify)
+os.execve(iservice, [iservice, "serve", "--settings", settings], env)  # same pid
+"""
+
+
+def test_socket_activation_and_notify(lab: Lab, user: User) -> None:
+    svc = Service(lab, name="svcsd")
+    svc.run_dir.mkdir(mode=0o755)
+    notify_path = lab.base_dir / "notify"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(10)
+    try:
+        svc.proc = lab.popen_service([PYTHON, "-I", "-c", LAUNCHER, str(svc.socket_path),
+                                      str(notify_path), str(svc.settings_path),
+                                      "/opt/iservice/bin/iservice"], label="svcsd")
+        try:
+            assert b"READY=1" in notify.recv(4096)
+        except TimeoutError:
+            raise AssertionError(svc.log_tail()) from None
+        pid = started_pid(svc.start_as(user, "--config", "approved.ovpn"))
+        tunnel_up(lab, svc, pid)
+        assert svc.stop() == 0
+        assert b"STOPPING=1" in notify.recv(4096)
+        assert not alive(pid) and svc.tuns() == []
+    finally:
+        notify.close()
