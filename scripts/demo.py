@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.isv import Service, pid_user, wait_for  # noqa: E402
-from tests.lab import Lab, Pki  # noqa: E402
+from tests.isv import Service, pid_user, wait_for
+from tests.lab import Lab, Pki
 
 BOLD = "\033[1m" if sys.stdout.isatty() else ""
 RESET = "\033[0m" if sys.stdout.isatty() else ""

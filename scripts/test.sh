@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 VENV=${ISERVICE_VENV:-/opt/iservice}
-echo "== ruff"; "$VENV/bin/ruff" check src tests bench
+echo "== ruff"; "$VENV/bin/ruff" check src tests bench scripts
 echo "== mypy"; "$VENV/bin/mypy"
 echo "== pytest"
 # PYTHONPATH=. makes tests/lab.py importable; iservice itself is the installed copy.

@@ -59,7 +59,8 @@ def main() -> None:
             json.dump(results, f)
         os.rename(path + ".tmp", path)
 
-    scenario = open(opts["config"]).read()
+    with open(opts["config"]) as f:
+        scenario = f.read()
     env = {"chan": chan, "send": send, "tun": tun, "tun_index": socket.if_nametoindex(tun),
            "m": m, "done": done, "socket": socket, "struct": struct}
     exec(compile(scenario, opts["config"], "exec"), env)

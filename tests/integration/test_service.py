@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from iservice.wire import startup as w
 from tests.isv import PYTHON, Service, pid_user, wait_for
 from tests.lab import Lab, Pki, User
+
+from iservice.wire import startup as w
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, users")]
@@ -117,7 +117,7 @@ def test_raw_protocol_from_python(lab: Lab, svc: Service, user: User) -> None:
     replies = svc.raw_request(payload, user, read_all=False)
     reply = w.decode_reply(replies[0])
     assert isinstance(reply, w.PidReply)
-    assert replies[0] == ("0x00000000\n0x%08x\nProcess ID" % reply.pid).encode("utf-16-le")
+    assert replies[0] == f"0x00000000\n0x{reply.pid:08x}\nProcess ID".encode("utf-16-le")
     tunnel_up(lab, svc, reply.pid)
     os.kill(reply.pid, signal.SIGKILL)
     wait_for(lambda: not svc.tuns(), 5, what="cleanup")

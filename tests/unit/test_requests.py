@@ -33,8 +33,11 @@ UNSET = m.Interface(index=m.IFACE_INDEX_INVALID, name="")
 GW = IPv4Address("192.0.2.1")
 
 
+DEFAULT_LIMITS = Limits(100, 4, 2)
+
+
 def policy(records: SessionRecords | None = None, *, shadows: bool = False,
-           limits: Limits = Limits(100, 4, 2)) -> RequestPolicy:
+           limits: Limits = DEFAULT_LIMITS) -> RequestPolicy:
     return RequestPolicy(
         tun_ifindex=7, tun_name="istun3", limits=limits,
         records=records or SessionRecords({}, {}),

@@ -15,6 +15,7 @@ child still holds the channel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -104,16 +105,12 @@ class Child:
 
     def signal(self, sig: int) -> None:
         if self.proc.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self.pidfd, sig)
-            except ProcessLookupError:
-                pass
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(self.pidfd)
-        except OSError:
-            pass
 
 
 def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir: str,
@@ -141,10 +138,8 @@ def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir:
             os.close(out)
     pidfd = os.pidfd_open(proc.pid)
     if nice:
-        try:
+        with contextlib.suppress(OSError):  # it already exited; the session will see that
             os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
-        except OSError:
-            pass  # it already exited; the session will see that
     assert proc.stdin is not None
     try:
         # At most 4096 UTF-16 units: fits a pipe buffer, so this never blocks.

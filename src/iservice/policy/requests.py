@@ -167,7 +167,8 @@ class RequestPolicy:
     @staticmethod
     def _network(addr: IPAddress, prefix_len: int) -> IPNetwork:
         if not 0 <= prefix_len <= addr.max_prefixlen:
-            raise Refused(errors.ERROR_INVALID_PARAMETER, f"prefix length {prefix_len} out of range")
+            raise Refused(errors.ERROR_INVALID_PARAMETER,
+                          f"prefix length {prefix_len} out of range")
         try:
             return ip_network((addr, prefix_len), strict=True)
         except ValueError:
