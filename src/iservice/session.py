@@ -29,6 +29,7 @@ from iservice.linux.identity import (
     user_identity,
 )
 from iservice.monitor import Applied
+from iservice.output import SessionOutput
 from iservice.policy.options import Approved, OsPathResolver, validate_options
 from iservice.policy.requests import (
     AddAddress,
@@ -105,6 +106,8 @@ class Session:
     user: UserIdentity | None = None
     child: launch.Child | None = None
     channel: socket.socket | None = None
+    output: SessionOutput | None = None
+    _output_fd: int | None = None
     client_connected: bool = True
     records: SessionRecords = field(default_factory=lambda: SessionRecords({}, {}))
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -219,22 +222,25 @@ class Session:
                                    os.strerror(exc.errno or 0), code=exc.errno or 1) from None
         svc_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.channel = svc_end
+        self.output = SessionOutput(file_path=self.server.session_log_path(self.session_id))
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        self._output_fd = out_r
         try:
             svc_end.setblocking(False)
             argv = [*approved.argv, *self.server.service_options(self.tun_name,
                                                                    child_end.fileno())]
-            log_path = self.server.session_log_path(self.session_id)
             try:
                 self.child = launch.start_openvpn(
                     self.server.settings.exe_path, argv, user=user, workdir=data.workdir,
-                    nice=self.server.settings.priority, stdin=data.stdin.encode("utf-8",
-                                                                                 "surrogatepass"),
-                    channel_fd=child_end.fileno(), log_path=log_path)
+                    nice=self.server.settings.priority,
+                    stdin=data.stdin.encode("utf-8", "surrogatepass"),
+                    channel_fd=child_end.fileno(), output_fd=out_w)
             except OSError as exc:
                 raise StartupDataError("Cannot start openvpn", os.strerror(exc.errno or 0),
                                        code=exc.errno or 1) from None
         finally:
             child_end.close()
+            os.close(out_w)
         await mon.call(mon.set_session_info, self.session_id,
                        {"user": user.name, "argv": list(approved.argv), "workdir": data.workdir,
                         "tun": self.tun_name, "pid": self.child.pid,
@@ -246,12 +252,17 @@ class Session:
     async def _serve(self) -> None:
         assert self.child is not None
         child = self.child
+        assert self.output is not None and self._output_fd is not None
         async with asyncio.TaskGroup() as tg:
             channel = tg.create_task(self._serve_channel())
             stopper = tg.create_task(self._stop_on_request())
+            pump = tg.create_task(self.output.pump(self._output_fd))
             status = await child.wait()
             channel.cancel()
             stopper.cancel()
+            # A child openvpn left behind may hold the pipe open: take what is there.
+            pump.cancel()
+        self.output.drain(self._output_fd)
         self._log(logging.INFO, "exited", status=status)
         if status != 0 and not self._stop.is_set():
             await self._reply(w.exit_error_reply(status))
@@ -415,6 +426,10 @@ class Session:
                       problems="; ".join(problems) or "none")
         if self.channel is not None:
             self.channel.close()
+        if self.output is not None:
+            self.output.close()
+        if self._output_fd is not None:
+            os.close(self._output_fd)
         self.conn.close()
         self.server.forget(self)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.isv import PYTHON, Service, pid_user, wait_for
+from tests.isv import ISERVICE, PYTHON, Service, pid_user, wait_for
 from tests.lab import Lab, Pki, User
 
 from iservice.wire import startup as w
@@ -169,7 +169,7 @@ def test_leftovers_of_a_killed_service_are_undone_at_start(lab: Lab, user: User)
 
 
 def test_second_service_on_the_same_socket_refuses_to_start(lab: Lab, svc: Service) -> None:
-    cp = lab.run_service(["/opt/iservice/bin/iservice", "serve", "--settings",
+    cp = lab.run_service([ISERVICE, "serve", "--settings",
                           str(svc.settings_path)], timeout=20)
     assert cp.returncode != 0
     assert "another service already listens" in cp.stderr
@@ -442,7 +442,7 @@ def test_socket_activation_and_notify(lab: Lab, user: User) -> None:
     try:
         svc.proc = lab.popen_service([PYTHON, "-I", "-c", LAUNCHER, str(svc.socket_path),
                                       str(notify_path), str(svc.settings_path),
-                                      "/opt/iservice/bin/iservice"], label="svcsd")
+                                      ISERVICE], label="svcsd")
         try:
             assert b"READY=1" in notify.recv(4096)
         except TimeoutError:

@@ -2,11 +2,13 @@
 
 The child gets the user's uid, gid and supplementary groups, a clean
 environment (none of the service's variables), the nice value of ``priority``,
-stdin = the startup message's ``stdin`` (UTF-8) then EOF, stdout/stderr to the
-session log or ``/dev/null``, and exactly one extra descriptor: its end of the
-session channel.  The process starts in ``/``; openvpn itself enters the working
-directory through a leading ``--cd DIR`` option, so the directory is entered with
-the user's rights (a root ``chdir`` before dropping privileges would not check them).
+stdin = the startup message's ``stdin`` (UTF-8) then EOF, stdout/stderr to a
+pipe the session reads (``SessionOutput``: a ring of recent lines for ``iservice
+log``, an optional file in ``log_dir``, and line observers), and exactly one extra
+descriptor: its end of the session channel.  The process starts in ``/``; openvpn
+itself enters the working directory through a leading ``--cd DIR`` option, so the
+directory is entered with the user's rights (a root ``chdir`` before dropping
+privileges would not check them).
 
 The process is watched through a pidfd: its exit ends the session even if some
 child still holds the channel.
@@ -114,28 +116,22 @@ class Child:
 
 
 def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir: str,
-                  nice: int, stdin: bytes, channel_fd: int, log_path: str | None) -> Child:
-    out: int | None = None
-    try:
-        if log_path is not None:
-            out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        proc = subprocess.Popen(
-            [exe, "--cd", workdir, *argv],
-            executable=exe,
-            stdin=subprocess.PIPE,
-            stdout=out if out is not None else subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            pass_fds=(channel_fd,),
-            cwd="/",
-            env=clean_environment(user),
-            user=user.uid,
-            group=user.gid,
-            extra_groups=list(user.groups),
-            start_new_session=True,  # no signals from the service's terminal
-        )
-    finally:
-        if out is not None:
-            os.close(out)
+                  nice: int, stdin: bytes, channel_fd: int, output_fd: int) -> Child:
+    """Start openvpn; its stdout and stderr go to ``output_fd`` (the session's log pipe)."""
+    proc = subprocess.Popen(
+        [exe, "--cd", workdir, *argv],
+        executable=exe,
+        stdin=subprocess.PIPE,
+        stdout=output_fd,
+        stderr=subprocess.STDOUT,
+        pass_fds=(channel_fd,),
+        cwd="/",
+        env=clean_environment(user),
+        user=user.uid,
+        group=user.gid,
+        extra_groups=list(user.groups),
+        start_new_session=True,  # no signals from the service's terminal
+    )
     pidfd = os.pidfd_open(proc.pid)
     if nice:
         with contextlib.suppress(OSError):  # it already exited; the session will see that
