@@ -43,6 +43,7 @@ import logging
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import signal
 import stat
@@ -61,6 +62,7 @@ OPENVPN = shutil.which("openvpn") or "/usr/sbin/openvpn"
 TUN_DEVICE = Path("/dev/net/tun")
 TUN_MAJOR, TUN_MINOR = 10, 200
 INIT_DONE = "Initialization Sequence Completed"
+MANIFEST = "lab.json"  # in base_dir: what the lab created, for ``Lab.sweep_stale``
 # PATH given to commands run as a lab user (they get a clean environment).
 USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 REQUIRED_TOOLS = ("ip", "openvpn", "openssl", "setpriv", "unshare", "nft", "ping", "mount",
@@ -429,6 +431,7 @@ class Lab:
         self._groups: list[str] = []
         self._namespaces: list[str] = []
         self._counter = 0
+        self._manifest: dict[str, list[str]] = {"namespaces": [], "users": [], "groups": []}
         self._host_tun: os.stat_result | None = None
         self._opened = False
 
@@ -460,6 +463,7 @@ class Lab:
                 self.base_dir.mkdir(parents=True, exist_ok=True)
             os.chown(self.base_dir, 0, 0)
             self.base_dir.chmod(0o755)
+            self._save_manifest()
             self.config_dir = self.make_dir("client")
             for sub in ("logs", "servers", "home"):
                 self.make_dir(sub)
@@ -475,8 +479,9 @@ class Lab:
     def _setup_network(self) -> None:
         s, c = self.server_ns, self.client_ns
         for ns in (s, c):
-            run(["ip", "netns", "add", ns])
+            self._record("namespaces", ns)
             self._namespaces.append(ns)
+            run(["ip", "netns", "add", ns])
         # created directly inside the namespaces: no name ever appears in the host namespace
         run(["ip", "-n", s, "link", "add", self.server_if, "type", "veth",
              "peer", "name", self.client_if, "netns", c])
@@ -539,8 +544,10 @@ class Lab:
         self._groups.clear()
         if self._own_base and self.base_dir.exists():
             step(f"remove {self.base_dir}", lambda: shutil.rmtree(self.base_dir))
-        elif self.tun_node.exists():
-            step(f"remove {self.tun_node}", self.tun_node.unlink)
+        else:
+            for path in (self.tun_node, self.base_dir / MANIFEST):
+                if path.exists():
+                    step(f"remove {path}", path.unlink)
         step("check host /dev/net/tun", self._check_host_tun)
         if problems and raise_errors:
             raise LabError("lab cleanup incomplete:\n" + "\n".join(problems))
@@ -571,16 +578,62 @@ class Lab:
             run(["ip", "netns", "delete", ns])
 
     def _delete_user(self, user: User) -> None:
-        _retry_locked(["userdel", user.name])
-        # userdel removes the user's own group (USERGROUPS_ENAB); make sure
-        if run(["getent", "group", user.name], check=False).returncode == 0:
-            _retry_locked(["groupdel", user.name])
+        _delete_user(user.name)
         if user.home.exists():
             shutil.rmtree(user.home)
 
     def _delete_group(self, group: str) -> None:
-        if run(["getent", "group", group], check=False).returncode == 0:
-            _retry_locked(["groupdel", group])
+        _delete_group(group)
+
+    # ------------------------------------------------------------ leftovers of killed runs
+
+    def _record(self, kind: str, name: str) -> None:
+        """Note a name in the manifest *before* creating it, so a sweep finds it."""
+        self._manifest[kind].append(name)
+        self._save_manifest()
+
+    def _save_manifest(self) -> None:
+        data = {"tag": self.tag, "pid": os.getpid(), "start": _start_time(os.getpid()),
+                **self._manifest}
+        tmp = self.base_dir / f"{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.base_dir / MANIFEST)
+
+    @staticmethod
+    def sweep_stale(parent: Path = Path("/tmp")) -> list[str]:
+        """Remove what labs of dead processes left behind (a run killed with SIGKILL):
+        for each ``parent/isv-lab-*/lab.json`` whose owner process is gone, end the
+        processes in its namespaces and of its users, delete the namespaces, users,
+        groups and the directory. Labs of live processes are left alone. Returns the
+        swept tags."""
+        swept: list[str] = []
+        for manifest in sorted(parent.glob(f"isv-lab-*/{MANIFEST}")):
+            try:
+                data = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                continue
+            pid, start = int(data.get("pid", 0)), data.get("start")
+            if pid and _start_time(pid) == start:
+                continue  # owner still running
+            log.warning("lab sweep: removing leftovers of lab %s (pid %s)", data.get("tag"), pid)
+            for ns in data.get("namespaces", []):
+                out = run(["ip", "netns", "pids", ns], check=False).stdout.split()
+                _kill_pids([int(p) for p in out if p.isdigit()], why=f"stale netns {ns}")
+            uids = []
+            for name in data.get("users", []):
+                with contextlib.suppress(KeyError):
+                    uids.append(pwd.getpwnam(name).pw_uid)
+            _kill_pids(_pids_of_uids(uids), why="stale lab user")
+            for ns in data.get("namespaces", []):
+                if ns in run(["ip", "netns", "list"]).stdout.split():
+                    run(["ip", "netns", "delete", ns], check=False)
+            for name in data.get("users", []):
+                _delete_user(name)
+            for name in data.get("groups", []):
+                _delete_group(name)
+            shutil.rmtree(manifest.parent, ignore_errors=True)
+            swept.append(str(data.get("tag")))
+        return swept
 
     def _check_host_tun(self) -> None:
         now = os.stat(TUN_DEVICE) if TUN_DEVICE.exists() else None
@@ -625,8 +678,9 @@ class Lab:
     def add_group(self, prefix: str = "isvg") -> str:
         """Create a system group with a unique name; deleted at exit."""
         name = self._unique_name(prefix)
-        _retry_locked(["groupadd", "--system", name])
+        self._record("groups", name)
         self._groups.append(name)
+        _retry_locked(["groupadd", "--system", name])
         return name
 
     def add_user(self, prefix: str = "isvu", *, groups: Sequence[str] = ()) -> User:
@@ -638,6 +692,7 @@ class Lab:
                 "--comment", f"iservice test lab {self.tag}"]
         if groups:
             argv += ["--groups", ",".join(groups)]
+        self._record("users", name)
         _retry_locked([*argv, name])
         pw = pwd.getpwnam(name)
         user = User(name=name, uid=pw.pw_uid, gid=pw.pw_gid, home=home, groups=tuple(groups))
@@ -797,6 +852,50 @@ class Lab:
             handle.wait_connected(timeout=timeout)
         return handle
 
+    def add_tun(self, name: str, user: User) -> str:
+        """A persistent tun in the client namespace owned by ``user`` (gone with the netns)."""
+        if len(name) > 15:
+            raise ValueError(f"interface name too long: {name!r}")
+        self.run_service(["ip", "tuntap", "add", "dev", name, "mode", "tun",
+                          "user", str(user.uid), "group", str(user.gid)], check=True)
+        return name
+
+    def write_env_dump_hook(self, name: str, out_dir: Path, *, fd: int | None = None) -> Path:
+        """An openvpn hook (bash, 0755, executable by anyone) that writes, per call,
+        ``out_dir/NNN-<script_type>.env``: ``LAB_UID``, ``LAB_ARGS``, ``LAB_FDS`` then its
+        whole environment. With ``fd`` it also writes ``<script_type>\\n`` to that inherited
+        descriptor and records ``LAB_FD_WRITE=ok|closed``. ``out_dir`` must be writable by
+        the user openvpn runs as."""
+        fd_part = ""
+        if fd is not None:
+            fd_part = (
+                f"if {{ true >&{fd}; }} 2>/dev/null; then\n"
+                f'  echo "$script_type" >&{fd} && echo LAB_FD_WRITE=ok >> "$f"\n'
+                "else\n"
+                '  echo LAB_FD_WRITE=closed >> "$f"\n'
+                "fi\n"
+            )
+        script = (
+            "#!/bin/bash\n"
+            "# iservice lab: dump the hook environment (scripts get no PATH: absolute paths)\n"
+            f"out={shlex.quote(str(out_dir))}\n"
+            'n=$(/bin/ls -1 "$out" | /usr/bin/wc -l)\n'
+            "f=$(printf '%s/%03d-%s.env' \"$out\" \"$n\" \"${script_type:-unknown}\")\n"
+            "{\n"
+            '  echo "LAB_UID=$(/usr/bin/id -u)"\n'
+            '  echo "LAB_ARGS=$*"\n'
+            "  echo \"LAB_FDS=$(/bin/ls /proc/$$/fd | /usr/bin/tr '\\n' ' ')\"\n"
+            "  /usr/bin/env\n"
+            '} > "$f"\n'
+            + fd_part + "exit 0\n"
+        )
+        return self.write_file(name, script, mode=0o755)
+
+    @staticmethod
+    def read_env_dumps(out_dir: Path) -> list[dict[str, str]]:
+        """The environments recorded by ``write_env_dump_hook``, in call order."""
+        return [parse_env_dump(p.read_text()) for p in sorted(out_dir.glob("*.env"))]
+
     # ------------------------------------------------------------ inspection
 
     def ns_run(self, ns: str, argv: Sequence[str], *, check: bool = True,
@@ -847,6 +946,31 @@ class Lab:
     def processes(self) -> list[int]:
         """PIDs of tracked processes still running."""
         return [p.pid for p in self._procs if p.poll() is None]
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of ``pid`` (from /proc), to tell a live owner from a reused PID."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _delete_user(name: str) -> None:
+    """userdel (if the user exists) and its own group if userdel left it."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        pass
+    else:
+        _retry_locked(["userdel", name])
+    _delete_group(name)
+
+
+def _delete_group(name: str) -> None:
+    if run(["getent", "group", name], check=False).returncode == 0:
+        _retry_locked(["groupdel", name])
 
 
 def _env_args(env: Mapping[str, str]) -> list[str]:

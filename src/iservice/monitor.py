@@ -45,6 +45,8 @@ from iservice.policy.requests import (
 log = logging.getLogger("iservice.monitor")
 T = TypeVar("T")
 
+TUN_NAME_ATTEMPTS = 10
+
 # Kernel errnos that mean "already gone" when undoing.
 _GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
 
@@ -113,17 +115,29 @@ class Monitor:
     def set_session_info(self, session_id: int, info: dict[str, Any]) -> None:
         self.journal.update_session_info(session_id, info)
 
-    def create_tun(self, session_id: int, name: str, uid: int, gid: int) -> int:
-        change = self.journal.record(session_id, "tun", {"name": name, "ifindex": None})
-        try:
-            ifindex = tundev.create_tun(name, uid, gid)
-        except OSError:
-            self.journal.forget([change])
-            raise
-        self.journal.update(change, {"name": name, "ifindex": ifindex})
-        self._tuns[session_id] = ifindex
-        self.rtnl.link_set(ifindex, up=True)
-        return ifindex
+    def create_tun(self, session_id: int, uid: int, gid: int) -> tuple[str, int]:
+        """Create the session's tun ``istun<id>``; returns (name, ifindex).
+
+        Session ids are unique per journal, but another service instance (or
+        something else) in the same network namespace may already own that name:
+        then ``istun<id>.<k>`` is tried.  An existing device is never taken over.
+        """
+        for k in range(TUN_NAME_ATTEMPTS):
+            name = f"istun{session_id}" + (f".{k}" if k else "")
+            change = self.journal.record(session_id, "tun", {"name": name, "ifindex": None})
+            try:
+                ifindex = tundev.create_tun(name, uid, gid)
+            except FileExistsError:
+                self.journal.forget([change])
+                continue
+            except OSError:
+                self.journal.forget([change])
+                raise
+            self.journal.update(change, {"name": name, "ifindex": ifindex})
+            self._tuns[session_id] = ifindex
+            self.rtnl.link_set(ifindex, up=True)
+            return name, ifindex
+        raise FileExistsError(errno.EEXIST, f"istun{session_id} and its variants all exist")
 
     def default_route(self, family: int) -> DefaultRoute | None:
         r = self.rtnl.default_route(family)

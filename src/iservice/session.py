@@ -213,10 +213,9 @@ class Session:
         self.session_id = await mon.call(
             mon.begin_session, user.uid, self.creds.pid,
             {"user": user.name, "argv": list(approved.argv), "workdir": data.workdir})
-        self.tun_name = f"istun{self.session_id}"
         try:
-            self.tun_ifindex = await mon.call(mon.create_tun, self.session_id, self.tun_name,
-                                              user.uid, user.gid)
+            self.tun_name, self.tun_ifindex = await mon.call(
+                mon.create_tun, self.session_id, user.uid, user.gid)
         except OSError as exc:
             raise StartupDataError("Cannot create the tun device",
                                    os.strerror(exc.errno or 0), code=exc.errno or 1) from None
@@ -225,6 +224,7 @@ class Session:
         self.output = SessionOutput(file_path=self.server.session_log_path(self.session_id))
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         self._output_fd = out_r
+        assert self.tun_name is not None
         try:
             svc_end.setblocking(False)
             argv = [*approved.argv, *self.server.service_options(self.tun_name,

@@ -13,7 +13,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,31 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture
-def svc(lab: Lab) -> Iterator[Service]:
-    s = Service(lab, name=f"svc{time.monotonic_ns() % 10**8}")
+def make_service(lab: Lab) -> Iterator[Callable[..., Service]]:
+    """Services made by a test; each is stopped at teardown, whatever the test did.
+
+    A service a test killed is started once more so that its recovery removes
+    what it left (a failing test must not leave devices for the next one).
+    """
+    made: list[Service] = []
+
+    def make(extra: str = "") -> Service:
+        s = Service(lab, name=f"svc{time.monotonic_ns() % 10**9}", extra=extra)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        if s.proc is not None and s.proc.poll() is None:
+            s.stop()
+        if s.journal()["sessions"]:
+            s.start()
+            s.stop()
+
+
+@pytest.fixture
+def svc(make_service: Callable[..., Service]) -> Iterator[Service]:
+    s = make_service()
     s.start()
     yield s
     if s.proc is not None and s.proc.poll() is None:
@@ -107,9 +130,9 @@ def test_unprivileged_user_brings_a_tunnel_up(lab: Lab, svc: Service, user: User
     owner = lab.ns_run(lab.client_ns, ["cat", f"/sys/class/net/{tun}/owner"]).strip()
     assert int(owner) == user.uid
     os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not svc.tuns(), 5, what="tun removed after openvpn exit")
+    wait_for(lambda: not svc.tuns() and svc.journal() == {"sessions": [], "changes": 0}, 5,
+             what="tun and journal entries removed after openvpn exit")
     assert lab.routes(4) == before4 and lab.routes(6) == before6
-    assert svc.journal() == {"sessions": [], "changes": 0}
 
 
 def test_raw_protocol_from_python(lab: Lab, svc: Service, user: User) -> None:
@@ -135,8 +158,9 @@ def test_kill9_of_openvpn_undoes_everything_within_2s(lab: Lab, svc: Service,
     assert time.monotonic() - t0 < 2.0
 
 
-def test_sigterm_with_two_sessions(lab: Lab, user: User) -> None:
-    svc = Service(lab, name="svcterm")
+def test_sigterm_with_two_sessions(lab: Lab, user: User,
+                                   make_service: Callable[..., Service]) -> None:
+    svc = make_service()
     svc.start()
     other = lab.add_user()
     pids = [started_pid(svc.start_as(u, "--config", "approved.ovpn")) for u in (user, other)]
@@ -153,8 +177,9 @@ def test_sigterm_with_two_sessions(lab: Lab, user: User) -> None:
     assert svc.journal() == {"sessions": [], "changes": 0}
 
 
-def test_leftovers_of_a_killed_service_are_undone_at_start(lab: Lab, user: User) -> None:
-    svc = Service(lab, name="svckill")
+def test_leftovers_of_a_killed_service_are_undone_at_start(
+        lab: Lab, user: User, make_service: Callable[..., Service]) -> None:
+    svc = make_service()
     svc.start()
     pid = started_pid(svc.start_as(user, "--config", "approved.ovpn"))
     tunnel_up(lab, svc, pid)
@@ -245,10 +270,10 @@ def test_startup_timeout(lab: Lab, svc: Service, user: User) -> None:
 # -- the channel: hostile openvpn (a test double run as exe_path) ----------------
 
 @pytest.fixture
-def hostile(lab: Lab) -> Iterator[Service]:
+def hostile(lab: Lab, make_service: Callable[..., Service]) -> Iterator[Service]:
     exe = lab.write_file("bin/hostile-openvpn",
                          f"#!{PYTHON} -I\n" + HOSTILE_SRC.read_text(), mode=0o755)
-    s = Service(lab, name=f"hsvc{time.monotonic_ns() % 10**8}", extra=f"exe_path = {exe}\n")
+    s = make_service(extra=f"exe_path = {exe}\n")
     s.start()
     yield s
     if s.proc is not None and s.proc.poll() is None:
@@ -397,13 +422,14 @@ def test_reconnect_ends_with_the_new_configuration(lab: Lab, svc: Service, user:
 
 # -- scale (correctness only; speed is measured in bench/) ------------------------
 
-def test_a_thousand_pushed_routes_all_in_then_all_out(lab: Lab, user: User) -> None:
+def test_a_thousand_pushed_routes_all_in_then_all_out(
+        lab: Lab, user: User, make_service: Callable[..., Service]) -> None:
     pushes = "".join(f'push "route 10.{100 + i // 250}.{i % 250}.0 255.255.255.0"\n'
                      for i in range(1000))
     lab.start_server(pushes + 'push "route-ipv6 fd00:77::/64"\n', port=1195, name="many",
                      network="10.28.0.0/24", network6="fd00:28::/64")
     lab.write_client_config("many.ovpn", port=1195)
-    svc = Service(lab, name="svcmany")
+    svc = make_service()
     svc.start()
     pid = started_pid(svc.start_as(user, "--config", "many.ovpn"))
     wait_for(lambda: len(our_routes(lab)) == 1001, 30,
@@ -432,8 +458,9 @@ os.execve(iservice, [iservice, "serve", "--settings", settings], env)  # same pi
 """
 
 
-def test_socket_activation_and_notify(lab: Lab, user: User) -> None:
-    svc = Service(lab, name="svcsd")
+def test_socket_activation_and_notify(lab: Lab, user: User,
+                                      make_service: Callable[..., Service]) -> None:
+    svc = make_service()
     svc.run_dir.mkdir(mode=0o755)
     notify_path = lab.base_dir / "notify"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -442,7 +469,7 @@ def test_socket_activation_and_notify(lab: Lab, user: User) -> None:
     try:
         svc.proc = lab.popen_service([PYTHON, "-I", "-c", LAUNCHER, str(svc.socket_path),
                                       str(notify_path), str(svc.settings_path),
-                                      ISERVICE], label="svcsd")
+                                      ISERVICE], label=svc.name)
         try:
             assert b"READY=1" in notify.recv(4096)
         except TimeoutError:
