@@ -52,6 +52,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -530,17 +531,17 @@ class Lab:
                 problems.append(f"{what}: {exc}")
 
         for proc in reversed(self._procs):
-            step(f"end {proc.label} (pid {proc.pid})", lambda p=proc: self._end(p))
+            step(f"end {proc.label} (pid {proc.pid})", partial(self._end, proc))
         step("end lab users' processes", self._kill_user_processes)
         step("end processes left in the namespaces", self._kill_namespace_processes)
         for ns in reversed(self._namespaces):
-            step(f"delete netns {ns}", lambda n=ns: self._delete_ns(n))
+            step(f"delete netns {ns}", partial(self._delete_ns, ns))
         self._namespaces.clear()
         for user in reversed(self._users):
-            step(f"delete user {user.name}", lambda u=user: self._delete_user(u))
+            step(f"delete user {user.name}", partial(self._delete_user, user))
         self._users.clear()
         for group in reversed(self._groups):
-            step(f"delete group {group}", lambda g=group: self._delete_group(g))
+            step(f"delete group {group}", partial(self._delete_group, group))
         self._groups.clear()
         if self._own_base and self.base_dir.exists():
             step(f"remove {self.base_dir}", lambda: shutil.rmtree(self.base_dir))
@@ -704,7 +705,7 @@ class Lab:
 
     def _unique_name(self, prefix: str) -> str:
         name = f"{prefix}-{self.tag}-{self._next()}"
-        if len(name) > 32 or not prefix.replace("-", "").isalnum() or not prefix[0].isalpha():
+        if len(name) > 32 or not prefix.replace("-", "").isalnum() or not prefix[:1].isalpha():
             raise ValueError(f"bad user/group name {name!r} (prefix must be short, alphanumeric)")
         return name
 

@@ -166,6 +166,13 @@ class Monitor:
     def _one(self, session_id: int, tun_ifindex: int, op: Operation) -> Applied:
         try:
             if isinstance(op, AddAddress):
+                if op.existing is not None:  # already journaled: put it in again
+                    try:
+                        self.rtnl.addr_add(tun_ifindex, op.key.address, op.key.prefix_len)
+                    except OSError as exc:
+                        if exc.errno != errno.EEXIST:
+                            raise
+                    return Applied(0, op.existing)
                 data = {"address": str(op.key.address), "prefix_len": op.key.prefix_len,
                         "ifindex": tun_ifindex}
                 change = self.journal.record(session_id, "addr", data)
@@ -198,14 +205,20 @@ class Monitor:
 
     def _routes(self, session_id: int, tun_ifindex: int,
                 ops: Sequence[Operation]) -> list[Applied]:
-        adds = [op for op in ops if isinstance(op, AddRoute)]
-        ids = iter(self.journal.record_many(session_id, "route", [_route_data(a) for a in adds]))
+        fresh = [op for op in ops if isinstance(op, AddRoute) and op.existing is None]
+        ids = iter(self.journal.record_many(session_id, "route",
+                                            [_route_data(a) for a in fresh]))
         batch: list[tuple[bool, Route]] = []
         change_ids: list[int | None] = []
+        again: set[int] = set()  # batch positions re-adding an already journaled route
         for op in ops:
             if isinstance(op, AddRoute):
                 batch.append((True, _route_from_data(_route_data(op))))
-                change_ids.append(next(ids))
+                if op.existing is None:
+                    change_ids.append(next(ids))
+                else:
+                    again.add(len(change_ids))
+                    change_ids.append(op.existing)
             else:
                 assert isinstance(op, DelRoute)
                 recorded = self.journal.get(op.change_id)
@@ -216,9 +229,15 @@ class Monitor:
         errs = self.rtnl.routes_apply(batch)
         forget: list[int] = []
         out: list[Applied] = []
-        for (is_add, _route), cid, err in zip(batch, change_ids, errs, strict=True):
+        for pos, ((is_add, _route), cid, err) in enumerate(
+                zip(batch, change_ids, errs, strict=True)):
             if not is_add and err in _GONE:
                 err = 0  # already gone: the delete's intent holds
+            if pos in again:
+                if err == errno.EEXIST:
+                    err = 0  # still there: nothing to do
+                out.append(Applied(errno_to_ack(err) if err else 0, cid))
+                continue
             # A failed add and a done delete both leave nothing to undo.
             if cid is not None and (bool(err) == is_add):
                 forget.append(cid)

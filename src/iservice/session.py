@@ -338,23 +338,25 @@ class Session:
     def _reserve(self, op: Operation) -> None:
         """Mirror a decided op in the records now, so the rest of a batch sees it."""
         if isinstance(op, AddRoute):
-            self.records.routes[op.key] = -1
+            self.records.routes[op.key] = -1 if op.existing is None else op.existing
         elif isinstance(op, DelRoute):
             self.records.routes.pop(op.key, None)
         elif isinstance(op, AddAddress):
-            self.records.addresses[op.key] = -1
+            self.records.addresses[op.key] = -1 if op.existing is None else op.existing
         elif isinstance(op, DelAddress):
             self.records.addresses.pop(op.key, None)
 
     def _settle(self, op: Operation, result: Applied) -> None:
         if isinstance(op, AddRoute):
-            if result.error or result.change_id is None:
+            if op.existing is not None:
+                pass  # the record stays whatever the kernel said
+            elif result.error or result.change_id is None:
                 self.records.routes.pop(op.key, None)
             else:
                 self.records.routes[op.key] = result.change_id
         elif isinstance(op, DelRoute) and result.error:
             self.records.routes[op.key] = op.change_id
-        elif isinstance(op, AddAddress):
+        elif isinstance(op, AddAddress) and op.existing is None:
             if result.error or result.change_id is None:
                 self.records.addresses.pop(op.key, None)
             else:

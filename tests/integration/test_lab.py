@@ -154,6 +154,14 @@ def test_server_and_root_client_connect(lab: Lab) -> None:
     server.stop()
     assert _pid_gone(server.pid)
 
+    # a second server over TCP, on another port and network
+    tcp = lab.start_server(name="tcp", proto="tcp", port=443, network="10.10.0.0/24",
+                           network6="fd00:10::/64")
+    tcp_client = lab.start_client(lab.write_client_config("tcp.ovpn", proto="tcp", port=443),
+                                  "--disable-dco", name="tcp-client")
+    assert "TCP connection established" in tcp_client.log()
+    assert lab.ping(tcp.tunnel_addr) and lab.ping(tcp.tunnel_addr6)
+
 
 # ---------------------------------------------------------------------------- 3
 

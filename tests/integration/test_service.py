@@ -40,6 +40,7 @@ def lab() -> Iterator[Lab]:
             lab.start_server(PUSH)
             lab.write_client_config("approved.ovpn")
             lab.write_client_config("broken.ovpn", "no-such-option-at-all yes")
+            lab.write_client_config("persist.ovpn", "persist-tun")
             yield lab
     finally:
         shutil.rmtree(pki_dir, ignore_errors=True)
@@ -418,6 +419,28 @@ def test_reconnect_ends_with_the_new_configuration(lab: Lab, svc: Service, user:
         assert svc.journal()["changes"] == n_before
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not svc.tuns(), 5, what="cleanup")
+
+
+def test_restart_with_persist_tun_keeps_a_working_tunnel(lab: Lab, svc: Service,
+                                                         user: User) -> None:
+    # With persist-tun openvpn runs no route hooks at a restart, and later re-sends
+    # its configuration without deleting it first: both must leave one clean copy.
+    pid = started_pid(svc.start_as(user, "--config", "persist.ovpn"))
+    tun = tunnel_up(lab, svc, pid)
+    session = svc.journal()["sessions"][0]["id"]
+    n_before = svc.journal()["changes"]
+    os.kill(pid, signal.SIGUSR1)
+    wait_for(lambda: svc.session_log(session).count("Initialization Sequence Completed") >= 2,
+             15, what=lambda: svc.session_log(session)[-3000:])
+    wait_for(lambda: lab.ping(Lab.pushed_host) and lab.ping(Lab.pushed_host6), 10,
+             what=lambda: svc.session_log(session)[-3000:])
+    assert sorted(r["dst"] for r in our_routes(lab) if r.get("dev") == tun) == \
+        ["10.9.0.0/16", "fd00:9::/64"]
+    assert len([a for a in lab.addrs(tun) if a["family"] == "inet"]) == 1
+    assert svc.journal()["changes"] == n_before
+    assert "refused by the service" not in svc.session_log(session)
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not svc.tuns() and not our_routes(lab), 5, what="cleanup")
 
 
 # -- scale (correctness only; speed is measured in bench/) ------------------------

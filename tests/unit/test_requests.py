@@ -168,7 +168,9 @@ class TestRoutes:
     def test_route_limit_and_duplicates(self) -> None:
         recs = SessionRecords({RouteKey(ip_network("10.9.0.0/16"), False, -1): 1}, {})
         p = policy(recs, limits=Limits(1, 4, 2))
-        assert refused(p, route("10.9.0.0", 16)) == errors.ERROR_OBJECT_ALREADY_EXISTS
+        # re-sent after a restart: applied again under the same journal record
+        assert p.decide(route("10.9.0.0", 16)) == \
+            AddRoute(RouteKey(ip_network("10.9.0.0/16"), False, -1), 7, None, existing=1)
         assert refused(p, route("10.10.0.0", 16)) == errors.ERROR_NOT_ENOUGH_QUOTA
 
 

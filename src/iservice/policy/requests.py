@@ -21,7 +21,9 @@ Rules:
   multicast/loopback/unspecified addresses.
 * Limits per session: routes, addresses.
 * A delete must match something this session added (the journal's key), else
-  ``ERROR_NOT_FOUND`` and nothing is touched.
+  ``ERROR_NOT_FOUND`` and nothing is touched.  Adding what the session already
+  added is not an error: after a restart with ``persist-tun`` openvpn re-sends its
+  configuration without deleting it first; it is applied again, journaled once.
 * Windows-only types (WINS, DHCP, create_adapter) → ``ERROR_NOT_SUPPORTED``.
 """
 
@@ -67,6 +69,7 @@ class AddressKey:
 @dataclass(frozen=True)
 class AddAddress:
     key: AddressKey
+    existing: int | None = None  # re-add of this journaled address (EEXIST is fine)
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class AddRoute:
     key: RouteKey
     oif: int
     gateway: IPAddress | None  # only for bypass routes: the default gateway
+    existing: int | None = None  # re-add of this journaled route (EEXIST is fine)
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,9 @@ class RequestPolicy:
                 raise Refused(errors.ERROR_NOT_FOUND, f"{a}/{msg.prefix_len} was not added here")
             return DelAddress(key, self.records.addresses[key])
         if key in self.records.addresses:
-            raise Refused(errors.ERROR_OBJECT_ALREADY_EXISTS, f"{a}/{msg.prefix_len} exists")
+            # Already ours: a restart re-sending its configuration.  Put it in again
+            # (the kernel may have dropped it with the link) without a new record.
+            return AddAddress(key, existing=self.records.addresses[key])
         if len(self.records.addresses) >= self.limits.max_addresses:
             raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
                           f"more than {self.limits.max_addresses} addresses")
@@ -216,7 +222,12 @@ class RequestPolicy:
                 raise Refused(errors.ERROR_NOT_FOUND, f"route {dst} was not added here")
             return DelRoute(key, self.records.routes[key])
         if key in self.records.routes:
-            raise Refused(errors.ERROR_OBJECT_ALREADY_EXISTS, f"route {dst} exists")
+            # Already ours: a restart re-sending its configuration.  Deleting the
+            # tun's last IPv4 address makes the kernel drop its routes, so a tun
+            # route is put in again (without a new record); a bypass route stays.
+            if key.bypass:
+                return Nothing()
+            return AddRoute(key, self.tun_ifindex, None, existing=self.records.routes[key])
         if len(self.records.routes) >= self.limits.max_routes:
             raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
                           f"more than {self.limits.max_routes} routes")
