@@ -16,22 +16,10 @@ import contextlib
 import os
 from collections.abc import Callable
 
+from iservice.aio import readable
+
 MAX_LINE = 4096
 FOLLOW_QUEUE = 1000
-
-
-async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    loop.add_reader(fd, wake)
-    try:
-        await fut
-    finally:
-        loop.remove_reader(fd)
 
 
 class SessionOutput:
@@ -89,13 +77,12 @@ class SessionOutput:
 
     async def pump(self, fd: int) -> None:
         """Read ``fd`` (non-blocking) until EOF or cancellation."""
-        loop = asyncio.get_running_loop()
         os.set_blocking(fd, False)
         while True:
             try:
                 data = os.read(fd, 65536)
             except BlockingIOError:
-                await _readable(loop, fd)
+                await readable(fd)
                 continue
             if not data:
                 return

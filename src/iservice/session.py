@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from iservice import errors
+from iservice.aio import readable
 from iservice.errors import ChannelError, MessageTooLargeError, StartupDataError
 from iservice.linux import launch
 from iservice.linux.identity import (
@@ -65,19 +66,8 @@ class Phase(enum.Enum):
     DONE = "done"
 
 
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 async def _readable(sock: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(sock.fileno(), lambda: _wake(fut))
-    try:
-        await fut
-    finally:
-        loop.remove_reader(sock.fileno())
+    await readable(sock.fileno())
 
 
 def recv_packet(sock: socket.socket, buf: bytearray) -> tuple[int, bytes] | None:

@@ -16,7 +16,6 @@ child still holds the channel.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -24,6 +23,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from iservice.aio import readable
 from iservice.linux.identity import UserIdentity
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -77,11 +77,6 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 @dataclass
 class Child:
     proc: subprocess.Popen[bytes]
@@ -94,13 +89,7 @@ class Child:
     async def wait(self) -> int:
         """Wait for exit without a thread; returns the shell-style exit status."""
         if self.proc.returncode is None:
-            loop = asyncio.get_running_loop()
-            fut: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(self.pidfd, lambda: _wake(fut))
-            try:
-                await fut
-            finally:
-                loop.remove_reader(self.pidfd)
+            await readable(self.pidfd)
             self.proc.wait()
         assert self.proc.returncode is not None
         return exit_status(self.proc.returncode)
