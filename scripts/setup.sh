@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${ISERVICE_VENV:-/opt/iservice}
-PKGS=(openvpn iproute2 iputils-ping nftables openssl python3-venv procps util-linux)
+PKGS=(openvpn iproute2 iputils-ping nftables openssl python3-venv procps util-linux
+      dbus-daemon)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -27,5 +28,9 @@ fi
 # Not editable: the checkout may live under /root, which other users cannot read.
 "$VENV/bin/pip" install -q --upgrade --force-reinstall --no-deps . >/dev/null
 "$VENV/bin/pip" install -q ".[dev]" >/dev/null
+# atheris (fuzz/run.py) ships wheels for Debian's Python 3.11; if it cannot be installed
+# the short fuzz pass of the test run uses hypothesis instead.
+"$VENV/bin/pip" install -q ".[fuzz]" >/dev/null 2>&1 ||
+  echo "setup: atheris could not be installed; fuzzing falls back to hypothesis"
 chmod -R go+rX "$VENV"
 echo "setup: iservice $("$VENV/bin/iservice" --version | cut -d' ' -f2) in $VENV"

@@ -7,6 +7,7 @@ namespace with a 0666 /dev/net/tun (SPEC §9); users talk to it with the install
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -43,6 +44,10 @@ class Service:
                 f"ovpn_admin_group = {self.admin_group}\n"
                 f"hook_path = {VENV / 'bin' / 'iservice-hook'}\n"
                 "stop_grace = 3\n" + extra)
+        if "dns_backend" not in extra:
+            # Never the machine's own resolver: the service's mount namespace sees the
+            # host's /etc/resolv.conf (DNS tests pick a backend and a sandbox themselves).
+            text += "dns_backend = none\n"
         self.settings_path = lab.write_file(f"{name}.conf", text, mode=0o644)
         self.proc: LabProcess | None = None
 
@@ -199,5 +204,82 @@ def ns_pids(lab: Lab, argv0: str) -> list[int]:
     return out
 
 
-__all__ = ["ISERVICE", "PYTHON", "Service", "ns_pids", "pid_user", "run", "wait_for"]
+__all__ = ["ISERVICE", "PYTHON", "PtyClient", "Service", "ns_pids", "pid_user", "run",
+           "wait_for"]
 
+
+
+class PtyClient:
+    """A command in a real pseudo-terminal (as a user types at it): ``expect`` text, ``send``
+    answers.  Everything it printed is kept in ``transcript`` (no echo of secrets: getpass
+    turns echo off, so a typed password never appears there)."""
+
+    def __init__(self, argv: list[str], *, cwd: str = "/") -> None:
+        import pty
+        self.transcript = ""
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: exec at once, nothing else
+            try:
+                os.chdir(cwd)
+                os.execvp(argv[0], argv)
+            finally:
+                os._exit(127)
+        self.pid, self.fd = pid, fd
+        self.status: int | None = None
+
+    def _read(self, timeout: float) -> bool:
+        import select
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return True
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError:  # EIO: the terminal's last user has gone
+            return False
+        if not data:
+            return False
+        self.transcript += data.decode("utf-8", "replace")
+        return True
+
+    def expect(self, text: str, timeout: float = 30) -> str:
+        """Wait until ``text`` appears after what was consumed so far; returns the transcript."""
+        deadline = time.monotonic() + timeout
+        while text not in self.transcript:
+            if time.monotonic() > deadline or (not self._read(0.1) and self.poll() is not None):
+                raise AssertionError(f"no {text!r} within {timeout}s; transcript:\n"
+                                     f"{self.transcript}")
+        return self.transcript
+
+    def send(self, line: str) -> None:
+        os.write(self.fd, (line + "\n").encode())
+
+    def poll(self) -> int | None:
+        if self.status is None:
+            pid, st = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(st)
+        return self.status
+
+    def wait(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"still running after {timeout}s:\n{self.transcript}")
+            self._read(0.1)
+        while self._read(0.05) and len(self.transcript) < 10**6:
+            pass
+        assert self.status is not None
+        return self.status
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.status = -9
+
+    def close(self) -> None:
+        self.kill()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)

@@ -48,6 +48,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -390,6 +391,7 @@ class ServerHandle(OpenVPNHandle):
 # --------------------------------------------------------------------------- the lab
 
 _SERVICE_WRAPPER = 'mount --bind "$1" /dev/net/tun && shift && exec "$@"'
+_BIND = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
 
 
 class Lab:
@@ -435,6 +437,11 @@ class Lab:
         self._manifest: dict[str, list[str]] = {"namespaces": [], "users": [], "groups": []}
         self._host_tun: os.stat_result | None = None
         self._opened = False
+        # The service wrapper: a command prefix that enters another mount and network
+        # namespace instead of the client's (tests/resolved_sandbox.py sets it), and
+        # files bind-mounted over paths in the service's private mount namespace.
+        self.service_prefix: list[str] | None = None
+        self.service_binds: list[tuple[Path, str]] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -732,11 +739,14 @@ class Lab:
                     env: Mapping[str, str] | None = None) -> list[str]:
         """argv run in the client namespace in a private mount namespace where /dev/net/tun
         is a 0666 node (the host's node is not touched); as ``user`` if given."""
-        return self.ns_cmd(self.client_ns, [
-            "unshare", "--mount", "--propagation", "private",
-            "sh", "-c", _SERVICE_WRAPPER, "lab-service", str(self.tun_node),
-            *self._as_user(argv, user, env),
-        ])
+        binds = [x for src, dst in self.service_binds
+                 for x in ("sh", "-c", _BIND, "lab-bind", str(src), dst)]
+        wrapped = ["unshare", "--mount", "--propagation", "private", *binds,
+                   "sh", "-c", _SERVICE_WRAPPER, "lab-service", str(self.tun_node),
+                   *self._as_user(argv, user, env)]
+        if self.service_prefix is not None:
+            return [*self.service_prefix, *wrapped]
+        return self.ns_cmd(self.client_ns, wrapped)
 
     def run_client(self, argv: Sequence[str], *, user: User | None = None, timeout: float = 30,
                    check: bool = False, input: str | None = None,
@@ -853,6 +863,49 @@ class Lab:
             handle.wait_connected(timeout=timeout)
         return handle
 
+    def auth_server_lines(self, credentials: Mapping[str, str], *, otp: str | None = None,
+                          challenge: str | None = None, name: str = "auth-verify") -> str:
+        """Server config lines that require a username/password (``auth-user-pass-verify``
+        with a root-only test script, ``via-file``). With ``otp`` the password must be a
+        static-challenge answer (``SCRV1:b64(password):b64(otp)``) carrying that OTP.
+        With ``challenge`` a right password is answered with a dynamic challenge (``CRV1``,
+        via ``auth_failed_reason_file``) whose expected answer is ``challenge``.
+        Every attempt is appended to ``<script>.attempts`` as ``user ok|bad|challenged``."""
+        script = self.write_file(f"servers/{name}.py", _AUTH_SCRIPT.format(
+            creds=repr(dict(credentials)), otp=repr(otp), challenge=repr(challenge),
+            attempts=repr(str(self.base_dir / "servers" / f"{name}.attempts"))),
+            mode=0o700)
+        return (f"script-security 2\nauth-user-pass-verify {script} via-file\n"
+                "verify-client-cert require\n")
+
+    def start_dns_server(self, answer: str, *, name: str = "dns",
+                         addresses: Sequence[str] = ()) -> LabProcess:
+        """A tiny DNS responder (UDP and TCP port 53) in the server namespace, on
+        ``addresses`` (default: the pushed and the outside addresses, so it answers both
+        through the tunnel and without it, each from the address asked): every A query is
+        answered with ``answer``, AAAA with no record; each query is printed as
+        ``query NAME from ADDR`` to its output file."""
+        script = self.write_file(f"servers/{name}.py", _DNS_RESPONDER, mode=0o700)
+        addrs = list(addresses) or [self.pushed_host, self.outside_addr, self.pushed_host6,
+                                    self.outside_addr6]
+        proc = self.popen(self.ns_cmd(self.server_ns, [sys.executable, "-u", str(script),
+                                                       answer, *addrs]), label=name)
+        wait_until(lambda: "ready" in proc.output() or proc.poll() is not None, timeout=10,
+                   what="the DNS responder")
+        if proc.poll() is not None:
+            raise LabError(f"DNS responder exited: {tail(proc.stderr_path or Path())}")
+        return proc
+
+    def dns_query(self, server: str, qname: str, *, tcp: bool = False,
+                  timeout: float = 1.0, ns: str | None = None) -> str | None:
+        """Ask ``server`` (port 53) for ``qname``'s A record from the client namespace;
+        the address answered, or None (no answer, refused, unreachable, timeout)."""
+        cp = run(self.ns_cmd(ns or self.client_ns, [
+            sys.executable, "-I", "-c", _DNS_QUERY, server, qname, "tcp" if tcp else "udp",
+            str(timeout)]), check=False, timeout=timeout + 10)
+        out = cp.stdout.strip()
+        return out or None
+
     def add_tun(self, name: str, user: User) -> str:
         """A persistent tun in the client namespace owned by ``user`` (gone with the netns)."""
         if len(name) > 15:
@@ -947,6 +1000,121 @@ class Lab:
     def processes(self) -> list[int]:
         """PIDs of tracked processes still running."""
         return [p.pid for p in self._procs if p.poll() is None]
+
+
+_DNS_RESPONDER = r'''
+import socket, struct, sys, threading
+ANSWER = socket.inet_aton(sys.argv[1])
+
+def reply(q, src):
+    tid, flags, qd = struct.unpack_from("!HHH", q)
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode(errors="replace"))
+        i += 1 + q[i]
+    qtype, = struct.unpack_from("!H", q, i + 1)
+    question = q[12:i + 5]
+    print(f"query {'.'.join(labels)} from {src}", flush=True)
+    an = b""
+    if qtype == 1:
+        an = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 0, 4) + ANSWER
+    head = struct.pack("!HHHHHH", tid, 0x8180 | (flags & 0x0100), 1, 1 if an else 0, 0, 0)
+    return head + question + an
+
+def udp(s):
+    while True:
+        q, addr = s.recvfrom(4096)
+        try:
+            s.sendto(reply(q, addr[0]), addr)
+        except Exception as exc:
+            print("bad query", exc, flush=True)
+
+def tcp_conn(c, addr):
+    with c:
+        n, = struct.unpack("!H", c.recv(2))
+        q = b""
+        while len(q) < n:
+            q += c.recv(n - len(q))
+        r = reply(q, addr[0])
+        c.sendall(struct.pack("!H", len(r)) + r)
+
+def tcp(s):
+    while True:
+        c, addr = s.accept()
+        threading.Thread(target=tcp_conn, args=(c, addr), daemon=True).start()
+
+for addr in sys.argv[2:]:  # one socket per address: replies come from the address asked
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    t = socket.socket(fam, socket.SOCK_STREAM)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    u.bind((addr, 53))
+    t.bind((addr, 53))
+    t.listen(16)
+    threading.Thread(target=udp, args=(u,), daemon=True).start()
+    threading.Thread(target=tcp, args=(t,), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+'''
+
+_DNS_QUERY = r'''
+import socket, struct, sys
+server, name, proto, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+q = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+q += struct.pack("!HH", 1, 1)
+fam = socket.AF_INET6 if ":" in server else socket.AF_INET
+try:
+    if proto == "udp":
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s.settimeout(timeout)
+        s.sendto(q, (server, 53))
+        r = s.recv(4096)
+    else:
+        s = socket.create_connection((server, 53), timeout=timeout)
+        s.sendall(struct.pack("!H", len(q)) + q)
+        n = struct.unpack("!H", s.recv(2))[0]
+        r = b""
+        while len(r) < n:
+            r += s.recv(n - len(r))
+except OSError:
+    sys.exit(1)
+if struct.unpack_from("!H", r, 6)[0]:
+    print(socket.inet_ntoa(r[-4:]))
+'''
+
+
+_AUTH_SCRIPT = """#!/usr/bin/python3
+# iservice lab: openvpn auth-user-pass-verify (via-file): line 1 user, line 2 password
+import base64, os, sys
+CREDS = {creds}
+OTP = {otp}
+CHALLENGE = {challenge}
+with open(sys.argv[1]) as f:
+    user, password = (f.read().split("\\n") + ["", ""])[:2]
+otp = None
+if password.startswith("CRV1::"):  # the answer to our dynamic challenge
+    parts = password.split(":", 4)
+    ok = CHALLENGE is not None and parts[2] == "st8" and parts[4] == CHALLENGE
+    with open({attempts}, "a") as f:
+        f.write(user + (" ok" if ok else " bad") + "\\n")
+    sys.exit(0 if ok else 1)
+if CHALLENGE is not None and CREDS.get(user) == password:
+    with open(os.environ["auth_failed_reason_file"], "w") as f:
+        f.write("CRV1:R:st8:" + base64.b64encode(user.encode()).decode()
+                + ":Enter the code from your token")
+    with open({attempts}, "a") as f:
+        f.write(user + " challenged\\n")
+    sys.exit(1)
+if password.startswith("SCRV1:"):
+    _, p64, r64 = (password.split(":") + ["", ""])[:3]
+    password = base64.b64decode(p64).decode()
+    otp = base64.b64decode(r64).decode()
+ok = CREDS.get(user) == password and (OTP is None or otp == OTP)
+with open({attempts}, "a") as f:
+    f.write(user + (" ok" if ok else " bad") + "\\n")
+sys.exit(0 if ok else 1)
+"""
 
 
 def _start_time(pid: int) -> str | None:

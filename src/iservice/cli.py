@@ -1,20 +1,32 @@
 """The ``iservice`` command.
 
 Subcommands:
-  serve   run the service in the foreground (root; systemd starts it this way)
-  start   send one raw startup request and print openvpn's PID (or the error)
+  serve       run the service in the foreground (root; systemd starts it this way)
+  start       send one raw startup request and print openvpn's PID (or the error)
+  connect     start a profile and answer its prompts; returns once connected (connect.py)
+  sessions    list your sessions (--all: everyone's, for admins)
+  status      one session in detail
+  log         a session's openvpn output (--follow: keep printing)
+  disconnect  end a session (or --all) and wait until the service has undone it
+  profiles    the approved profiles you may use
 
 Exit statuses of ``start``: 0 = started (with ``--wait``: openvpn exited cleanly),
 1 = the service refused the request or openvpn exited with an error (the reply is
-printed), 2 = usage error, 3 = the service cannot be reached.
+printed), 2 = usage error, 3 = the service cannot be reached.  ``connect`` adds
+4-8 and 130 (``iservice.connect``).  ``sessions``, ``status``, ``log``,
+``disconnect`` and ``profiles``: 0 = done, 1 = refused (no such session of yours,
+``--all`` without admin rights), 2 = usage error, 3 = the service cannot be reached.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from iservice import __version__
 from iservice.errors import ReplyFormatError, SettingsError
@@ -39,6 +51,18 @@ def _client_socket(args: argparse.Namespace) -> str:
                              instance=args.instance).socket_path
     except SettingsError:
         return load_settings(None, instance=args.instance).socket_path
+
+
+def _control_socket(args: argparse.Namespace) -> str:
+    """The control socket: next to --socket when given, else from the settings."""
+    if args.socket:
+        return os.path.join(os.path.dirname(os.path.abspath(args.socket)), "control")
+    path = args.settings or default_settings_path(args.instance)
+    try:
+        return load_settings(path if os.access(path, os.R_OK) else None,
+                             instance=args.instance).control_socket_path
+    except SettingsError:
+        return load_settings(None, instance=args.instance).control_socket_path
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -96,6 +120,148 @@ def cmd_start(args: argparse.Namespace) -> int:
         return status
 
 
+def cmd_connect(args: argparse.Namespace) -> int:
+    from iservice import connect
+    opts = connect.Options(profile=args.profile, socket_path=_client_socket(args),
+                           control_path=_control_socket(args), foreground=args.foreground,
+                           timeout=args.timeout, username=args.username,
+                           auth_retries=args.auth_retries, verb=args.verb)
+    return connect.run(opts)
+
+
+def _control(args: argparse.Namespace, req: dict[str, Any]) -> dict[str, Any] | int:
+    """One control request; the reply, or an exit status after printing the problem."""
+    from iservice import control
+    try:
+        reply = control.request(_control_socket(args), req)
+    except (control.ControlUnavailable, OSError, ValueError) as exc:
+        print(f"iservice: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if not reply.get("ok"):
+        print(f"iservice {args.command}: {reply.get('error', 'refused')}", file=sys.stderr)
+        return EXIT_USAGE if reply.get("code") == "bad-request" else EXIT_REFUSED
+    return reply
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def _clock(t: float | None) -> str:
+    if not t:
+        return "-"
+    when = time.localtime(t)
+    fmt = "%H:%M:%S" if time.time() - t < 86400 else "%Y-%m-%d %H:%M"
+    return time.strftime(fmt, when)
+
+
+def format_sessions(sessions: list[dict[str, Any]], *, show_user: bool) -> str:
+    if not sessions:
+        return "No sessions."
+    head = ["NAME", "PROFILE", *(["USER"] if show_user else []), "STATE", "SINCE", "TUN",
+            "ADDRESSES", "IN", "OUT", "PID"]
+    rows = [head]
+    for s in sessions:
+        rows.append([s["name"], s["profile"], *([s["user"]] if show_user else []),
+                     s["state"], _clock(s.get("started")), s.get("tun") or "-",
+                     ",".join(s.get("addresses") or []) or "-",
+                     human_bytes(s.get("bytes_in")), human_bytes(s.get("bytes_out")),
+                     str(s.get("pid") or "-")])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def format_status(s: dict[str, Any]) -> str:
+    state = s["state"] + (f" ({s['detail']})" if s.get("detail") else "")
+    pairs = [("session", s["name"]), ("profile", f"{s['profile']} ({s.get('config') or '-'})"),
+             ("user", f"{s['user']} (uid {s['uid']})"),
+             ("state", f"{state} since {_clock(s.get('state_since'))}"),
+             ("started", _clock(s.get("started"))), ("tun", s.get("tun") or "-"),
+             ("addresses", ", ".join(s.get("addresses") or []) or "-"),
+             ("bytes in", human_bytes(s.get("bytes_in"))),
+             ("bytes out", human_bytes(s.get("bytes_out"))), ("openvpn pid", str(s.get("pid")))]
+    return "\n".join(f"{k + ':':<13}{v}" for k, v in pairs)
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    reply = _control(args, {"op": "sessions", "all": args.all})
+    if isinstance(reply, int):
+        return reply
+    if args.json:
+        print(json.dumps(reply["sessions"], indent=2))
+    else:
+        print(format_sessions(reply["sessions"], show_user=args.all))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    reply = _control(args, {"op": "status", "name": args.name, "all": args.all})
+    if isinstance(reply, int):
+        return reply
+    print(json.dumps(reply["session"], indent=2) if args.json else format_status(reply["session"]))
+    return EXIT_OK
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    reply = _control(args, {"op": "profiles"})
+    if isinstance(reply, int):
+        return reply
+    if args.json:
+        print(json.dumps(reply["profiles"], indent=2))
+    elif not reply["profiles"]:
+        print(f"No approved profiles you can read in {reply.get('config_dir')}.")
+    else:
+        width = max(len(p["name"]) for p in reply["profiles"])
+        for p in reply["profiles"]:
+            print(f"{p['name']:<{width}}  {p['path']}")
+    return EXIT_OK
+
+
+def cmd_disconnect(args: argparse.Namespace) -> int:
+    if args.name is None and not args.all:
+        print("iservice disconnect: give a session NAME or --all", file=sys.stderr)
+        return EXIT_USAGE
+    req: dict[str, Any] = {"op": "disconnect", "all": args.all}
+    if args.name is not None:
+        req["name"] = args.name
+    reply = _control(args, req)
+    if isinstance(reply, int):
+        return reply
+    names = reply.get("disconnected") or []
+    print(f"Disconnected {', '.join(names)}." if names else "No sessions to disconnect.")
+    return EXIT_OK
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from iservice import control
+    req = {"op": "log", "name": args.name, "all": args.all, "follow": args.follow,
+           "lines": args.lines}
+    try:
+        for i, msg in enumerate(control.stream(_control_socket(args), req,
+                                               timeout=None if args.follow else 30)):
+            if i == 0 and not msg.get("ok"):
+                print(f"iservice log: {msg.get('error', 'refused')}", file=sys.stderr)
+                return EXIT_REFUSED
+            for line in msg.get("lines", []):
+                print(line, flush=args.follow)
+            if msg.get("end"):
+                break
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except (control.ControlUnavailable, OSError, ValueError) as exc:
+        print(f"iservice: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iservice", description=(
         "OpenVPN Interactive Service for Linux: unprivileged users run openvpn, "
@@ -127,6 +293,67 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("openvpn_args", nargs="*", metavar="OPTIONS",
                     help="openvpn options, after --")
     sp.set_defaults(func=cmd_start)
+
+    def client_common(sp: argparse.ArgumentParser) -> None:
+        common(sp)
+        sp.add_argument("--socket", metavar="PATH",
+                        help="service socket (default from settings; the control socket "
+                             "is 'control' next to it)")
+
+    sp = sub.add_parser("connect", help="connect a profile: prompts, progress, then detach",
+                        description="Start openvpn with PROFILE through the service, answer "
+                        "its prompts on this terminal, show the progress, and return once "
+                        "connected (the session keeps running; end it with `iservice "
+                        "disconnect`). Exit statuses: 0 connected, 1 refused by the service, "
+                        "2 usage, 3 service unreachable, 4 authentication failed, 5 timeout / "
+                        "server unreachable, 6 openvpn exited, 7 connection lost "
+                        "(--foreground), 8 connected with errors, 130 interrupted.")
+    client_common(sp)
+    sp.add_argument("profile", metavar="PROFILE",
+                    help="an approved profile name (see `iservice profiles`) or a path")
+    sp.add_argument("--foreground", action="store_true",
+                    help="stay attached once connected; Ctrl-C disconnects")
+    sp.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="give up if not connected after this long (default 60; time spent "
+                         "at prompts does not count)")
+    sp.add_argument("--username", metavar="NAME", help="the username to answer (not secret)")
+    sp.add_argument("--auth-retries", type=int, default=0, metavar="N",
+                    help="ask again this many times after a refused password (default 0)")
+    sp.add_argument("--verb", type=int, choices=range(0, 12), metavar="0-11",
+                    help="openvpn's log verbosity (default: the profile's)")
+    sp.set_defaults(func=cmd_connect)
+
+    sp = sub.add_parser("sessions", help="list your sessions")
+    client_common(sp)
+    sp.add_argument("--all", action="store_true", help="everyone's sessions (admins only)")
+    sp.add_argument("--json", action="store_true", help="JSON for scripts")
+    sp.set_defaults(func=cmd_sessions)
+
+    sp = sub.add_parser("status", help="one session in detail")
+    client_common(sp)
+    sp.add_argument("name", metavar="NAME", help="session name, id, or profile")
+    sp.add_argument("--all", action="store_true", help="look among everyone's (admins only)")
+    sp.add_argument("--json", action="store_true", help="JSON for scripts")
+    sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("log", help="a session's openvpn output")
+    client_common(sp)
+    sp.add_argument("name", metavar="NAME", help="session name, id, or profile")
+    sp.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    sp.add_argument("--lines", "-n", type=int, default=200, help="recent lines (default 200)")
+    sp.add_argument("--all", action="store_true", help="look among everyone's (admins only)")
+    sp.set_defaults(func=cmd_log)
+
+    sp = sub.add_parser("disconnect", help="end a session; returns once it is undone")
+    client_common(sp)
+    sp.add_argument("name", metavar="NAME", nargs="?", help="session name, id, or profile")
+    sp.add_argument("--all", action="store_true", help="every session (admins only)")
+    sp.set_defaults(func=cmd_disconnect)
+
+    sp = sub.add_parser("profiles", help="the approved profiles you may use")
+    client_common(sp)
+    sp.add_argument("--json", action="store_true", help="JSON for scripts")
+    sp.set_defaults(func=cmd_profiles)
     return p
 
 

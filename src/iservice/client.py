@@ -8,8 +8,10 @@ requests (the Linux side of CVE-2024-4877).
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -53,9 +55,20 @@ def connect(path: str, *, timeout: float | None = 10.0, require_root_peer: bool 
             ) -> Connection:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-    except OSError as exc:
+    # A full listen queue (a burst of other clients) gives EAGAIN at once on a socket
+    # with a timeout: retry until the timeout rather than give up.
+    deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
+    while True:
+        try:
+            sock.connect(path)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.01)
+                continue
+            exc: OSError = TimeoutError(errno.ETIMEDOUT, "the service's queue stayed full")
+        except OSError as err:
+            exc = err
         sock.close()
         raise ServiceUnavailable(f"cannot connect to the service at {path}: "
                                  f"{exc.strerror or exc}") from None

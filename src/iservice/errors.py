@@ -25,6 +25,7 @@ ERROR_ACCESS_DENIED = 5
 ERROR_NOT_SUPPORTED = 50
 ERROR_INVALID_PARAMETER = 87
 ERROR_CANT_WAIT = 0x22A  # "Too many concurrent clients"
+ERROR_GEN_FAILURE = 31  # a DNS or firewall backend failed
 ERROR_NOT_FOUND = 1168
 ERROR_NOT_ENOUGH_QUOTA = 1816
 ERROR_OBJECT_ALREADY_EXISTS = 5010  # openvpn reads this as "route exists"

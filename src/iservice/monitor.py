@@ -12,12 +12,19 @@ tun die with the tun, so undo deletes those implicitly by deleting the tun last;
 everything else (bypass routes, later DNS and firewall state) is undone
 explicitly.  Routes carry our own ``rtm_protocol``, and are deleted with it, so
 undo can never remove a route the session did not add.
+
+DNS (``SetDns``) goes to the backend chosen at start (``linux.dns``): one ``dns``
+record per session, written before its first change, undone with the backend
+named in the record (the setting may have changed across a crash).  The kill
+switch (``SetBlock``) is one nftables table per session (``linux.firewall``), a
+``nft`` record naming it.  Both are undone before the tun is deleted (newest first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import errno
 import logging
 import socket
@@ -28,7 +35,9 @@ from typing import Any, TypeVar
 
 from iservice import errors
 from iservice.journal import Journal, SessionRecord
+from iservice.linux import firewall
 from iservice.linux import tun as tundev
+from iservice.linux.dns import DnsBackend, DnsError, FileDns, NoDns, ResolvconfDns, ResolvedDns
 from iservice.linux.netlink import NetlinkError, Route, Rtnl
 from iservice.policy.requests import (
     AddAddress,
@@ -36,9 +45,12 @@ from iservice.policy.requests import (
     DefaultRoute,
     DelAddress,
     DelRoute,
+    FlushDns,
     FlushNeighbors,
     Nothing,
     Operation,
+    SetBlock,
+    SetDns,
     SetMtu,
 )
 
@@ -62,6 +74,16 @@ def errno_to_ack(err: int) -> int:
     return err
 
 
+DnsFactory = Callable[[Callable[[int, dict[str, Any]], None]], DnsBackend]
+
+
+@dataclass
+class _Block:
+    table: str
+    flags: int
+    change_id: int
+
+
 @dataclass(frozen=True)
 class Applied:
     """Result of one operation: ack error number (0 = done) and its journal id."""
@@ -74,6 +96,13 @@ def _route_data(op: AddRoute) -> dict[str, Any]:
             "gw": None if op.gateway is None else str(op.gateway), "bypass": op.key.bypass}
 
 
+def _route_of(op: AddRoute) -> Route:
+    """The kernel route of a decided add (the same route ``_route_data`` records)."""
+    metric = op.key.metric
+    return Route(dst=op.key.dst, oif=op.oif, gateway=op.gateway,
+                 metric=None if metric < 0 else metric)
+
+
 def _route_from_data(d: dict[str, Any]) -> Route:
     return Route(dst=ip_network(d["dst"]), oif=d["oif"],
                  gateway=None if d["gw"] is None else ip_address(d["gw"]),
@@ -81,12 +110,19 @@ def _route_from_data(d: dict[str, Any]) -> Route:
 
 
 class Monitor:
-    def __init__(self, journal_path: str, *, rtnl_factory: Callable[[], Rtnl] = Rtnl) -> None:
+    def __init__(self, journal_path: str, *, rtnl_factory: Callable[[], Rtnl] = Rtnl,
+                 dns_factory: DnsFactory | None = None) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="monitor")
         self._journal_path = journal_path
         self._rtnl_factory = rtnl_factory
+        self._dns_factory = dns_factory
         self.journal: Journal
         self.rtnl: Rtnl
+        self.dns: DnsBackend
+        self._dns_changes: dict[int, int] = {}  # session id → its "dns" journal record
+        self._blocks: dict[int, _Block] = {}  # session id → its kill-switch table
+        # session id → (its user, its VPN servers): every kill switch lets them through
+        self._servers: dict[int, tuple[int, tuple[str, ...]]] = {}
         self._pool.submit(self._open).result()
         # tun ifindex of each live session: their tun routes die with the tun.
         self._tuns: dict[int, int] = {}
@@ -94,6 +130,7 @@ class Monitor:
     def _open(self) -> None:
         self.journal = Journal(self._journal_path)
         self.rtnl = self._rtnl_factory()
+        self.dns = NoDns() if self._dns_factory is None else self._dns_factory(self.journal.update)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -101,6 +138,7 @@ class Monitor:
 
     def close(self) -> None:
         def _close() -> None:
+            self.dns.close()
             self.rtnl.close()
             self.journal.close()
         self._pool.submit(_close).result()
@@ -199,6 +237,16 @@ class Monitor:
                 return Applied(0)
             if isinstance(op, Nothing):
                 return Applied(0)
+            if isinstance(op, SetDns):
+                return self._set_dns(session_id, tun_ifindex, op)
+            if isinstance(op, FlushDns):
+                self.dns.flush()
+                return Applied(0)
+            if isinstance(op, SetBlock):
+                return self._set_block(session_id, op)
+        except (firewall.NftError, DnsError) as exc:
+            log.warning("event=backend-failed session=%d error=%r", session_id, str(exc))
+            return Applied(errors.ERROR_GEN_FAILURE)
         except OSError as exc:
             return Applied(errno_to_ack(exc.errno or errno.EIO))
         raise TypeError(f"not an operation: {op!r}")
@@ -213,7 +261,7 @@ class Monitor:
         again: set[int] = set()  # batch positions re-adding an already journaled route
         for op in ops:
             if isinstance(op, AddRoute):
-                batch.append((True, _route_from_data(_route_data(op))))
+                batch.append((True, _route_of(op)))  # no text round trip (profiled)
                 if op.existing is None:
                     change_ids.append(next(ids))
                 else:
@@ -245,6 +293,105 @@ class Monitor:
         self.journal.forget(forget)
         return out
 
+    # -- DNS -----------------------------------------------------------------------
+
+    def _set_dns(self, session_id: int, tun_ifindex: int, op: SetDns) -> Applied:
+        change = self._dns_changes.get(session_id)
+        if op.state.empty:
+            if change is not None:
+                self._revert_dns(session_id, change)
+            return Applied(0)
+        ifname = socket.if_indextoname(tun_ifindex)
+        fresh = change is None
+        if change is None:
+            change = self.journal.record(session_id, "dns",
+                                         self.dns.undo_data(session_id, tun_ifindex, ifname))
+            self._dns_changes[session_id] = change
+        try:
+            self.dns.apply(session_id, tun_ifindex, ifname, op.state.link(), change)
+        except OSError:
+            if fresh:
+                with contextlib.suppress(OSError):
+                    self._revert_dns(session_id, change)
+            raise
+        return Applied(0, change)
+
+    def _revert_dns(self, session_id: int, change: int) -> None:
+        rec = self.journal.get(change)
+        if rec is not None:
+            self._dns_backend(rec.data).revert(session_id, rec.data)
+        self.journal.forget([change])
+        self._dns_changes.pop(session_id, None)
+
+    def _dns_backend(self, data: dict[str, Any]) -> DnsBackend:
+        """The backend that made a record: the current one, or one made for the undo."""
+        name = data.get("backend")
+        if name == self.dns.name and (name != "file" or
+                                      data.get("path") == getattr(self.dns, "path", None)):
+            return self.dns
+        if name == "resolved":
+            return ResolvedDns()
+        if name == "resolvconf":
+            return ResolvconfDns(str(data["exe"]))
+        if name == "file":
+            return FileDns(str(data["path"]), self.journal.update)
+        return NoDns()
+
+    # -- the kill switch ------------------------------------------------------------
+
+    def _all_servers(self) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for uid, addrs in self._servers.values():
+            out.setdefault(uid, [])
+            out[uid] += [a for a in addrs if a not in out[uid]]
+        return out
+
+    def _set_block(self, session_id: int, op: SetBlock) -> Applied:
+        cur = self._blocks.get(session_id)
+        if op.flags == 0:
+            if cur is not None:
+                firewall.delete_table(cur.table)
+                self.journal.forget([cur.change_id])
+                del self._blocks[session_id]
+            return Applied(0)
+        if cur is not None:
+            firewall.replace_table(cur.table, op.flags, self._all_servers())
+            cur.flags = op.flags
+            return Applied(0, cur.change_id)
+        for k in range(firewall.TABLE_ATTEMPTS):
+            name = firewall.table_name(session_id, k)
+            change = self.journal.record(session_id, "nft", {"table": name})
+            try:
+                firewall.create_table(name, op.flags, self._all_servers())
+            except OSError as exc:
+                self.journal.forget([change])
+                if exc.errno == errno.EEXIST:
+                    continue
+                raise
+            self._blocks[session_id] = _Block(name, op.flags, change)
+            return Applied(0, change)
+        raise firewall.NftError(errno.EEXIST, f"iservice_{session_id} and its variants exist")
+
+    def set_servers(self, session_id: int, uid: int, servers: Sequence[str]) -> None:
+        """The VPN server addresses of a session: every kill switch lets the user's
+        packets to them through (the tunnel's own connection)."""
+        before = self._all_servers()
+        if servers:
+            self._servers[session_id] = (uid, tuple(servers))
+        else:
+            self._servers.pop(session_id, None)
+        if self._all_servers() != before:
+            self._sync_blocks()
+
+    def _sync_blocks(self) -> None:
+        servers = self._all_servers()
+        for sid, block in self._blocks.items():
+            try:
+                firewall.replace_table(block.table, block.flags, servers)
+            except OSError as exc:
+                log.error("event=block-sync-failed session=%d table=%s error=%r", sid,
+                          block.table, str(exc))
+
     def forget(self, change_ids: Sequence[int]) -> None:
         self.journal.forget(change_ids)
 
@@ -263,6 +410,10 @@ class Monitor:
                         problems.append(f"route {c.data['dst']}: {errno.errorcode.get(err, err)}")
                 elif c.kind == "addr":
                     continue  # dies with the tun
+                elif c.kind == "dns":
+                    self._dns_backend(c.data).revert(session_id, c.data)
+                elif c.kind == "nft":
+                    firewall.delete_table(str(c.data["table"]))
                 elif c.kind == "tun":
                     self._delete_tun(c.data)
                 else:
@@ -272,6 +423,10 @@ class Monitor:
                     problems.append(f"{c.kind} {c.data}: {exc}")
         self.journal.end_session(session_id)
         self._tuns.pop(session_id, None)
+        self._dns_changes.pop(session_id, None)
+        self._blocks.pop(session_id, None)
+        if self._servers.pop(session_id, None) and self._blocks:
+            self._sync_blocks()
         return problems
 
     def _delete_tun(self, data: dict[str, Any]) -> None:

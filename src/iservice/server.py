@@ -16,25 +16,34 @@ import errno
 import grp
 import logging
 import os
+import pwd
 import signal
 import socket
 import stat
 import sys
 from collections import Counter
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
-from iservice import errors
+from iservice import audit, errors
+from iservice.aio import readable
+from iservice.control import ControlServer
 from iservice.errors import StartupDataError
 from iservice.linux import launch
+from iservice.linux.dns import DnsBackend, DnsError, make_backend
 from iservice.linux.identity import peer_credentials
 from iservice.linux.netlink import Rtnl
 from iservice.monitor import Monitor
+from iservice.policy.redirect import FACTS_ENV
 from iservice.policy.requests import DefaultRoute
 from iservice.session import Session
 from iservice.settings import Settings
 from iservice.wire import startup as w
 
 log = logging.getLogger("iservice.server")
+
+_MAX_DRAINING = 64  # see Server._too_many
 
 # Errors from accept() that mean "out of resources now", not "listener broken".
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -57,13 +66,89 @@ def sd_notify(state: str) -> None:
 
 
 def check_private_dir(path: str, what: str) -> None:
-    """A directory the service trusts must be root-owned and not writable by others."""
+    """A directory the service trusts must be root-owned and not writable by others.
+
+    Its parents too: whoever can rename a parent can put another directory in
+    its place.  A parent writable by others is accepted only with the sticky
+    bit (``/tmp``), where nobody can rename a directory root owns.
+    """
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise StartupError(f"{what} {path} is not a directory")
     if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise StartupError(f"{what} {path} must be owned by root and not writable by "
                            f"group or others (it is uid {st.st_uid}, mode {st.st_mode & 0o7777:o})")
+    parent = os.path.dirname(os.path.abspath(path))
+    while True:
+        pst = os.stat(parent)
+        if pst.st_uid != 0 or (pst.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+                               and not pst.st_mode & stat.S_ISVTX):
+            raise StartupError(f"{what} {path}: its parent {parent} must be owned by root and "
+                               f"not writable by group or others (it is uid {pst.st_uid}, "
+                               f"mode {pst.st_mode & 0o7777:o})")
+        if parent == "/":
+            break
+        parent = os.path.dirname(parent)
+
+
+_MAX_CONFIG_ENTRIES = 10000  # entries looked at by config_dir_warnings
+
+
+def config_dir_warnings(config_dir: str, admin_group: str) -> list[str]:
+    """Why "approved" may mean nothing: config_dir or something in it writable by a non-admin.
+
+    Admins are root and the members of ``admin_group``; a file or directory owned
+    by anyone else, writable by others, or writable by a group other than root's
+    and the admin group's, could be changed by a non-admin.  The parents of
+    config_dir count too.  Symbolic links are not followed (the validator
+    resolves them and refuses a config that leaves config_dir).
+    """
+    try:
+        admin = grp.getgrnam(admin_group)
+        admin_gids, admin_uids = {0, admin.gr_gid}, {0}
+        for name in admin.gr_mem:
+            with contextlib.suppress(KeyError):
+                admin_uids.add(pwd.getpwnam(name).pw_uid)
+    except KeyError:
+        admin_gids, admin_uids = {0}, {0}
+    problems: list[str] = []
+
+    def judge(path: str, st: os.stat_result, parent: bool = False) -> None:
+        mode = st.st_mode
+        if parent and mode & stat.S_ISVTX:
+            return  # /tmp-like: nobody renames root's entries
+        if st.st_uid not in admin_uids:
+            problems.append(f"{path} is owned by uid {st.st_uid}, who is not an admin")
+        elif mode & stat.S_IWOTH:
+            problems.append(f"{path} is writable by every user (mode {mode & 0o7777:o})")
+        elif mode & stat.S_IWGRP and st.st_gid not in admin_gids:
+            problems.append(f"{path} is writable by group {st.st_gid}, which is not an "
+                            f"admin group (mode {mode & 0o7777:o})")
+
+    try:
+        top = os.lstat(config_dir)
+    except OSError as exc:
+        return [f"config_dir {config_dir} cannot be examined: {exc.strerror}"]
+    parent = os.path.dirname(os.path.abspath(config_dir))
+    while True:
+        with contextlib.suppress(OSError):
+            judge(parent, os.stat(parent), parent=True)
+        if parent == "/":
+            break
+        parent = os.path.dirname(parent)
+    judge(config_dir, top)
+    seen = 0
+    for root, dirs, files in os.walk(config_dir):
+        for name in dirs + files:
+            seen += 1
+            if seen > _MAX_CONFIG_ENTRIES:
+                return problems
+            path = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if not stat.S_ISLNK(st.st_mode):
+                    judge(path, st)
+    return problems
 
 
 def hook_command(settings: Settings) -> str:
@@ -95,18 +180,22 @@ class Server:
         self._conns_by_uid: Counter[int] = Counter()
         self._conn_count = 0
         self._stopping = False
+        self._draining = 0  # refused connections whose request is being taken (bounded)
         self._query_rtnl: Rtnl | None = None
         self.monitor: Monitor
+        self._control_listener: socket.socket
 
     # -- used by sessions -----------------------------------------------------
 
-    def service_options(self, tun: str, channel_fd: int) -> list[str]:
+    def service_options(self, tun: str, channel_fd: int,
+                        facts_fd: int | None = None) -> list[str]:
         """Appended last, so they win over the user's options (SPEC §4)."""
         hook = f"{self.hook} {channel_fd}"
+        facts = [] if facts_fd is None else ["--setenv", FACTS_ENV, str(facts_fd)]
         return ["--dev", tun, "--dev-type", "tun", "--disable-dco",
                 "--ifconfig-noexec", "--route-noexec", "--script-security", "2",
                 "--up", hook, "--route-up", hook, "--route-pre-down", hook, "--down", hook,
-                "--up-restart"]
+                "--up-restart", *facts]
 
     def session_log_path(self, session_id: int) -> str | None:
         if self.settings.log_dir is None:
@@ -148,6 +237,13 @@ class Server:
 
     # -- start ----------------------------------------------------------------
 
+    def _dns_backend(self, update_record: Callable[[int, dict[str, Any]], None]) -> DnsBackend:
+        """Chosen once at start (``auto``: resolved's name on the bus, else openresolv,
+        else the file); runs in the monitor thread."""
+        s = self.settings
+        return make_backend(s.dns_backend, resolv_conf=s.resolv_conf,
+                            resolvconf_exe=s.resolvconf_path, update_record=update_record)
+
     def _prepare_state(self) -> str:
         d = self.settings.state_dir
         os.makedirs(d, mode=0o700, exist_ok=True)
@@ -164,7 +260,10 @@ class Server:
                 raise StartupError("the socket from systemd is not an AF_UNIX SOCK_SEQPACKET one")
             sock.setblocking(False)
             return sock
-        path = self.settings.socket_path
+        return self._bind(self.settings.socket_path)
+
+    def _bind(self, path: str) -> socket.socket:
+        """A listening SEQPACKET socket at ``path`` with the configured mode and group."""
         directory = os.path.dirname(path)
         os.makedirs(directory, mode=0o755, exist_ok=True)
         check_private_dir(directory, "socket directory")
@@ -199,7 +298,9 @@ class Server:
                                    "does not exist") from None
         os.chown(path, 0, gid)
         os.chmod(path, self.settings.socket_mode)
-        sock.listen(128)
+        # The kernel's maximum: a burst of hostile connections must not fill the
+        # queue before the accept loop drains it (CVE-2025-13751).
+        sock.listen(socket.SOMAXCONN)
         sock.setblocking(False)
         return sock
 
@@ -219,12 +320,30 @@ class Server:
 
     async def serve(self) -> None:
         journal_path = self._prepare_state()
-        self.monitor = Monitor(journal_path)
+        for problem in config_dir_warnings(self.settings.config_dir,
+                                           self.settings.ovpn_admin_group):
+            # CVE-2024-27903's lesson: "approved" means nothing if a user can write there.
+            audit.record(logging.WARNING, "insecure-config-dir",
+                         config_dir=self.settings.config_dir, reason=problem)
+        try:
+            self.monitor = Monitor(journal_path, dns_factory=self._dns_backend)
+        except DnsError as exc:
+            raise StartupError(f"DNS: {exc.strerror}") from None
+        log.info("event=dns-backend setting=%s backend=%s block_dns=%s",
+                 self.settings.dns_backend, self.monitor.dns.name, self.settings.block_dns)
         try:
             await self._recover()
             listener = self._listen()
             try:
-                await self._serve(listener)
+                # The control socket (sessions, status, log, disconnect) is never
+                # socket-activated: without a running service there is nothing to show.
+                self._control_listener = self._bind(self.settings.control_socket_path)
+                try:
+                    await self._serve(listener)
+                finally:
+                    self._control_listener.close()
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.settings.control_socket_path)
             finally:
                 listener.close()
                 if not os.environ.get("LISTEN_FDS"):
@@ -245,11 +364,13 @@ class Server:
         sd_notify("READY=1\nSTATUS=accepting connections")
         async with asyncio.TaskGroup() as tg:
             accept = tg.create_task(self._accept_loop(listener, tg))
+            control = tg.create_task(ControlServer(self).serve(self._control_listener))
             await stop.wait()
             log.info("event=stopping sessions=%d", len(self.sessions))
             sd_notify("STOPPING=1")
             self._stopping = True
             accept.cancel()
+            control.cancel()
             for s in list(self.sessions):
                 s.request_stop()
         log.info("event=stopped")
@@ -276,6 +397,10 @@ class Server:
                     tg.create_task(self._too_many(session))
                     continue
                 self.sessions.add(session)
+                # Counted at admission, not when the task first runs: a burst of
+                # connections is accepted before any session task starts.
+                self._conn_count += 1
+                self._conns_by_uid[creds.uid] += 1
                 tg.create_task(self._run_session(session))
             except Exception:
                 # One bad connection must never stop the accept loop.
@@ -284,8 +409,6 @@ class Server:
 
     async def _run_session(self, session: Session) -> None:
         uid = session.creds.uid
-        self._conn_count += 1
-        self._conns_by_uid[uid] += 1
         try:
             await session.run()
         finally:
@@ -295,12 +418,26 @@ class Server:
                 del self._conns_by_uid[uid]
 
     async def _too_many(self, session: Session) -> None:
-        log.warning("event=too-many-clients conn=%d uid=%d client_pid=%d", session.number,
-                    session.creds.uid, session.creds.pid)
+        audit.record(logging.WARNING, "too-many-clients", uid=session.creds.uid,
+                     client_pid=session.creds.pid, conn=session.number, what="connection",
+                     verdict="refused", reason="Too many concurrent clients")
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(2):
                 await loop.sock_sendall(session.conn, w.encode_reply(w.too_many_clients_reply()))
+            # A client sends its request right after connecting; closing with it unread
+            # would reset the connection before the client reads the reply.  Take it,
+            # briefly and for a bounded number of refused connections at a time.
+            if self._draining < _MAX_DRAINING:
+                self._draining += 1
+                try:
+                    async with asyncio.timeout(0.5):
+                        await readable(session.conn.fileno())
+                    for _ in range(4):
+                        if not session.conn.recv(1, socket.MSG_DONTWAIT | socket.MSG_TRUNC):
+                            break
+                finally:
+                    self._draining -= 1
         except (OSError, TimeoutError):
             pass
         finally:

@@ -14,8 +14,9 @@ File format
   given twice, a line without ``=`` or an invalid value is a ``SettingsError``
   naming the file, the line and the key: a typo must not silently weaken a
   setting.
-* For the optional keys (``log_dir``, ``socket_group``, ``hook_path``) an empty
-  value means "not set"; for every other key an empty value is an error.
+* For the optional keys (``log_dir``, ``socket_group``, ``hook_path``,
+  ``resolvconf_path``) an empty value means "not set"; for every other key an
+  empty value is an error.
 
 Keys (original value names first)
 ---------------------------------
@@ -28,6 +29,8 @@ Keys (original value names first)
 ``log_dir``             absolute path or unset (openvpn's output goes nowhere)
 ``socket_path``         absolute path (<= 107 bytes, the ``sun_path`` limit),
                         default ``/run/openvpn<inst>/service``
+``control_socket_path`` absolute path (<= 107 bytes), default ``control`` next to
+                        ``socket_path``: the control socket (``docs/control.md``)
 ``socket_mode``         octal (``0660``, ``660`` or ``0o660``); only read/write
                         bits (within 0o666), and owner read+write required;
                         default ``0666``
@@ -36,7 +39,10 @@ Keys (original value names first)
 ``dns_backend``         ``auto`` | ``resolved`` | ``resolvconf`` | ``file`` |
                         ``none`` (case-insensitive), default ``auto``
 ``resolv_conf``         absolute path, default ``/etc/resolv.conf``
-``block_dns``           ``true/false/yes/no/on/off/1/0``, default false
+``resolvconf_path``     absolute path of ``resolvconf`` or unset (looked up in
+                        the usual sbin/bin directories)
+``block_dns``           ``true/false/yes/no/on/off/1/0``, default false: every
+                        session blocks DNS outside its tunnel once it is up
 ``hook_path``           absolute path or unset (derived at run time)
 ``max_clients``, ``max_clients_per_user``, ``max_sessions_per_user``,
 ``max_routes``, ``max_addresses``, ``max_dns_servers``, ``max_bypass_routes``
@@ -94,7 +100,7 @@ _MAX_LIMIT = 2**31 - 1
 _MAX_SUN_PATH = 107  # sun_path is 108 bytes including the terminating NUL
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
-_OPTIONAL = frozenset({"log_dir", "socket_group", "hook_path"})
+_OPTIONAL = frozenset({"log_dir", "socket_group", "hook_path", "resolvconf_path"})
 
 
 class _Invalid(Exception):
@@ -206,11 +212,13 @@ class Settings:
     ovpn_admin_group: str = "openvpn-admin"
     log_dir: str | None = None
     socket_path: str = ""  # "" = derived
+    control_socket_path: str = ""  # "" = "control" in socket_path's directory
     socket_mode: int = 0o666
     socket_group: str | None = None
     state_dir: str = ""  # "" = derived
     dns_backend: str = "auto"
     resolv_conf: str = "/etc/resolv.conf"
+    resolvconf_path: str | None = None
     block_dns: bool = False
     hook_path: str | None = None
     max_clients: int = 64
@@ -233,6 +241,9 @@ class Settings:
         for name, default in derived.items():
             if getattr(self, name) == "":
                 object.__setattr__(self, name, default)
+        if self.control_socket_path == "" and isinstance(self.socket_path, str):
+            object.__setattr__(self, "control_socket_path",
+                               os.path.join(os.path.dirname(self.socket_path), "control"))
         for name, check in _CHECKS.items():
             value = getattr(self, name)
             if value is None and name in _OPTIONAL:
@@ -255,11 +266,13 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     "ovpn_admin_group": _check_group,
     "log_dir": _check_abs_path,
     "socket_path": _check_socket_path,
+    "control_socket_path": _check_socket_path,
     "socket_mode": _check_mode,
     "socket_group": _check_group,
     "state_dir": _check_abs_path,
     "dns_backend": _check_dns_backend,
     "resolv_conf": _check_abs_path,
+    "resolvconf_path": _check_abs_path,
     "block_dns": lambda value: None,
     "hook_path": _check_abs_path,
     "max_clients": _check_limit,
@@ -343,11 +356,13 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "ovpn_admin_group": _parse_str(_check_group),
     "log_dir": _parse_str(_check_abs_path),
     "socket_path": _parse_str(_check_socket_path),
+    "control_socket_path": _parse_str(_check_socket_path),
     "socket_mode": _parse_mode,
     "socket_group": _parse_str(_check_group),
     "state_dir": _parse_str(_check_abs_path),
     "dns_backend": _parse_dns_backend,
     "resolv_conf": _parse_str(_check_abs_path),
+    "resolvconf_path": _parse_str(_check_abs_path),
     "block_dns": _parse_bool,
     "hook_path": _parse_str(_check_abs_path),
     "max_clients": _parse_limit,

@@ -15,9 +15,9 @@ from iservice.policy.requests import (
     DefaultRoute,
     DelAddress,
     DelRoute,
+    FlushDns,
     FlushNeighbors,
     Limits,
-    Nothing,
     Refused,
     RequestPolicy,
     RouteKey,
@@ -208,5 +208,5 @@ class TestTable:
                     m.WinsCfgMsg(m.MsgType.ADD_WINS_CFG, 1, TUN, (IPv4Address("10.8.0.1"),))):
             assert refused(p, msg) == errors.ERROR_NOT_SUPPORTED
 
-    def test_register_dns_is_acknowledged(self) -> None:
-        assert policy().decide(m.RegisterDnsMsg(m.MsgType.REGISTER_DNS, 1)) == Nothing()
+    def test_register_dns_flushes_the_resolver_caches(self) -> None:
+        assert policy().decide(m.RegisterDnsMsg(m.MsgType.REGISTER_DNS, 1)) == FlushDns()

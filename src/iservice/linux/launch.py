@@ -4,8 +4,9 @@ The child gets the user's uid, gid and supplementary groups, a clean
 environment (none of the service's variables), the nice value of ``priority``,
 stdin = the startup message's ``stdin`` (UTF-8) then EOF, stdout/stderr to a
 pipe the session reads (``SessionOutput``: a ring of recent lines for ``iservice
-log``, an optional file in ``log_dir``, and line observers), and exactly one extra
-descriptor: its end of the session channel.  The process starts in ``/``; openvpn
+log``, an optional file in ``log_dir``, and line observers), and two extra
+descriptors: its end of the session channel, and a read-only one with what the
+service knows for the hook (``session.py``: the facts).  The process starts in ``/``; openvpn
 itself enters the working directory through a leading ``--cd DIR`` option, so the
 directory is entered with the user's rights (a root ``chdir`` before dropping
 privileges would not check them).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -27,6 +29,30 @@ from iservice.aio import readable
 from iservice.linux.identity import UserIdentity
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# openvpn passes every pushed route to its scripts in the environment, and execve()
+# accepts argv + environment (strings and pointers) only up to min(RLIMIT_STACK / 4,
+# 6 MiB).  With the usual 8 MiB stack limit that is 2 MiB: about 17,000 IPv4 routes
+# (~124 bytes each), beyond which openvpn cannot run its --up hook at all and exits.
+# A soft limit of 24 MiB or more moves the limit to the kernel's fixed 6 MiB (about
+# 50,000 routes; docs/performance.md).
+OPENVPN_STACK_LIMIT = 32 * 1024 * 1024
+
+
+def raise_stack_limit(want: int = OPENVPN_STACK_LIMIT) -> None:
+    """Raise the service's own soft RLIMIT_STACK to ``want`` (never above the hard limit).
+
+    openvpn inherits it through the spawn, and so do the execve()s of its hooks.  The
+    service's own limit is raised, not the child's (``prlimit`` on another process
+    needs CAP_SYS_RESOURCE, which a confined service may lack); soft ≤ hard needs no
+    privilege.  Threads and the stack already mapped are not affected.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+        if hard != resource.RLIM_INFINITY:
+            want = min(want, hard)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
 
 
 def clean_environment(user: UserIdentity) -> dict[str, str]:
@@ -105,15 +131,17 @@ class Child:
 
 
 def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir: str,
-                  nice: int, stdin: bytes, channel_fd: int, output_fd: int) -> Child:
+                  nice: int, stdin: bytes, channel_fd: int, output_fd: int,
+                  extra_fds: Sequence[int] = ()) -> Child:
     """Start openvpn; its stdout and stderr go to ``output_fd`` (the session's log pipe)."""
+    raise_stack_limit()  # openvpn's hooks get up to 6 MiB of environment
     proc = subprocess.Popen(
         [exe, "--cd", workdir, *argv],
         executable=exe,
         stdin=subprocess.PIPE,
         stdout=output_fd,
         stderr=subprocess.STDOUT,
-        pass_fds=(channel_fd,),
+        pass_fds=(channel_fd, *extra_fds),
         cwd="/",
         env=clean_environment(user),
         user=user.uid,

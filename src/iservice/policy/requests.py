@@ -24,6 +24,12 @@ Rules:
   ``ERROR_NOT_FOUND`` and nothing is touched.  Adding what the session already
   added is not an error: after a restart with ``persist-tun`` openvpn re-sends its
   configuration without deleting it first; it is applied again, journaled once.
+* DNS (``add/del_dns_cfg``, ``add/del_nrpt_cfg``) and the kill switch
+  (``add/del_wfp_block``): only for the session's own tun.  Names and server
+  addresses are checked (``policy.dns``); at most ``max_dns_servers`` servers.
+  Each message yields the session's whole new DNS state (``SetDns``) or block
+  flags (``SetBlock``), so the monitor applies a state, never a delta.  A del
+  with nothing to delete → ``ERROR_NOT_FOUND``.  ``register_dns`` → ``FlushDns``.
 * Windows-only types (WINS, DHCP, create_adapter) → ``ERROR_NOT_SUPPORTED``.
 """
 
@@ -31,10 +37,19 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
 from iservice import errors
+from iservice.policy.dns import (
+    BadDnsValue,
+    DnsRecords,
+    DnsState,
+    Nrpt,
+    check_server,
+    parse_domains,
+    parse_server,
+)
 from iservice.wire import msg as m
 
 IPAddress = IPv4Address | IPv6Address
@@ -107,7 +122,27 @@ class Nothing:
     """Acknowledge without doing anything (e.g. register_dns with no cache to flush)."""
 
 
-Operation = AddAddress | DelAddress | AddRoute | DelRoute | SetMtu | FlushNeighbors | Nothing
+@dataclass(frozen=True)
+class SetDns:
+    """Give the session's link this DNS state (empty = none); ``previous`` for rollback."""
+    state: DnsState
+    previous: DnsState
+
+
+@dataclass(frozen=True)
+class FlushDns:
+    """register_dns: flush the resolver's caches where the backend can."""
+
+
+@dataclass(frozen=True)
+class SetBlock:
+    """The session's kill switch: wfp_block flags (0 = remove); ``previous`` for rollback."""
+    flags: int
+    previous: int
+
+
+Operation = (AddAddress | DelAddress | AddRoute | DelRoute | SetMtu | FlushNeighbors | Nothing
+             | SetDns | FlushDns | SetBlock)
 
 
 @dataclass(frozen=True)
@@ -121,6 +156,7 @@ class Limits:
     max_routes: int
     max_addresses: int
     max_bypass_routes: int
+    max_dns_servers: int = 8
 
 
 @dataclass
@@ -128,6 +164,7 @@ class SessionRecords:
     """What the session has added (kept by the session, mirrored in the journal)."""
     routes: dict[RouteKey, int]
     addresses: dict[AddressKey, int]
+    dns: DnsRecords = field(default_factory=DnsRecords)
 
     @property
     def bypass_count(self) -> int:
@@ -148,8 +185,10 @@ class RequestPolicy:
     def __init__(self, *, tun_ifindex: int, tun_name: str, limits: Limits,
                  records: SessionRecords,
                  default_route: Callable[[int], DefaultRoute | None],
-                 shadows_other_session: Callable[[IPAddress], bool]) -> None:
+                 shadows_other_session: Callable[[IPAddress], bool],
+                 forced_block: int = 0) -> None:
         self.tun_ifindex = tun_ifindex
+        self.forced_block = forced_block  # block flags the admin wants (block_dns)
         self.tun_name = tun_name
         self.limits = limits
         self.records = records
@@ -275,6 +314,73 @@ class RequestPolicy:
     def _nothing(self, msg: m.Message) -> Operation:
         return Nothing()
 
+    def _dns_state(self, new: DnsState) -> Operation:
+        old = self.records.dns.dns
+        if new.server_count() > self.limits.max_dns_servers:
+            raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
+                          f"more than {self.limits.max_dns_servers} DNS servers")
+        return SetDns(new, old)
+
+    def _dns_cfg(self, msg: m.Message) -> Operation:
+        assert isinstance(msg, m.DnsCfgMsg)
+        self._require_own_iface(msg.iface)
+        old = self.records.dns.dns
+        version = 4 if msg.family == socket.AF_INET else 6
+        try:
+            servers = [check_server(a) for a in msg.addresses]
+            domains = parse_domains(msg.domains)
+        except BadDnsValue as exc:
+            raise Refused(errors.ERROR_INVALID_PARAMETER, str(exc)) from None
+        if msg.type == m.MsgType.DEL_DNS_CFG:
+            had = old.servers4 if version == 4 else old.servers6
+            if not had and not (domains and old.domains):
+                raise Refused(errors.ERROR_NOT_FOUND, "no DNS configuration of this family here")
+            new = old.with_family(version, ())
+            if domains:
+                new = DnsState(new.servers4, new.servers6, (), new.nrpt)
+            return SetDns(new, old)
+        new = old.with_family(version, servers) if servers else old
+        if domains:
+            new = DnsState(new.servers4, new.servers6, domains, new.nrpt)
+        if not servers and not domains:
+            raise Refused(errors.ERROR_INVALID_PARAMETER, "add_dns_cfg without servers or domains")
+        return self._dns_state(new)
+
+    def _nrpt_cfg(self, msg: m.Message) -> Operation:
+        assert isinstance(msg, m.NrptCfgMsg)
+        self._require_own_iface(msg.iface)
+        old = self.records.dns.dns
+        if msg.type == m.MsgType.DEL_NRPT_CFG:
+            if old.nrpt is None:
+                raise Refused(errors.ERROR_NOT_FOUND, "no NRPT configuration here")
+            return SetDns(DnsState(old.servers4, old.servers6, old.domains, None), old)
+        try:
+            servers = tuple(dict.fromkeys(parse_server(a) for a in msg.addresses))
+            nrpt = Nrpt(servers, parse_domains(msg.resolve_domains),
+                        parse_domains(msg.search_domains), msg.dnssec)
+        except BadDnsValue as exc:
+            raise Refused(errors.ERROR_INVALID_PARAMETER, str(exc)) from None
+        if not servers:
+            raise Refused(errors.ERROR_INVALID_PARAMETER, "add_nrpt_cfg without a server")
+        return self._dns_state(DnsState(old.servers4, old.servers6, old.domains, nrpt))
+
+    def _wfp_block(self, msg: m.Message) -> Operation:
+        assert isinstance(msg, m.WfpBlockMsg)
+        self._require_own_iface(msg.iface)
+        old = self.records.dns.block.flags
+        if msg.type == m.MsgType.DEL_WFP_BLOCK:
+            if not old:
+                raise Refused(errors.ERROR_NOT_FOUND, "no block here")
+            # What the admin wants (block_dns) stays until the session ends.
+            return SetBlock(old & self.forced_block, old)
+        allowed = m.WFP_BLOCK_LOCAL | m.WFP_BLOCK_DNS
+        if not msg.flags or msg.flags & ~allowed:
+            raise Refused(errors.ERROR_INVALID_PARAMETER, f"block flags {msg.flags:#x}")
+        return SetBlock(msg.flags | (old & self.forced_block), old)
+
+    def _register_dns(self, msg: m.Message) -> Operation:
+        return FlushDns()
+
 
 _Handler = Callable[[RequestPolicy, m.Message], Operation]
 
@@ -286,5 +392,11 @@ _TABLE: Mapping[m.MsgType, _Handler] = {
     m.MsgType.DEL_ROUTE: RequestPolicy._route,
     m.MsgType.SET_MTU: RequestPolicy._mtu,
     m.MsgType.FLUSH_NEIGHBORS: RequestPolicy._flush,
-    m.MsgType.REGISTER_DNS: RequestPolicy._nothing,
+    m.MsgType.REGISTER_DNS: RequestPolicy._register_dns,
+    m.MsgType.ADD_DNS_CFG: RequestPolicy._dns_cfg,
+    m.MsgType.DEL_DNS_CFG: RequestPolicy._dns_cfg,
+    m.MsgType.ADD_NRPT_CFG: RequestPolicy._nrpt_cfg,
+    m.MsgType.DEL_NRPT_CFG: RequestPolicy._nrpt_cfg,
+    m.MsgType.ADD_WFP_BLOCK: RequestPolicy._wfp_block,
+    m.MsgType.DEL_WFP_BLOCK: RequestPolicy._wfp_block,
 }

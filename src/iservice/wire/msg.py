@@ -798,6 +798,22 @@ def decode_ack(raw: bytes) -> Ack:
     return Ack(mid, error_number)
 
 
+def with_message_id(raw: bytes, message_id: int) -> bytes:
+    """An encoded request with its header's message_id set to ``message_id``.
+
+    The hook numbers thousands of messages: patching the encoded header costs ~0.2 µs,
+    rebuilding each message with ``dataclasses.replace`` (which re-validates) ~5 µs.
+    """
+    if len(raw) < HEADER_SIZE:
+        raise MessageDataError(f"message of {len(raw)} bytes is shorter than the header", -1)
+    buf = bytearray(raw)
+    try:
+        _S_INT32.pack_into(buf, 16, message_id)
+    except struct.error:
+        raise ValueError(f"message_id {message_id!r} is not an int32") from None
+    return bytes(buf)
+
+
 def peek_message_id(raw: bytes) -> int:
     """The header's message_id, or -1 if there is no whole header to read it from."""
     if len(raw) < HEADER_SIZE:

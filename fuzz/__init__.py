@@ -1,0 +1,1 @@
+"""Fuzzing: targets (``targets.py``), the atheris runner (``run.py``), seed corpus (``corpus/``)."""

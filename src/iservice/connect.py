@@ -1,0 +1,615 @@
+"""``iservice connect PROFILE``: start openvpn through the service and drive it (docs/client.md).
+
+1. Resolve the profile (a name from ``iservice profiles``, or a path).
+2. Ask the service to start ``openvpn --config PROFILE --management SOCK unix
+   --management-hold --management-query-passwords --auth-retry interact`` (every
+   option is on the non-admin whitelist).  SOCK lives in a directory only the user
+   can enter (``$XDG_RUNTIME_DIR/iservice`` or ``~/.cache/iservice``, mode 0700), and
+   the peer of the socket must be the very openvpn the service started.
+3. Over the management interface: release the hold, answer the prompts on the
+   terminal (username/password, private-key passphrase, static and dynamic
+   challenges, CR_TEXT; web-auth URLs are shown), show the progress, and return
+   once openvpn says ``CONNECTED`` — or stay with ``--foreground`` until Ctrl-C.
+
+Secrets are read with ``getpass`` from the terminal, go only into the management
+socket, and are never put into argv, the environment, logs or files; the command
+buffers that carried them are overwritten after sending (Python ``str`` copies cannot
+be wiped; they are dropped as soon as possible).
+
+``Dialog`` is the decision part (event in → commands and an outcome), tested with
+a fake terminal; ``run`` is the I/O around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import select
+import signal
+import stat
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any
+
+from iservice import client, control
+from iservice import management as mg
+from iservice.errors import ReplyFormatError
+from iservice.policy.argv import quote_argv
+from iservice.wire import startup as w
+
+# Exit statuses (README "Exit statuses"; 0-3 mean what they mean for `iservice start`).
+EXIT_OK = 0
+EXIT_REFUSED = 1  # the service refused the request (its message is printed)
+EXIT_USAGE = 2  # bad arguments, unknown profile, no terminal to ask on
+EXIT_UNAVAILABLE = 3  # the service cannot be reached
+EXIT_AUTH = 4  # authentication failed (password, OTP, challenge, key passphrase)
+EXIT_TIMEOUT = 5  # not connected within --timeout (server unreachable or silent)
+EXIT_OPENVPN = 6  # openvpn exited before connecting (its last log lines are printed)
+EXIT_LOST = 7  # --foreground: the connection ended on its own, with an error
+EXIT_PARTIAL = 8  # connected, but openvpn reported errors (e.g. routes): session kept
+EXIT_INTERRUPTED = 130  # Ctrl-C or end of input at a prompt: the session was ended
+
+STATE_TEXT = {
+    "STARTING": "starting openvpn",
+    "HOLD": "waiting",
+    "RESOLVE": "resolving the server's name",
+    "TCP_CONNECT": "connecting (TCP)",
+    "CONNECTING": "connecting",
+    "WAIT": "waiting for the server",
+    "AUTH": "authenticating",
+    "AUTH_PENDING": "waiting for the authentication to complete",
+    "GET_CONFIG": "getting the configuration",
+    "ASSIGN_IP": "assigning addresses",
+    "ADD_ROUTES": "adding routes",
+    "CONNECTED": "connected",
+    "RECONNECTING": "reconnecting",
+    "EXITING": "exiting",
+}
+# openvpn 2.6 with --ifconfig-noexec/--route-noexec goes WAIT → AUTH → CONNECTED; its
+# log (``log on``) tells the steps in between.
+LOG_PROGRESS = (
+    ("PUSH: Received control message", "getting the configuration"),
+    ("TUN/TAP device", "opening the tun device"),
+    ("iservice-hook", "adding addresses and routes (iservice)"),
+)
+# States before the server answered at all: a timeout there means "unreachable".
+EARLY_STATES = frozenset({"STARTING", "HOLD", "RESOLVE", "TCP_CONNECT", "CONNECTING", "WAIT",
+                          "RECONNECTING"})
+
+
+class Cancelled(Exception):
+    """The user pressed Ctrl-C or ended the input at a prompt."""
+
+
+# --------------------------------------------------------------------------- terminal
+
+
+class Terminal:
+    """Prompts and progress.  On a terminal, progress is one rewritten line."""
+
+    def __init__(self, out: IO[str] | None = None, *, tty: bool | None = None) -> None:
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty() if tty is None else tty
+        self._open_line = False
+        self._last = ""
+
+    def progress(self, text: str) -> None:
+        if text == self._last:
+            return
+        self._last = text
+        if self.tty:
+            self.out.write("\r\033[K" + text)
+            self._open_line = True
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+    def message(self, text: str) -> None:
+        self.end_line()
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def end_line(self) -> None:
+        if self._open_line:
+            self.out.write("\n")
+            self._open_line = False
+            self._last = ""
+
+    def ask(self, prompt: str, *, secret: bool) -> str:
+        self.end_line()
+        try:
+            if secret:
+                return getpass.getpass(prompt)
+            return _read_line(prompt)
+        except (EOFError, KeyboardInterrupt):
+            raise Cancelled() from None
+
+
+def _read_line(prompt: str) -> str:
+    """A visible answer, from the controlling terminal when there is one (like getpass)."""
+    try:
+        tty = open("/dev/tty", "r+")  # noqa: SIM115 (closed below)
+    except OSError:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError from None
+        return line.rstrip("\n")
+    with tty:
+        tty.write(prompt)
+        tty.flush()
+        line = tty.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
+
+
+# --------------------------------------------------------------------------- the dialog
+
+
+@dataclass
+class Outcome:
+    code: int
+    message: str
+
+
+class Dialog:
+    """What to answer to each management event; pure apart from the injected terminal.
+
+    ``send`` gets each command (bytes or a wipeable bytearray, wiped after the call).
+    ``handle`` returns an ``Outcome`` once the connection attempt is decided.
+    """
+
+    def __init__(self, term: Terminal, send: Callable[[bytes | bytearray], None], *,
+                 username: str | None = None, auth_retries: int = 0) -> None:
+        self.term = term
+        self._send = send
+        self.username = username
+        self.auth_retries = auth_retries
+        self.state = "STARTING"
+        self.remote = ""
+        self.local_ip = ""
+        self.challenge: mg.DynamicChallenge | None = None
+        self.auth_failed = False
+        self.connected = False
+        self.prompted = False  # a prompt was answered (the caller extends its deadline)
+        self.fatal = ""
+
+    def send(self, cmd: bytes | bytearray) -> None:
+        try:
+            self._send(cmd)
+        finally:
+            if isinstance(cmd, bytearray):
+                mg.wipe(cmd)
+
+    def handle(self, ev: mg.Event) -> Outcome | None:
+        if isinstance(ev, mg.Info):
+            self.send(mg.command("state", "on"))
+            self.send(mg.command("log", "on"))
+        elif isinstance(ev, mg.Log):
+            if not self.connected:
+                for needle, text in LOG_PROGRESS:
+                    if needle in ev.text:
+                        self.term.progress(text + " …" if self.term.tty else text)
+                        break
+        elif isinstance(ev, mg.Hold):
+            # "hold off" first (as openvpn-gui): after we detach, a restart must not
+            # wait for a hold release nobody will send.
+            self.send(mg.command("hold", "off"))
+            self.send(mg.command("hold", "release"))
+        elif isinstance(ev, mg.State):
+            return self._state(ev)
+        elif isinstance(ev, mg.PasswordRequest):
+            self._password(ev)
+        elif isinstance(ev, mg.VerificationFailed):
+            return self._failed(ev)
+        elif isinstance(ev, mg.WebAuth):
+            self.term.message(f"Log in with your browser to continue: {ev.url}")
+        elif isinstance(ev, mg.CrText):
+            answer = self.term.ask(f"{ev.text}: ", secret=not ev.echo)
+            self.prompted = True
+            self.send(mg.cr_response_command(answer))
+            del answer
+        elif isinstance(ev, mg.NeedOk):
+            self.term.message(f"openvpn asks: {ev.text or ev.name} (answering ok)")
+            self.send(mg.command("needok", ev.name, "ok"))
+        elif isinstance(ev, mg.NeedStr):
+            answer = self.term.ask(f"{ev.text or ev.name}: ", secret=False)
+            self.prompted = True
+            self.send(mg.command("needstr", ev.name, answer))
+        elif isinstance(ev, mg.Fatal):
+            self.fatal = ev.text
+        return None
+
+    def _state(self, ev: mg.State) -> Outcome | None:
+        self.state = ev.name
+        if ev.remote_ip:
+            self.remote = ev.remote_ip + (f":{ev.remote_port}" if ev.remote_port else "")
+        if ev.local_ip:
+            self.local_ip = ev.local_ip
+        text = STATE_TEXT.get(ev.name, ev.name.lower().replace("_", " "))
+        if ev.name in ("CONNECTING", "TCP_CONNECT", "WAIT") and self.remote:
+            text += f" to {self.remote}"
+        if ev.name in ("RECONNECTING", "EXITING") and ev.detail:
+            text += f" ({ev.detail})"
+        if ev.name == "CONNECTED":
+            self.connected = True
+            self.term.end_line()
+            if ev.detail == "SUCCESS":
+                return Outcome(EXIT_OK, "connected")
+            return Outcome(EXIT_PARTIAL, f"connected, but openvpn reported errors ({ev.detail});"
+                                         " some routes or settings may be missing")
+        self.term.progress(text + " …" if self.term.tty else text)
+        if ev.detail in ("auth-failure", "private-key-password-failure") and \
+                ev.name in ("RECONNECTING", "EXITING"):
+            self.auth_failed = True
+            if self.auth_retries <= 0 and self.challenge is None:
+                return Outcome(EXIT_AUTH, "authentication failed: the server refused "
+                                          "the credentials")
+        return None
+
+    def _password(self, ev: mg.PasswordRequest) -> None:
+        if ev.kind == "Auth" and self.challenge is not None:
+            ch, self.challenge = self.challenge, None
+            answer = self.term.ask(f"{ch.text}: ", secret=not ch.echo)
+            self.prompted = True
+            for cmd in mg.password_commands(
+                    "Auth", username=ch.username,
+                    password=mg.dynamic_challenge_password(ch, answer)):
+                self.send(cmd)
+            del answer
+            return
+        label = {"Auth": "", "Private Key": "Private key "}.get(ev.kind, f"{ev.kind} ")
+        username = None
+        if ev.need_username:
+            username = self.username or self.term.ask(
+                f"{label}Username: " if label else "Username: ", secret=False)
+            self.username = username  # asked again after a failure: keep it
+        password = None
+        if ev.need_password:
+            prompt = "Private key passphrase: " if ev.kind == "Private Key" else \
+                f"{label}Password: "
+            password = self.term.ask(prompt, secret=True)
+            sc = ev.static_challenge
+            if sc is not None and ev.kind == "Auth":
+                response = self.term.ask(f"{sc.text}: ", secret=not sc.echo)
+                password = mg.static_challenge_password(password, response, sc)
+                del response
+        self.prompted = True
+        for cmd in mg.password_commands(ev.kind, username=username, password=password):
+            self.send(cmd)
+        del password
+
+    def _failed(self, ev: mg.VerificationFailed) -> Outcome | None:
+        if ev.challenge is not None:
+            self.challenge = ev.challenge  # asked at the next "Need 'Auth'"
+            return None
+        what = "private key passphrase" if ev.kind == "Private Key" else "credentials"
+        if self.auth_retries > 0:
+            self.auth_retries -= 1
+            self.term.message(f"Authentication failed ({what} refused); try again.")
+            return None
+        return Outcome(EXIT_AUTH, f"authentication failed: the server refused the {what}"
+                       if ev.kind == "Auth" else f"authentication failed: wrong {what}")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def private_dir() -> str:
+    """A directory only the caller can enter, for the management socket."""
+    candidates = []
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        candidates.append(os.path.join(runtime, "iservice"))
+    candidates.append(os.path.join(os.path.expanduser("~"), ".cache", "iservice"))
+    problems = []
+    for d in candidates:
+        try:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            st = os.lstat(d)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                problems.append(f"{d} is not a directory of yours")
+                continue
+            if st.st_mode & 0o077:
+                os.chmod(d, 0o700)
+            return d
+        except OSError as exc:
+            problems.append(f"{d}: {exc.strerror}")
+    raise OSError("no private directory for the management socket: " + "; ".join(problems))
+
+
+def management_path(directory: str, profile: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in profile)[:40]
+    path = os.path.join(directory, f"{safe}-{os.getpid()}.sock")
+    if len(path.encode()) > 107:
+        path = os.path.join(directory, f"m{os.getpid()}")
+    if len(path.encode()) > 107:
+        raise OSError(f"{directory} is too long a path for a unix socket")
+    return path
+
+
+def openvpn_options(config: str, mgmt: str, *, verb: int | None = None) -> str:
+    argv = ["--config", config, "--management", mgmt, "unix", "--management-hold",
+            "--management-query-passwords", "--auth-retry", "interact",
+            # openvpn-gui's IV_SSO: the server may offer web auth and CR_TEXT
+            "--setenv", "IV_SSO", "openurl,webauth,crtext"]
+    if verb is not None:
+        argv += ["--verb", str(verb)]
+    return quote_argv(argv)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    path: str
+
+
+def resolve_profile(text: str, control_path: str) -> Profile:
+    """A path (has a ``/`` or names an existing file) or a name from ``iservice profiles``."""
+    if "/" in text or os.path.isfile(text):
+        path = os.path.abspath(text)
+        if not os.path.isfile(path):
+            raise LookupError(f"no such file: {path}")
+        return Profile(control.profile_name(path), path)
+    try:
+        reply = control.request(control_path, {"op": "profiles"}, timeout=10)
+    except (control.ControlUnavailable, OSError) as exc:
+        raise LookupError(f"cannot list the approved profiles: {exc}") from None
+    profiles = reply.get("profiles") or []
+    for p in profiles:
+        if text in (p.get("name"), os.path.basename(str(p.get("path")))):
+            return Profile(str(p["name"]), str(p["path"]))
+    known = ", ".join(str(p.get("name")) for p in profiles) or "none"
+    raise LookupError(f"no profile {text!r} (approved profiles you can use: {known})")
+
+
+# --------------------------------------------------------------------------- run
+
+
+@dataclass
+class Options:
+    profile: str
+    socket_path: str
+    control_path: str
+    foreground: bool = False
+    timeout: float = 60.0
+    username: str | None = None
+    auth_retries: int = 0
+    verb: int | None = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _session_of(control_path: str, pid: int) -> dict[str, Any] | None:
+    with contextlib.suppress(Exception):
+        reply = control.request(control_path, {"op": "sessions"}, timeout=5)
+        for s in reply.get("sessions", []):
+            if s.get("pid") == pid:
+                return dict(s)
+    return None
+
+
+def _log_tail(control_path: str, pid: int, lines: int = 12) -> list[str]:
+    """openvpn's last lines, while the service still has the session."""
+    s = _session_of(control_path, pid)
+    if s is None:
+        return []
+    with contextlib.suppress(Exception):
+        reply = control.request(control_path, {"op": "log", "name": s["name"],
+                                               "lines": lines}, timeout=5)
+        return [str(x) for x in reply.get("lines", [])]
+    return []
+
+
+def run(opts: Options, term: Terminal | None = None) -> int:
+    term = term or Terminal()
+    err = sys.stderr
+    try:
+        profile = resolve_profile(opts.profile, opts.control_path)
+    except LookupError as exc:
+        print(f"iservice connect: {exc}", file=err)
+        return EXIT_USAGE
+    try:
+        mgmt_path = management_path(private_dir(), profile.name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(mgmt_path)  # a socket of an earlier run with our (recycled) pid
+    except OSError as exc:
+        print(f"iservice connect: {exc}", file=err)
+        return EXIT_USAGE
+    options = openvpn_options(profile.path, mgmt_path, verb=opts.verb)
+    term.progress(f"starting {profile.name} through iservice")
+    try:
+        conn, reply = client.start(opts.socket_path, os.path.dirname(profile.path), options)
+    except client.ServiceUnavailable as exc:
+        term.end_line()
+        print(f"iservice connect: {exc}", file=err)
+        return EXIT_UNAVAILABLE
+    except (OSError, ReplyFormatError) as exc:
+        term.end_line()
+        print(f"iservice connect: talking to the service failed: {exc}", file=err)
+        return EXIT_UNAVAILABLE
+    with conn:
+        if isinstance(reply, w.ErrorReply):
+            term.end_line()
+            text = reply.message.strip() or reply.func
+            print(f"iservice connect: the service refused: {text}"
+                  + (f" ({reply.func})" if reply.message.strip() else ""), file=err)
+            return EXIT_REFUSED
+        assert isinstance(reply, w.PidReply)
+        try:
+            return _drive(opts, term, conn, reply.pid, mgmt_path, profile)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(mgmt_path)
+
+
+def _exit_reply(conn: client.Connection, wait: float) -> str:
+    """The service's word on openvpn's exit (it sends one only for a non-zero status)."""
+    conn.sock.settimeout(wait)
+    try:
+        for r in conn.replies():
+            if isinstance(r, w.ErrorReply):
+                return r.func.strip()
+    except (OSError, ReplyFormatError):
+        pass
+    return ""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _drive(opts: Options, term: Terminal, conn: client.Connection, pid: int,
+           mgmt_path: str, profile: Profile) -> int:
+    err = sys.stderr
+    try:
+        mgmt = mg.Client.connect(mgmt_path, timeout=15, expected_pid=pid,
+                                 alive=lambda: _alive(pid))
+    except mg.ManagementError as exc:
+        term.end_line()
+        why = _exit_reply(conn, 2)
+        print(f"iservice connect: {exc}" + (f" ({why})" if why else ""), file=err)
+        for line in _log_tail(opts.control_path, pid):
+            print(f"  openvpn: {line}", file=err)
+        return EXIT_OPENVPN
+    dialog = Dialog(term, mgmt.send, username=opts.username, auth_retries=opts.auth_retries)
+    outcome: Outcome | None = None
+    stopping = False  # we asked openvpn to exit
+    deadline = time.monotonic() + opts.timeout
+    stop_deadline = 0.0
+    # Ctrl-C, and a closed terminal or a kill (SIGHUP/SIGTERM), end the session cleanly:
+    # an openvpn left waiting at a prompt nobody will answer would hold its tun forever.
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
+    for sig in old:
+        signal.signal(sig, _interrupt)
+
+    def stop(result: Outcome) -> None:
+        nonlocal outcome, stopping, stop_deadline
+        outcome = result
+        if not stopping:
+            stopping = True
+            stop_deadline = time.monotonic() + 10
+            try:
+                mgmt.send(mg.command("signal", "SIGTERM"))
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+
+    try:
+        while not mgmt.closed:
+            try:
+                if stopping:
+                    if time.monotonic() > stop_deadline:
+                        with contextlib.suppress(OSError):
+                            os.kill(pid, signal.SIGKILL)
+                        break
+                    wait: float | None = 0.5
+                elif outcome is None:
+                    wait = max(0.0, deadline - time.monotonic())
+                    if wait == 0:
+                        state = dialog.state
+                        msg = (f"no answer from the server {dialog.remote or ''} within "
+                               f"{opts.timeout:g} s (is it reachable?)"
+                               if state in EARLY_STATES else
+                               f"not connected within {opts.timeout:g} s (stuck in {state})")
+                        stop(Outcome(EXIT_TIMEOUT, msg))
+                        continue
+                else:
+                    wait = None  # --foreground, connected: until something happens
+                ready, _, _ = select.select([mgmt], [], [], wait)
+                if not ready:
+                    continue
+                for ev in mgmt.read():
+                    if stopping:  # openvpn is on its way out: nothing more to answer
+                        continue
+                    try:
+                        result = dialog.handle(ev)
+                    except OSError:  # openvpn went away while we answered
+                        break
+                    if dialog.prompted:  # time spent typing does not count
+                        dialog.prompted = False
+                        deadline = time.monotonic() + opts.timeout
+                    if result is None or stopping:
+                        continue
+                    if result.code in (EXIT_OK, EXIT_PARTIAL):
+                        outcome = result
+                        if not opts.foreground:
+                            break
+                        term.message(_connected_text(opts, pid, dialog, profile, result)
+                                     + "\nStaying in the foreground: Ctrl-C disconnects.")
+                    else:
+                        stop(result)
+                if outcome is not None and outcome.code in (EXIT_OK, EXIT_PARTIAL) \
+                        and not opts.foreground:
+                    break
+            except (KeyboardInterrupt, Cancelled):
+                term.end_line()
+                if dialog.connected and opts.foreground:
+                    term.message("Disconnecting …")
+                    stop(Outcome(EXIT_OK, "disconnected"))
+                else:
+                    stop(Outcome(EXIT_INTERRUPTED, "interrupted: the session was ended"))
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        eof = mgmt.closed
+        mgmt.close()
+    term.end_line()
+    if outcome is not None and outcome.code in (EXIT_OK, EXIT_PARTIAL) and not stopping \
+            and not eof:
+        # Connected and detaching: the session runs on without us.
+        print(_connected_text(opts, pid, dialog, profile, outcome), flush=True)
+        return outcome.code
+    # openvpn has exited (or is exiting): what did the service see?
+    why = _exit_reply(conn, 3)
+    if outcome is None:
+        if dialog.connected:  # --foreground, and the connection ended by itself
+            if why:
+                print(f"iservice connect: the connection ended: {why}", file=err)
+                return EXIT_LOST
+            print("Disconnected.")
+            return EXIT_OK
+        if dialog.auth_failed:
+            outcome = Outcome(EXIT_AUTH, "authentication failed")
+        else:
+            text = dialog.fatal or why or "openvpn exited"
+            print(f"iservice connect: openvpn exited before connecting: {text}", file=err)
+            for line in _log_tail(opts.control_path, pid):
+                print(f"  openvpn: {line}", file=err)
+            return EXIT_OPENVPN
+    if outcome.code == EXIT_OK:
+        print("Disconnected.", flush=True)
+    else:
+        print(f"iservice connect: {outcome.message}", file=err)
+    return outcome.code
+
+
+def _connected_text(opts: Options, pid: int, dialog: Dialog, profile: Profile,
+                    outcome: Outcome) -> str:
+    s = _session_of(opts.control_path, pid)
+    name = s["name"] if s else f"pid {pid}"
+    where = []
+    if s and s.get("tun"):
+        where.append(f"on {s['tun']}")
+    addrs = (s or {}).get("addresses") or ([dialog.local_ip] if dialog.local_ip else [])
+    if addrs:
+        where.append("address " + ", ".join(addrs))
+    head = "Connected" if outcome.code == EXIT_OK else f"Warning: {outcome.message}\nConnected"
+    text = f"{head}: {profile.name} (session {name}) {' '.join(where)}".rstrip()
+    if not opts.foreground:
+        text += f"\nDisconnect with: iservice disconnect {name}"
+    return text
+

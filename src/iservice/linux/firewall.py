@@ -1,0 +1,114 @@
+"""The kill switch: one nftables table per session (``inet iservice_<session>``).
+
+``add/del_wfp_block`` of the Windows original become a table of our own with one
+``output`` chain (priority ``filter - 10``), written with ``nft -f -`` in one
+transaction; undo deletes the table (``nft delete table``), also at the next start
+after the service was killed (the table's name is in the journal).  The name is
+made from the session id alone; ``create table`` fails if the name is taken (for
+example by another service instance in the same network namespace), and then
+``iservice_<session>_<k>`` is tried, like the tun names.
+
+Flags (``openvpn-msg.h``): 2 = block DNS (UDP and TCP port 53) on every interface
+but the tunnels and loopback; 1 (or 3) = block all traffic that does not leave
+through a tunnel, except loopback, the tunnels' own connections, IPv6 neighbour
+discovery and DHCP (so the machine keeps its own address).  "A tunnel" is any
+``istun*`` device: with two sessions each blocking, every table must let the
+other's tunnel through.  "The tunnels' own connections" are packets from a socket
+of a session's user to that session's VPN servers (``meta skuid U ip daddr {…}``):
+the Windows original permits openvpn.exe by application; openvpn runs as the user
+here, and a user can name (through openvpn's output) only holes for its own uid.
+Every table lists every live session's servers (the monitor keeps them in step).
+Like the original's ALE filters this covers the machine's own traffic (the output
+hook), not forwarded traffic.
+"""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+from iservice.wire.msg import WFP_BLOCK_LOCAL
+
+NFT = "nft"
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TABLE_ATTEMPTS = 10
+TUNNELS = "istun*"
+
+
+class NftError(OSError):
+    pass
+
+
+def table_name(session_id: int, k: int = 0) -> str:
+    return f"iservice_{session_id}" + (f"_{k}" if k else "")
+
+
+def run_nft(script: str) -> None:
+    try:
+        cp = subprocess.run([NFT, "-f", "-"], input=script.encode(), capture_output=True,
+                            timeout=15, env={"PATH": SAFE_PATH}, cwd="/", check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NftError(errno.EIO, f"nft: {exc}") from None
+    if cp.returncode != 0:
+        err = cp.stderr.decode(errors="replace")
+        code = errno.EEXIST if "File exists" in err else \
+            errno.ENOENT if "No such file" in err else errno.EIO
+        raise NftError(code, f"nft: {err.strip()[:400]}")
+
+
+Servers = Mapping[int, Sequence[str]]  # uid → VPN server addresses of its sessions
+
+
+def _addresses(addrs: Iterable[str], version: int) -> list[IPv4Address | IPv6Address]:
+    parsed: list[IPv4Address | IPv6Address] = []
+    for a in addrs:
+        addr = ip_address(a)
+        if addr.version == version and addr not in parsed:
+            parsed.append(addr)
+    return parsed
+
+
+def table_body(name: str, flags: int, servers: Servers) -> str:
+    """The table's definition (the ``table inet NAME { … }`` block)."""
+    rules = ['oifname "lo" accept', f'oifname "{TUNNELS}" accept']
+    for uid, addrs in sorted(servers.items()):
+        for version, match in ((4, "ip"), (6, "ip6")):
+            found = _addresses(addrs, version)
+            if found:
+                rules.append(f"meta skuid {int(uid)} {match} daddr "
+                             f"{{ {', '.join(str(a) for a in found)} }} accept")
+    if flags & WFP_BLOCK_LOCAL:
+        rules += [
+            "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
+            "udp sport 68 udp dport 67 accept",
+            "meta l4proto tcp reject with tcp reset",
+            "reject",
+        ]
+    else:
+        rules += ["tcp dport 53 reject with tcp reset", "udp dport 53 reject"]
+    body = "\n".join(f"    {r}" for r in rules)
+    return (f"table inet {name} {{\n"
+            "  chain output {\n"
+            "    type filter hook output priority filter - 10; policy accept;\n"
+            f"{body}\n  }}\n}}\n")
+
+
+def create_table(name: str, flags: int, servers: Servers) -> None:
+    """Create the table; ``NftError(EEXIST)`` if the name is taken."""
+    run_nft(f"create table inet {name}\n" + table_body(name, flags, servers))
+
+
+def replace_table(name: str, flags: int, servers: Servers) -> None:
+    """Replace an existing table's rules and sets in one transaction."""
+    run_nft(f"delete table inet {name}\n" + table_body(name, flags, servers))
+
+
+def delete_table(name: str) -> None:
+    """Delete the table; one that is already gone is fine."""
+    try:
+        run_nft(f"delete table inet {name}\n")
+    except NftError as exc:
+        if exc.errno != errno.ENOENT:
+            raise

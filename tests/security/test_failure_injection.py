@@ -1,0 +1,173 @@
+"""Failure injection in the privileged part (the original's double free when adding
+the block filters failed, b761cb9b / GH #232).
+
+The monitor runs with its real journal (SQLite in a temporary directory) while the
+effects fail on purpose: the firewall (``nft``), the DNS backend, a netlink batch.
+Each failure must give an error ack, leave no journal record of the failed change,
+and the session's undo must remove exactly what was made -- once, never what was
+not made.  (The same with the real kernel: test_service_hardening.py's
+test_kernel_refusal_half_way_leaves_nothing.)
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address, ip_network
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from iservice.linux import dns as dnsmod
+from iservice.linux import firewall
+from iservice.monitor import Monitor
+from iservice.policy import requests as rq
+
+T = TypeVar("T")
+TUN = 7
+
+
+class FakeRtnl:
+    """Stands in for rtnetlink: records route operations, fails where told."""
+
+    def __init__(self) -> None:
+        self.routes: list[tuple[bool, str]] = []
+        self.fail_dst: set[str] = set()
+
+    def routes_apply(self, ops: Sequence[tuple[bool, Any]]) -> list[int]:
+        out = []
+        for add, route in ops:
+            dst = str(route.dst)
+            if add and dst in self.fail_dst:
+                out.append(errno.EEXIST)
+                continue
+            self.routes.append((add, dst))
+            out.append(0)
+        return out
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:  # link_set, addr_add, ... unused here
+        raise AssertionError(f"unexpected netlink call {name}")
+
+
+class FailingDns:
+    """A DNS backend whose apply fails after it has changed something."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.applied = 0
+        self.reverted: list[dict[str, Any]] = []
+
+    def undo_data(self, session_id: int, ifindex: int, ifname: str) -> dict[str, Any]:
+        return {"backend": self.name, "ifname": ifname}
+
+    def apply(self, *args: Any) -> None:
+        self.applied += 1
+        raise dnsmod.DnsError("backend failed half-way")
+
+    def revert(self, session_id: int, data: dict[str, Any]) -> None:
+        self.reverted.append(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def monitor(tmp_path: Path) -> Any:
+    rtnl = FakeRtnl()
+    dns = FailingDns()
+    mon = Monitor(str(tmp_path / "journal.sqlite3"), rtnl_factory=lambda: rtnl,  # type: ignore[arg-type,return-value]
+                  dns_factory=lambda update: dns)  # type: ignore[arg-type,return-value]
+    mon.test_rtnl, mon.test_dns = rtnl, dns  # type: ignore[attr-defined]
+    yield mon
+    mon.close()
+
+
+def call(mon: Monitor, fn: Callable[..., T], *args: Any) -> T:
+    return mon._pool.submit(fn, *args).result()
+
+
+def kinds(mon: Monitor, session: int) -> list[str]:
+    return [c.kind for c in call(mon, mon.journal.changes, session)]
+
+
+def test_firewall_create_failure_leaves_nothing_and_is_not_undone_twice(
+        monitor: Monitor, monkeypatch: pytest.MonkeyPatch) -> None:
+    scripts: list[str] = []
+
+    def nft(script: str) -> None:
+        scripts.append(script)
+        if script.startswith("create table"):
+            raise firewall.NftError(errno.EIO, "nft: injected failure")
+
+    monkeypatch.setattr(firewall, "run_nft", nft)
+    sid = call(monitor, monitor.begin_session, 1000, 1, {})
+    [res] = call(monitor, monitor.apply, sid, TUN, [rq.SetBlock(flags=1, previous=0)])
+    assert res.error != 0 and res.change_id is None
+    assert "nft" not in kinds(monitor, sid)
+    assert call(monitor, monitor.undo_session, sid) == []
+    assert not any(s.startswith("delete table") for s in scripts)  # nothing to free twice
+    assert call(monitor, monitor.leftover_sessions) == []
+
+
+def test_firewall_replace_failure_keeps_the_record_and_undo_deletes_once(
+        monitor: Monitor, monkeypatch: pytest.MonkeyPatch) -> None:
+    scripts: list[str] = []
+
+    def nft(script: str) -> None:
+        scripts.append(script)
+        if script.startswith("delete table") and "\ntable inet" in script:
+            raise firewall.NftError(errno.EIO, "nft: injected failure on replace")
+
+    monkeypatch.setattr(firewall, "run_nft", nft)
+    sid = call(monitor, monitor.begin_session, 1000, 1, {})
+    [ok] = call(monitor, monitor.apply, sid, TUN, [rq.SetBlock(flags=1, previous=0)])
+    assert ok.error == 0
+    [bad] = call(monitor, monitor.apply, sid, TUN, [rq.SetBlock(flags=3, previous=1)])
+    assert bad.error != 0
+    assert kinds(monitor, sid).count("nft") == 1
+    scripts.clear()
+    assert call(monitor, monitor.undo_session, sid) == []
+    assert scripts == [f"delete table inet {firewall.table_name(sid)}\n"]
+
+
+def test_dns_backend_failure_half_way_is_reverted_once(monitor: Monitor) -> None:
+    from iservice.policy.dns import DnsState
+
+    dns: FailingDns = monitor.test_dns  # type: ignore[attr-defined]
+    sid = call(monitor, monitor.begin_session, 1000, 1, {})
+    state = DnsState(servers4=(IPv4Address("10.8.0.1"),), domains=("corp.example",))
+    old = monitor._tuns
+    monitor._tuns = {sid: 1}
+    try:
+        [res] = call(monitor, monitor.apply, sid, 1, [rq.SetDns(state=state,
+                                                                 previous=DnsState())])
+    finally:
+        monitor._tuns = old
+    assert res.error != 0
+    assert dns.applied == 1 and len(dns.reverted) == 1  # what it half did is reverted
+    assert "dns" not in kinds(monitor, sid)
+    assert call(monitor, monitor.undo_session, sid) == []
+    assert len(dns.reverted) == 1  # and not a second time
+
+
+def test_netlink_batch_failing_half_way_journals_only_what_was_made(monitor: Monitor) -> None:
+    rtnl: FakeRtnl = monitor.test_rtnl  # type: ignore[attr-defined]
+    rtnl.fail_dst = {"192.0.2.2/32"}
+    sid = call(monitor, monitor.begin_session, 1000, 1, {})
+    gw = IPv4Address("198.18.0.1")
+    ops = [rq.AddRoute(rq.RouteKey(ip_network(f"192.0.2.{i}/32"), True, -1), 3, gw)
+           for i in (1, 2, 3)]
+    results = call(monitor, monitor.apply, sid, TUN, ops)
+    assert [r.error for r in results] == [0, 5010, 0]
+    assert kinds(monitor, sid) == ["route", "route"]
+    rtnl.routes.clear()
+    assert call(monitor, monitor.undo_session, sid) == []
+    assert sorted(rtnl.routes) == [(False, "192.0.2.1/32"), (False, "192.0.2.3/32")]

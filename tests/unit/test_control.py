@@ -1,0 +1,229 @@
+"""The control socket's pure parts (requests, authorization, names, state from openvpn's
+output) and the connect dialog's decisions, with a fake terminal."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from iservice import connect as c
+from iservice import control as ctl
+from iservice import management as mg
+
+# -- requests ----------------------------------------------------------------
+
+
+def req(**kw: object) -> ctl.Request:
+    return ctl.decode_request(json.dumps(kw).encode())
+
+
+def test_valid_requests() -> None:
+    assert req(op="sessions") == ctl.Request("sessions")
+    assert req(op="sessions", all=True) == ctl.Request("sessions", all=True)
+    assert req(op="log", name="a-1", follow=True, lines=5) == \
+        ctl.Request("log", "a-1", follow=True, lines=5)
+    assert req(op="disconnect", all=True).all
+    assert req(op="disconnect", name="x", all=True) == ctl.Request("disconnect", "x", all=True)
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"not json", b"\xff", b"[]", b'"sessions"', b'{"op":"rm -rf"}',
+    b'{"op":"sessions","extra":1}', b'{"op":"status"}', b'{"op":"log"}',
+    b'{"op":"disconnect"}', b'{"op":"status","name":""}', b'{"op":"status","name":5}',
+    b'{"op":"sessions","all":"yes"}', b'{"op":"log","name":"a","lines":-1}',
+    b'{"op":"log","name":"a","lines":true}', b'{"op":"log","name":"a","lines":1e9}',
+])
+def test_bad_requests(raw: bytes) -> None:
+    with pytest.raises(ctl.ControlError) as e:
+        ctl.decode_request(raw)
+    assert e.value.code == "bad-request"
+
+
+def test_all_is_for_admins_only() -> None:
+    ctl.authorize(ctl.Request("sessions", all=True), True, "adm")
+    ctl.authorize(ctl.Request("sessions"), False, "adm")
+    with pytest.raises(ctl.ControlError) as e:
+        ctl.authorize(ctl.Request("disconnect", all=True), False, "adm")
+    assert e.value.code == "forbidden" and '"adm"' in e.value.message
+
+
+# -- names ---------------------------------------------------------------------
+
+
+def test_profile_and_session_names() -> None:
+    assert ctl.profile_name("/etc/openvpn/client/work.ovpn") == "work"
+    assert ctl.profile_name("/etc/openvpn/client/home.conf") == "home"
+    assert ctl.profile_name("/x/.ovpn") == ".ovpn"
+    assert ctl.profile_name("/x/plain") == "plain"
+    assert ctl.profile_name(None) == "-"
+    assert ctl.session_name("work", 3) == "work-3"
+    assert ctl.session_name("-", 4) == "session-4"
+
+
+def test_select() -> None:
+    mine = [ctl.Named(1, "work-1", "work", 1000), ctl.Named(2, "home-2", "home", 1000),
+            ctl.Named(3, "home-3", "home", 1000)]
+    assert ctl.select("work-1", mine).id == 1
+    assert ctl.select("2", mine).id == 2
+    assert ctl.select("work", mine).id == 1
+    with pytest.raises(ctl.ControlError) as e:
+        ctl.select("home", mine)
+    assert e.value.code == "ambiguous" and "home-2" in e.value.message
+    for missing in ("nope", "4", "work-2"):
+        with pytest.raises(ctl.ControlError) as e:
+            ctl.select(missing, mine)
+        assert e.value.code == "not-found"
+    with pytest.raises(ctl.ControlError):
+        ctl.select("work-1", [])
+
+
+# -- state from openvpn's output ---------------------------------------------------
+
+
+def test_vpn_state_follows_the_log() -> None:
+    t = iter(range(100))
+    s = ctl.VpnState(clock=lambda: float(next(t)))
+    assert (s.name, s.since) == ("STARTING", 0.0)
+    lines = [
+        ("2026-01-01 MANAGEMENT: unix domain socket listening on /x", "STARTING"),
+        ("Need hold release from management interface, waiting...", "HOLD"),
+        ("UDPv4 link remote: [AF_INET]192.0.2.1:1194", "CONNECTING"),
+        ("TLS: Initial packet from [AF_INET]192.0.2.1:1194, sid=1", "WAIT"),
+        ("[server] Peer Connection Initiated with [AF_INET]192.0.2.1:1194", "AUTH"),
+        ("PUSH: Received control message: 'PUSH_REPLY,route 10.9.0.0'", "GET_CONFIG"),
+        ("Initialization Sequence Completed", "CONNECTED"),
+        ("SIGUSR1[soft,ping-restart] received, process restarting", "RECONNECTING"),
+        ("Initialization Sequence Completed With Errors", "CONNECTED"),
+        ("SIGTERM[hard,] received, process exiting", "EXITING"),
+    ]
+    for line, state in lines:
+        s.feed(line)
+        assert s.name == state, line
+    assert s.detail == "SIGTERM[hard,]"
+    since = s.since
+    s.feed("some other line")
+    assert s.since == since
+
+
+def test_chunks_bound_message_size() -> None:
+    lines = ["x" * 1000] * 200
+    groups = list(ctl.chunks(lines, limit=10000))
+    assert sum(len(g) for g in groups) == 200
+    assert all(len(json.dumps({"lines": g})) < 10000 for g in groups)
+    assert list(ctl.chunks([])) == []
+
+
+# -- the connect dialog -----------------------------------------------------------
+
+
+class FakeTerm(c.Terminal):
+    def __init__(self, answers: list[str]) -> None:
+        super().__init__(io.StringIO(), tty=False)
+        self.answers = answers
+        self.asked: list[tuple[str, bool]] = []
+
+    def ask(self, prompt: str, *, secret: bool) -> str:
+        self.asked.append((prompt, secret))
+        if not self.answers:
+            raise c.Cancelled()
+        return self.answers.pop(0)
+
+
+def dialog(answers: list[str], **kw: object) -> tuple[c.Dialog, FakeTerm, list[bytes]]:
+    term = FakeTerm(answers)
+    sent: list[bytes] = []
+    seen: list[bytearray | bytes] = []
+
+    def send(cmd: bytes | bytearray) -> None:
+        sent.append(bytes(cmd))
+        seen.append(cmd)
+
+    d = c.Dialog(term, send, **kw)  # type: ignore[arg-type]
+    d.seen = seen  # type: ignore[attr-defined]
+    return d, term, sent
+
+
+def ev(line: str) -> mg.Event:
+    return mg.parse_notification(line)
+
+
+def test_dialog_releases_hold_and_answers_password() -> None:
+    d, term, sent = dialog(["bob", "hunter2"])
+    assert d.handle(ev(">INFO:OpenVPN Management Interface Version 5")) is None
+    assert d.handle(ev(">HOLD:Waiting for hold release:0")) is None
+    assert d.handle(ev(">PASSWORD:Need 'Auth' username/password")) is None
+    assert sent == [b"state on\n", b"log on\n", b"hold off\n",
+                    b"hold release\n", b"username Auth bob\n",
+                    b"password Auth hunter2\n"]
+    assert term.asked == [("Username: ", False), ("Password: ", True)]
+    # the buffers that carried the secret were wiped after sending
+    assert all(set(x) == {0} for x in d.seen if isinstance(x, bytearray))  # type: ignore
+    out = d.handle(ev(">STATE:1,CONNECTED,SUCCESS,10.8.0.2,192.0.2.1,1194,,"))
+    assert out == c.Outcome(c.EXIT_OK, "connected") and d.local_ip == "10.8.0.2"
+
+
+def test_dialog_static_challenge_and_preset_username() -> None:
+    d, term, sent = dialog(["pw", "123456"], username="alice")
+    d.handle(ev(">PASSWORD:Need 'Auth' username/password SC:1,Enter OTP"))
+    assert term.asked == [("Password: ", True), ("Enter OTP: ", False)]
+    assert sent == [b"username Auth alice\n",
+                    b'password Auth "SCRV1:cHc=:MTIzNDU2"\n']
+
+
+def test_dialog_dynamic_challenge() -> None:
+    d, term, sent = dialog(["u", "p", "777"])
+    d.handle(ev(">PASSWORD:Need 'Auth' username/password"))
+    out = d.handle(ev(">PASSWORD:Verification Failed: 'Auth' ['CRV1:R:sid42:Y3Ix:Token']"))
+    assert out is None and d.challenge is not None
+    d.handle(ev(">PASSWORD:Need 'Auth' username/password"))
+    assert term.asked[-1] == ("Token: ", True)
+    assert sent[-2:] == [b"username Auth cr1\n", b"password Auth CRV1::sid42::777\n"]
+
+
+def test_dialog_private_key_and_failures() -> None:
+    d, term, sent = dialog(["pass phrase"])
+    d.handle(ev(">PASSWORD:Need 'Private Key' password"))
+    assert term.asked == [("Private key passphrase: ", True)]
+    assert sent == [b'password "Private Key" "pass phrase"\n']
+    out = d.handle(ev(">PASSWORD:Verification Failed: 'Private Key'"))
+    assert out is not None and out.code == c.EXIT_AUTH and "passphrase" in out.message
+
+
+def test_dialog_auth_failure_and_retries() -> None:
+    d, _, _ = dialog([])
+    out = d.handle(ev(">PASSWORD:Verification Failed: 'Auth'"))
+    assert out is not None and out.code == c.EXIT_AUTH
+    d, _, _ = dialog([], auth_retries=1)
+    assert d.handle(ev(">PASSWORD:Verification Failed: 'Auth'")) is None
+    assert d.handle(ev(">PASSWORD:Verification Failed: 'Auth'")) is not None
+    d, _, _ = dialog([])
+    out = d.handle(ev(">STATE:1,RECONNECTING,auth-failure,,,,,"))
+    assert out is not None and out.code == c.EXIT_AUTH
+
+
+def test_dialog_progress_web_auth_and_cancel() -> None:
+    d, term, _sent = dialog([])
+    d.handle(ev(">STATE:1,WAIT,,,192.0.2.1,1194,,"))
+    d.handle(ev(">INFOMSG:WEB_AUTH::https://login.example/x"))
+    d.handle(ev(">LOG:1,I,PUSH: Received control message: 'PUSH_REPLY,route 10.9.0.0'"))
+    d.handle(ev(">LOG:1,I,something unrelated"))
+    out = d.handle(ev(">STATE:1,CONNECTED,ERROR,10.8.0.2,,,,"))
+    assert out is not None and out.code == c.EXIT_PARTIAL
+    text = term.out.getvalue()  # type: ignore[attr-defined]
+    assert "waiting for the server to 192.0.2.1:1194" in text
+    assert "https://login.example/x" in text
+    assert "getting the configuration" in text and "unrelated" not in text
+    with pytest.raises(c.Cancelled):
+        d.handle(ev(">PASSWORD:Need 'Auth' username/password"))
+
+
+def test_options_string_is_whitelisted_only() -> None:
+    from iservice.policy.argv import split_command_line
+    from iservice.policy.options import WHITELIST
+    argv = split_command_line(c.openvpn_options("/etc/openvpn/client/a b.ovpn",
+                                                "/run/user/1000/iservice/a-1.sock", verb=4))
+    assert argv[:2] == ["--config", "/etc/openvpn/client/a b.ovpn"]
+    assert {a[2:] for a in argv if a.startswith("--")} <= WHITELIST
+    assert "--management-hold" in argv and "--management-query-passwords" in argv
