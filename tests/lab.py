@@ -897,12 +897,14 @@ class Lab:
         return proc
 
     def dns_query(self, server: str, qname: str, *, tcp: bool = False,
-                  timeout: float = 1.0, ns: str | None = None) -> str | None:
-        """Ask ``server`` (port 53) for ``qname``'s A record from the client namespace;
-        the address answered, or None (no answer, refused, unreachable, timeout)."""
-        cp = run(self.ns_cmd(ns or self.client_ns, [
+                  timeout: float = 1.0, ns: str | None = None,
+                  user: User | None = None) -> str | None:
+        """Ask ``server`` (port 53) for ``qname``'s A record from the client namespace
+        (as ``user`` if given); the address answered, or None (no answer, refused,
+        unreachable, timeout)."""
+        cp = run(self.ns_cmd(ns or self.client_ns, self._as_user([
             sys.executable, "-I", "-c", _DNS_QUERY, server, qname, "tcp" if tcp else "udp",
-            str(timeout)]), check=False, timeout=timeout + 10)
+            str(timeout)], user, None)), check=False, timeout=timeout + 10)
         out = cp.stdout.strip()
         return out or None
 

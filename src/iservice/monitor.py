@@ -82,6 +82,8 @@ class _Block:
     table: str
     flags: int
     change_id: int
+    scope_uid: int | None = None
+    unscoped: int = 0
 
 
 @dataclass(frozen=True)
@@ -355,20 +357,22 @@ class Monitor:
                 del self._blocks[session_id]
             return Applied(0)
         if cur is not None:
-            firewall.replace_table(cur.table, op.flags, self._all_servers())
-            cur.flags = op.flags
+            firewall.replace_table(cur.table, op.flags, self._all_servers(),
+                                   scope_uid=op.scope_uid, unscoped=op.unscoped)
+            cur.flags, cur.scope_uid, cur.unscoped = op.flags, op.scope_uid, op.unscoped
             return Applied(0, cur.change_id)
         for k in range(firewall.TABLE_ATTEMPTS):
             name = firewall.table_name(session_id, k)
             change = self.journal.record(session_id, "nft", {"table": name})
             try:
-                firewall.create_table(name, op.flags, self._all_servers())
+                firewall.create_table(name, op.flags, self._all_servers(),
+                                      scope_uid=op.scope_uid, unscoped=op.unscoped)
             except OSError as exc:
                 self.journal.forget([change])
                 if exc.errno == errno.EEXIST:
                     continue
                 raise
-            self._blocks[session_id] = _Block(name, op.flags, change)
+            self._blocks[session_id] = _Block(name, op.flags, change, op.scope_uid, op.unscoped)
             return Applied(0, change)
         raise firewall.NftError(errno.EEXIST, f"iservice_{session_id} and its variants exist")
 
@@ -387,7 +391,8 @@ class Monitor:
         servers = self._all_servers()
         for sid, block in self._blocks.items():
             try:
-                firewall.replace_table(block.table, block.flags, servers)
+                firewall.replace_table(block.table, block.flags, servers,
+                                       scope_uid=block.scope_uid, unscoped=block.unscoped)
             except OSError as exc:
                 log.error("event=block-sync-failed session=%d table=%s error=%r", sid,
                           block.table, str(exc))

@@ -132,6 +132,7 @@ class Session:
     user: UserIdentity | None = None
     child: launch.Child | None = None
     channel: socket.socket | None = None
+    admin: bool = False
     output: SessionOutput | None = None
     _output_fd: int | None = None
     client_connected: bool = True
@@ -215,6 +216,7 @@ class Session:
         user = user_identity(self.creds.uid, self.creds.gid)
         self.user = user
         admin = is_admin(user, settings.ovpn_admin_group)
+        self.admin = admin
         self._log(logging.INFO, "request", what="startup", user=user.name, admin=admin,
                   workdir=data.workdir, options=data.options)
         self.server.check_session_limit(self)
@@ -341,7 +343,13 @@ class Session:
                           s.max_dns_servers),
             records=self.records, default_route=self.server.default_route,
             shadows_other_session=lambda a: self.server.shadows(self, a),
-            forced_block=WFP_BLOCK_DNS if s.block_dns else 0)
+            forced_block=WFP_BLOCK_DNS if s.block_dns else 0,
+            block_scope_uid=self._block_scope())
+
+    def _block_scope(self) -> int | None:
+        """A non-admin's kill switch covers only that user's traffic (it must not cut
+        other users off); an admin's covers the machine, as in the original."""
+        return None if self.admin else self.creds.uid
 
     def _drain_output(self) -> None:
         """Read openvpn's pending output now: a PUSH_REPLY printed before the hook ran
@@ -484,7 +492,7 @@ class Session:
             # The tunnel is up: from now on DNS goes through it or nowhere.
             mon = self.server.monitor
             assert self.session_id is not None and self.tun_ifindex is not None
-            op = SetBlock(flags | forced, flags)
+            op = SetBlock(flags | forced, flags, self._block_scope(), forced)
             self._reserve(op)
             [result] = await mon.call(mon.apply, self.session_id, self.tun_ifindex, [op])
             self._settle(op, result)

@@ -75,14 +75,14 @@ def connect(svc: Service, user: User, *options: str) -> tuple[int, str]:
     return pid, str(wait_for(up, 15, what=lambda: svc.log_tail()))
 
 
-def dns_works(lab: Lab, server: str) -> bool:
-    return lab.dns_query(server, "www.example") == "10.9.0.99" and \
-        lab.dns_query(server, "www.example", tcp=True) == "10.9.0.99"
+def dns_works(lab: Lab, server: str, user: User | None = None) -> bool:
+    return lab.dns_query(server, "www.example", user=user) == "10.9.0.99" and \
+        lab.dns_query(server, "www.example", tcp=True, user=user) == "10.9.0.99"
 
 
-def dns_fails(lab: Lab, server: str) -> bool:
-    return lab.dns_query(server, "www.example", timeout=0.5) is None and \
-        lab.dns_query(server, "www.example", tcp=True, timeout=0.5) is None
+def dns_fails(lab: Lab, server: str, user: User | None = None) -> bool:
+    return lab.dns_query(server, "www.example", timeout=0.5, user=user) is None and \
+        lab.dns_query(server, "www.example", tcp=True, timeout=0.5, user=user) is None
 
 
 def test_block_outside_dns_pushed_by_the_server(lab: Lab, svc: Service) -> None:
@@ -90,9 +90,11 @@ def test_block_outside_dns_pushed_by_the_server(lab: Lab, svc: Service) -> None:
     user = lab.add_user()
     pid, tun = connect(svc, user, "--config", "bod.ovpn")
     wait_for(lambda: tables(lab), 5, what=lambda: svc.log_tail())
-    assert dns_fails(lab, OUTSIDE)  # a resolver outside the tunnel: refused
-    assert dns_works(lab, INSIDE)  # through the tunnel: answered
-    assert lab.ping(OUTSIDE)  # only DNS is blocked
+    assert dns_fails(lab, OUTSIDE, user)  # a resolver outside the tunnel: refused
+    assert dns_works(lab, INSIDE, user)  # through the tunnel: answered
+    assert lab.ping(OUTSIDE, user=user)  # only DNS is blocked
+    # a non-admin's block covers that user's traffic only, never another user's
+    assert dns_works(lab, OUTSIDE) and dns_works(lab, OUTSIDE, lab.add_user())
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: tun not in svc.tuns(), 10, what="disconnect")
     assert tables(lab) == []
@@ -106,18 +108,20 @@ def test_kill_switch_blocks_everything_but_the_tunnel_even_after_a_crash(
     pid, tun = connect(svc, user, "--config", "plain.ovpn",
                        "--setenv", "ISERVICE_KILL_SWITCH", "1")
     wait_for(lambda: tables(lab), 5, what=lambda: svc.log_tail())
-    assert not lab.ping(OUTSIDE, timeout=0.5)
-    assert dns_fails(lab, OUTSIDE)
-    assert lab.ping(INSIDE) and dns_works(lab, INSIDE)
+    assert not lab.ping(OUTSIDE, timeout=0.5, user=user)
+    assert dns_fails(lab, OUTSIDE, user)
+    assert lab.ping(INSIDE, user=user) and dns_works(lab, INSIDE, user)
+    # other users (and root) are not cut off by this user's kill switch
+    assert lab.ping(OUTSIDE) and lab.ping(OUTSIDE, user=lab.add_user())
     time.sleep(2.5)  # openvpn's own packets to the server still pass: the tunnel stays up
-    assert lab.ping(INSIDE, count=2)
+    assert lab.ping(INSIDE, count=2, user=user)
     # the service dies: the table stays (fail closed) until the next start undoes it
     svc.kill9()
-    assert tables(lab) and not lab.ping(OUTSIDE, timeout=0.5)
+    assert tables(lab) and not lab.ping(OUTSIDE, timeout=0.5, user=user)
     svc.start()
     wait_for(lambda: "event=recovered" in svc.log(), 10, what="recovery")
     assert tables(lab) == [] and tun not in svc.tuns()
-    assert lab.ping(OUTSIDE) and dns_works(lab, OUTSIDE)
+    assert lab.ping(OUTSIDE, user=user) and dns_works(lab, OUTSIDE, user)
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 5, what="openvpn ended")
 
 
@@ -128,7 +132,9 @@ def test_block_dns_setting_applies_to_every_session(lab: Lab) -> None:
         user = lab.add_user()
         pid, tun = connect(s, user, "--config", "plain.ovpn")
         wait_for(lambda: tables(lab), 5, what=lambda: s.log_tail())
-        assert dns_fails(lab, OUTSIDE) and dns_works(lab, INSIDE)
+        # the administrator's block_dns covers the whole machine, root included
+        assert dns_fails(lab, OUTSIDE) and dns_fails(lab, OUTSIDE, user)
+        assert dns_works(lab, INSIDE, user)
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: tun not in s.tuns(), 5, what="undo")
         assert tables(lab) == [] and dns_works(lab, OUTSIDE)

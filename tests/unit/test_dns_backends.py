@@ -100,7 +100,18 @@ def test_block_all_table(flags: int) -> None:
     text = firewall.table_body("iservice_5", flags, {7: ["192.0.2.1"]})
     assert text.index("meta skuid 7 ip daddr") < text.index("\n    reject\n")
     assert "udp sport 68 udp dport 67 accept" in text and "nd-neighbor-solicit" in text
-    assert "dport 53" not in text
+    assert "\n    udp dport 53 reject\n" in text  # machine-wide (no scope given)
+
+
+def test_a_scoped_table_blocks_only_that_users_traffic() -> None:
+    text = firewall.table_body("iservice_5", 3, {7: ["192.0.2.1"]}, scope_uid=1001)
+    assert "\n    meta skuid 1001 reject\n" in text
+    assert "meta skuid 1001 meta l4proto tcp reject with tcp reset" in text
+    assert "meta skuid 1001 udp dport 53 reject" in text
+    assert "\n    reject\n" not in text and "\n    udp dport 53 reject" not in text
+    # the administrator's forced DNS block stays machine-wide in a scoped table
+    forced = firewall.table_body("iservice_5", 3, {}, scope_uid=1001, unscoped=2)
+    assert "\n    udp dport 53 reject\n" in forced and "meta skuid 1001 reject" in forced
 
 
 def test_table_names_come_from_the_session_id_alone() -> None:

@@ -204,8 +204,8 @@ def test_block_add_replace_del_and_the_admins_block_stays() -> None:
     assert policy(rec).decide(block(1)) == SetBlock(1, 2)
     assert policy(rec).decide(block(0, add=False)) == SetBlock(0, 2)
     # block_dns = true: flag 2 cannot be taken away by the channel
-    assert policy(rec, forced=2).decide(block(1)) == SetBlock(3, 2)
-    assert policy(rec, forced=2).decide(block(0, add=False)) == SetBlock(2, 2)
+    assert policy(rec, forced=2).decide(block(1)) == SetBlock(3, 2, None, 2)
+    assert policy(rec, forced=2).decide(block(0, add=False)) == SetBlock(2, 2, None, 2)
     rec.dns.block = BlockState(0)
     with pytest.raises(Refused) as exc:
         policy(rec).decide(block(0, add=False))

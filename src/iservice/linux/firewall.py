@@ -29,7 +29,7 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from iservice.wire.msg import WFP_BLOCK_LOCAL
+from iservice.wire.msg import WFP_BLOCK_DNS, WFP_BLOCK_LOCAL
 
 NFT = "nft"
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -70,8 +70,18 @@ def _addresses(addrs: Iterable[str], version: int) -> list[IPv4Address | IPv6Add
     return parsed
 
 
-def table_body(name: str, flags: int, servers: Servers) -> str:
-    """The table's definition (the ``table inet NAME { … }`` block)."""
+def table_body(name: str, flags: int, servers: Servers, *, scope_uid: int | None = None,
+               unscoped: int = 0) -> str:
+    """The table's definition (the ``table inet NAME { … }`` block).
+
+    ``scope_uid``: block only packets from sockets of that user (a non-admin's
+    session must not cut other users off); None = the whole machine, as the
+    original's WFP filters.  ``unscoped``: flags the administrator forces
+    (``block_dns``), which always apply to the whole machine.  Packets without
+    a socket (forwarded, kernel replies) are never matched by a scoped rule.
+    """
+    local_prefix = "" if scope_uid is None else f"meta skuid {int(scope_uid)} "
+    dns_prefix = "" if scope_uid is None or unscoped & WFP_BLOCK_DNS else local_prefix
     rules = ['oifname "lo" accept', f'oifname "{TUNNELS}" accept']
     for uid, addrs in sorted(servers.items()):
         for version, match in ((4, "ip"), (6, "ip6")):
@@ -79,15 +89,15 @@ def table_body(name: str, flags: int, servers: Servers) -> str:
             if found:
                 rules.append(f"meta skuid {int(uid)} {match} daddr "
                              f"{{ {', '.join(str(a) for a in found)} }} accept")
+    rules += [f"{dns_prefix}tcp dport 53 reject with tcp reset",
+              f"{dns_prefix}udp dport 53 reject"]
     if flags & WFP_BLOCK_LOCAL:
         rules += [
             "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
             "udp sport 68 udp dport 67 accept",
-            "meta l4proto tcp reject with tcp reset",
-            "reject",
+            f"{local_prefix}meta l4proto tcp reject with tcp reset",
+            f"{local_prefix}reject",
         ]
-    else:
-        rules += ["tcp dport 53 reject with tcp reset", "udp dport 53 reject"]
     body = "\n".join(f"    {r}" for r in rules)
     return (f"table inet {name} {{\n"
             "  chain output {\n"
@@ -95,14 +105,18 @@ def table_body(name: str, flags: int, servers: Servers) -> str:
             f"{body}\n  }}\n}}\n")
 
 
-def create_table(name: str, flags: int, servers: Servers) -> None:
+def create_table(name: str, flags: int, servers: Servers, *, scope_uid: int | None = None,
+                 unscoped: int = 0) -> None:
     """Create the table; ``NftError(EEXIST)`` if the name is taken."""
-    run_nft(f"create table inet {name}\n" + table_body(name, flags, servers))
+    run_nft(f"create table inet {name}\n" + table_body(name, flags, servers,
+                                                       scope_uid=scope_uid, unscoped=unscoped))
 
 
-def replace_table(name: str, flags: int, servers: Servers) -> None:
+def replace_table(name: str, flags: int, servers: Servers, *, scope_uid: int | None = None,
+                  unscoped: int = 0) -> None:
     """Replace an existing table's rules and sets in one transaction."""
-    run_nft(f"delete table inet {name}\n" + table_body(name, flags, servers))
+    run_nft(f"delete table inet {name}\n" + table_body(name, flags, servers,
+                                                       scope_uid=scope_uid, unscoped=unscoped))
 
 
 def delete_table(name: str) -> None:

@@ -136,9 +136,15 @@ class FlushDns:
 
 @dataclass(frozen=True)
 class SetBlock:
-    """The session's kill switch: wfp_block flags (0 = remove); ``previous`` for rollback."""
+    """The session's kill switch: wfp_block flags (0 = remove); ``previous`` for rollback.
+
+    ``scope_uid``: the block covers only that user's traffic (non-admin sessions);
+    None = the whole machine.  ``unscoped``: flags the admin forces machine-wide.
+    """
     flags: int
     previous: int
+    scope_uid: int | None = None
+    unscoped: int = 0
 
 
 Operation = (AddAddress | DelAddress | AddRoute | DelRoute | SetMtu | FlushNeighbors | Nothing
@@ -186,9 +192,10 @@ class RequestPolicy:
                  records: SessionRecords,
                  default_route: Callable[[int], DefaultRoute | None],
                  shadows_other_session: Callable[[IPAddress], bool],
-                 forced_block: int = 0) -> None:
+                 forced_block: int = 0, block_scope_uid: int | None = None) -> None:
         self.tun_ifindex = tun_ifindex
         self.forced_block = forced_block  # block flags the admin wants (block_dns)
+        self.block_scope_uid = block_scope_uid  # whose traffic a kill switch covers
         self.tun_name = tun_name
         self.limits = limits
         self.records = records
@@ -372,11 +379,13 @@ class RequestPolicy:
             if not old:
                 raise Refused(errors.ERROR_NOT_FOUND, "no block here")
             # What the admin wants (block_dns) stays until the session ends.
-            return SetBlock(old & self.forced_block, old)
+            return SetBlock(old & self.forced_block, old, self.block_scope_uid,
+                            self.forced_block)
         allowed = m.WFP_BLOCK_LOCAL | m.WFP_BLOCK_DNS
         if not msg.flags or msg.flags & ~allowed:
             raise Refused(errors.ERROR_INVALID_PARAMETER, f"block flags {msg.flags:#x}")
-        return SetBlock(msg.flags | (old & self.forced_block), old)
+        return SetBlock(msg.flags | (old & self.forced_block), old, self.block_scope_uid,
+                        self.forced_block)
 
     def _register_dns(self, msg: m.Message) -> Operation:
         return FlushDns()
