@@ -167,6 +167,32 @@ class Service:
             s.close()
 
 
+class Services:
+    """The services a test makes; ``close`` stops each, whatever the test did.
+
+    A service the test killed is started once more so that its recovery removes
+    what it left (a failing test must not leave devices for the next one).
+    """
+
+    def __init__(self, lab: Lab, prefix: str = "svc", extra: str = "") -> None:
+        self.lab, self.prefix, self.extra = lab, prefix, extra
+        self.made: list[Service] = []
+
+    def make(self, extra: str = "") -> Service:
+        s = Service(self.lab, name=f"{self.prefix}{time.monotonic_ns() % 10**9}",
+                    extra=self.extra + extra)
+        self.made.append(s)
+        return s
+
+    def close(self) -> None:
+        for s in self.made:
+            if s.proc is not None and s.proc.poll() is None:
+                s.stop()
+            if s.journal()["sessions"]:
+                s.start()
+                s.stop()
+
+
 def pid_user(pid: int) -> int:
     """Real uid of a process."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -15,13 +15,12 @@ import os
 import shutil
 import signal
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.isv import Service, wait_for
+from tests.isv import Service, Services, wait_for
 from tests.lab import Lab, Pki, User
 from tests.resolved_sandbox import ResolvedSandbox, openresolv_root, wait_link
 
@@ -76,20 +75,10 @@ def dl() -> Iterator[DnsLab]:
 
 @pytest.fixture
 def make_service(dl: DnsLab) -> Iterator[Callable[..., Service]]:
-    made: list[Service] = []
-
-    def make(extra: str = "") -> Service:
-        s = Service(dl.lab, name=f"dns{time.monotonic_ns() % 10**9}", extra=extra)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        if s.proc is not None and s.proc.poll() is None:
-            s.stop()
-        if s.journal()["sessions"]:
-            s.start()
-            s.stop()
+    services = Services(dl.lab, "dns")
+    yield services.make
+    services.close()
+    for s in services.made:
         assert s.tuns() == [], s.log_tail()
 
 

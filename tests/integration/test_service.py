@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.isv import ISERVICE, PYTHON, Service, pid_user, wait_for
+from tests.isv import ISERVICE, PYTHON, Service, Services, pid_user, wait_for
 from tests.lab import Lab, Pki, User
 
 from iservice.wire import startup as w
@@ -53,20 +53,9 @@ def make_service(lab: Lab) -> Iterator[Callable[..., Service]]:
     A service a test killed is started once more so that its recovery removes
     what it left (a failing test must not leave devices for the next one).
     """
-    made: list[Service] = []
-
-    def make(extra: str = "") -> Service:
-        s = Service(lab, name=f"svc{time.monotonic_ns() % 10**9}", extra=extra)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        if s.proc is not None and s.proc.poll() is None:
-            s.stop()
-        if s.journal()["sessions"]:
-            s.start()
-            s.stop()
+    services = Services(lab)
+    yield services.make
+    services.close()
 
 
 @pytest.fixture

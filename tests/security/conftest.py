@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.isv import PYTHON, Service
+from tests.isv import PYTHON, Service, Services
 from tests.lab import Lab, Pki, User
 
 PUSH = ('push "route 10.9.0.0 255.255.0.0"\n'
@@ -42,20 +41,9 @@ def lab() -> Iterator[Lab]:
 @pytest.fixture
 def make_service(lab: Lab) -> Iterator[Callable[..., Service]]:
     """Services made by a test; each is stopped at teardown (and recovered if killed)."""
-    made: list[Service] = []
-
-    def make(extra: str = "") -> Service:
-        s = Service(lab, name=f"sec{time.monotonic_ns() % 10**9}", extra=SAFE_EXTRA + extra)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        if s.proc is not None and s.proc.poll() is None:
-            s.stop()
-        if s.journal()["sessions"]:
-            s.start()
-            s.stop()
+    services = Services(lab, "sec", SAFE_EXTRA)
+    yield services.make
+    services.close()
 
 
 @pytest.fixture
