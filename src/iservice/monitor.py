@@ -401,11 +401,17 @@ class Monitor:
         self.journal.forget(change_ids)
 
     def undo_session(self, session_id: int) -> list[str]:
-        """Undo everything the journal holds for the session; returns problems seen."""
+        """Undo everything the journal holds for the session; returns problems seen.
+
+        A change whose undo failed stays in the journal with its session, so the
+        next start of the service tries it again; everything else is forgotten.
+        """
         problems: list[str] = []
         changes = self.journal.changes(session_id)
         tun_indexes = {c.data.get("ifindex") for c in changes if c.kind == "tun"}
+        kept: set[int] = set()
         for c in changes:
+            seen = len(problems)
             try:
                 if c.kind == "route":
                     if c.data["oif"] in tun_indexes and not c.data["bypass"]:
@@ -426,7 +432,13 @@ class Monitor:
             except OSError as exc:
                 if exc.errno not in _GONE:
                     problems.append(f"{c.kind} {c.data}: {exc}")
-        self.journal.end_session(session_id)
+            if len(problems) > seen:
+                kept.add(c.id)
+        if kept:
+            self.journal.forget(c.id for c in changes if c.id not in kept)
+            problems.append(f"{len(kept)} change(s) kept in the journal for the next start")
+        else:
+            self.journal.end_session(session_id)
         self._tuns.pop(session_id, None)
         self._dns_changes.pop(session_id, None)
         self._blocks.pop(session_id, None)

@@ -171,3 +171,32 @@ def test_netlink_batch_failing_half_way_journals_only_what_was_made(monitor: Mon
     rtnl.routes.clear()
     assert call(monitor, monitor.undo_session, sid) == []
     assert sorted(rtnl.routes) == [(False, "192.0.2.1/32"), (False, "192.0.2.3/32")]
+
+
+def test_an_undo_that_fails_is_kept_for_the_next_start(monitor: Monitor) -> None:
+    """A change whose undo fails stays journaled (with its session) and is retried."""
+    sid = call(monitor, monitor.begin_session, 1000, 1, {})
+    call(monitor, monitor.journal.record, sid, "nft", {"table": "iservice_x"})
+    calls: list[str] = []
+    real = firewall.delete_table
+
+    def failing(name: str) -> None:
+        calls.append(name)
+        raise firewall.NftError(errno.EIO, "nft: injected failure")
+
+    firewall.delete_table = failing  # type: ignore[assignment]
+    try:
+        problems = call(monitor, monitor.undo_session, sid)
+    finally:
+        firewall.delete_table = real  # type: ignore[assignment]
+    assert calls == ["iservice_x"] and any("kept" in p for p in problems)
+    assert [c.kind for c in call(monitor, monitor.journal.changes, sid)] == ["nft"]
+    assert [s.id for s in call(monitor, monitor.leftover_sessions)] == [sid]
+    # the next start: the retry works, and the session is gone
+    retried: list[str] = []
+    firewall.delete_table = retried.append  # type: ignore[assignment]
+    try:
+        assert call(monitor, monitor.undo_session, sid) == []
+    finally:
+        firewall.delete_table = real  # type: ignore[assignment]
+    assert retried == ["iservice_x"] and call(monitor, monitor.leftover_sessions) == []
