@@ -409,6 +409,7 @@ class Monitor:
         problems: list[str] = []
         changes = self.journal.changes(session_id)
         tun_indexes = {c.data.get("ifindex") for c in changes if c.kind == "tun"}
+        owner = next((s.uid for s in self.journal.sessions() if s.id == session_id), None)
         kept: set[int] = set()
         for c in changes:
             seen = len(problems)
@@ -426,7 +427,7 @@ class Monitor:
                 elif c.kind == "nft":
                     firewall.delete_table(str(c.data["table"]))
                 elif c.kind == "tun":
-                    self._delete_tun(c.data)
+                    self._delete_tun(c.data, owner)
                 else:
                     problems.append(f"unknown journal record kind {c.kind!r}")
             except OSError as exc:
@@ -446,11 +447,18 @@ class Monitor:
             self._sync_blocks()
         return problems
 
-    def _delete_tun(self, data: dict[str, Any]) -> None:
+    def _delete_tun(self, data: dict[str, Any], owner: int | None) -> None:
         # Found by name whether or not its ifindex was recorded (the service may have
-        # been killed in between): istun<session id> is ours, ids are never reused.
-        # delete_tun refuses a device that is not a tun.
-        tundev.delete_tun(str(data["name"]), rtnl=self.rtnl)
+        # been killed in between).  The name was recorded before the device was made,
+        # so after a crash in that window it may name a device someone else created
+        # (another instance in this network namespace): a tun owned by another uid
+        # is left alone.  delete_tun refuses a device that is not a tun.
+        name = str(data["name"])
+        found = tundev.tun_owner(name)
+        if owner is not None and found is not None and found != owner:
+            log.warning("event=tun-not-ours name=%s owner=%d expected=%d", name, found, owner)
+            return
+        tundev.delete_tun(name, rtnl=self.rtnl)
 
     def leftover_sessions(self) -> list[SessionRecord]:
         return self.journal.sessions()

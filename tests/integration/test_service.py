@@ -183,6 +183,30 @@ def test_leftovers_of_a_killed_service_are_undone_at_start(
     assert svc.stop() == 0
 
 
+def test_recovery_leaves_alone_a_tun_it_did_not_make(
+        lab: Lab, user: User, make_service: Callable[..., Service]) -> None:
+    # The journal names a session's tun before the device exists; a service killed in
+    # that window leaves a name that may now belong to someone else's device.
+    from iservice.journal import Journal
+    svc = make_service()
+    svc.state_dir.mkdir(mode=0o700)
+    journal = Journal(str(svc.state_dir / "journal.sqlite3"))
+    sid = journal.new_session(user.uid, 1, {})
+    journal.record(sid, "tun", {"name": f"istun{sid}", "ifindex": None})
+    journal.close()
+    other = lab.add_user()
+    lab.add_tun(f"istun{sid}", other)
+    try:
+        svc.start()
+        wait_for(lambda: "event=recovered" in svc.log(), 5, what=svc.log_tail)
+        assert f"istun{sid}" in svc.tuns()  # not ours: left alone
+        assert "tun-not-ours" in svc.log()
+        assert svc.journal() == {"sessions": [], "changes": 0}
+    finally:
+        lab.ns_run(lab.client_ns, ["ip", "link", "del", f"istun{sid}"], check=False)
+    assert svc.stop() == 0
+
+
 def test_second_service_on_the_same_socket_refuses_to_start(lab: Lab, svc: Service) -> None:
     cp = lab.run_service([ISERVICE, "serve", "--settings",
                           str(svc.settings_path)], timeout=20)

@@ -94,6 +94,16 @@ def create_tun(name: str, uid: int, gid: int, *, netns_path: str | None = None) 
     return run_in_netns(netns_path, lambda: _create(name, uid, gid))
 
 
+def tun_owner(name: str) -> int | None:
+    """The owner uid of tun ``name`` (sysfs of this network namespace), or None."""
+    check_tun_name(name)
+    try:
+        with open(f"/sys/class/net/{name}/owner") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def delete_tun(name_or_index: str | int, *, rtnl: Rtnl | None = None,
                netns_path: str | None = None) -> None:
     """Delete a tun device (its addresses and routes go with it); gone already is fine.
