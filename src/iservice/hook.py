@@ -270,8 +270,12 @@ def messages_for(env: Env) -> list[m.Message]:
         return route_messages(env, m.MsgType.ADD_ROUTE) + \
             redirect_messages(env, m.MsgType.ADD_ROUTE)
     if script == "route-pre-down":
-        return redirect_messages(env, m.MsgType.DEL_ROUTE) + \
-            route_messages(env, m.MsgType.DEL_ROUTE)
+        dels = redirect_messages(env, m.MsgType.DEL_ROUTE)
+        if "route_network_1" not in env and "route_ipv6_network_1" not in env:
+            # openvpn takes its routes down without naming them (persist-tun, after a
+            # restart whose pushed options changed): ask for all of the tun's routes.
+            return [*dels, m.DelTunRoutesMsg(m.MsgType.ISERVICE_DEL_TUN_ROUTES, 0)]
+        return dels + route_messages(env, m.MsgType.DEL_ROUTE)
     if script == "down":
         return (dns_messages(env, add=False)
                 + _v6_address_messages(env, m.MsgType.DEL_ADDRESS, iface)

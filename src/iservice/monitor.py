@@ -45,6 +45,7 @@ from iservice.policy.requests import (
     DefaultRoute,
     DelAddress,
     DelRoute,
+    DelTunRoutes,
     FlushDns,
     FlushNeighbors,
     Nothing,
@@ -199,7 +200,11 @@ class Monitor:
                 results.extend(self._routes(session_id, tun_ifindex, ops[i:j]))
                 i = j
                 continue
-            results.append(self._one(session_id, tun_ifindex, op))
+            if isinstance(op, DelTunRoutes):
+                done = self._routes(session_id, tun_ifindex, op.routes) if op.routes else []
+                results.append(Applied(next((r.error for r in done if r.error), 0)))
+            else:
+                results.append(self._one(session_id, tun_ifindex, op))
             i += 1
         return results
 

@@ -42,6 +42,7 @@ from iservice.policy.requests import (
     AddRoute,
     DelAddress,
     DelRoute,
+    DelTunRoutes,
     Limits,
     Operation,
     Refused,
@@ -103,6 +104,8 @@ def _describe(op: Operation) -> str:
             k = op.key
             return (f"del_route dst={k.dst} bypass={k.bypass} metric={k.metric} "
                     f"change_id={op.change_id}")
+    if type(op) is DelTunRoutes:  # not thousands of routes in one audit line
+        return f"del_tun_routes count={len(op.routes)}"
     return audit.describe(op)
 
 
@@ -411,6 +414,10 @@ class Session:
             self.records.routes[op.key] = -1 if op.existing is None else op.existing
         elif isinstance(op, DelRoute):
             self.records.routes.pop(op.key, None)
+        elif isinstance(op, DelTunRoutes):
+            # What could not be deleted stays in the journal; undo retries it.
+            for d in op.routes:
+                self.records.routes.pop(d.key, None)
         elif isinstance(op, AddAddress):
             self.records.addresses[op.key] = -1 if op.existing is None else op.existing
         elif isinstance(op, DelAddress):

@@ -456,6 +456,39 @@ def test_restart_with_persist_tun_keeps_a_working_tunnel(lab: Lab, svc: Service,
     wait_for(lambda: not svc.tuns() and not our_routes(lab), 5, what="cleanup")
 
 
+def test_persist_tun_restart_with_changed_routes_keeps_only_the_new_ones(
+        lab: Lab, user: User, make_service: Callable[..., Service]) -> None:
+    # After a restart whose pushed options changed, openvpn (persist-tun) takes its
+    # routes down without naming them; the hook's extension message removes them.
+    # (IPv4 routes also vanish with the tun's last IPv4 address; IPv6 ones do not.)
+    net, net6 = "10.29.0.0/24", "fd00:29::/64"
+    first = lab.start_server('push "route 10.31.0.0 255.255.0.0"\n'
+                             'push "route-ipv6 fd00:31::/64"\n', port=1197, name="chg1",
+                             network=net, network6=net6)
+    lab.write_client_config("change.ovpn", "persist-tun", port=1197)
+    svc = make_service()
+    svc.start()
+    pid = started_pid(svc.start_as(user, "--config", "change.ovpn"))
+
+    def routes() -> list[str]:
+        return sorted(r["dst"] for r in our_routes(lab))
+
+    wait_for(lambda: routes() == ["10.31.0.0/16", "fd00:31::/64"], 15, what=svc.log_tail)
+    first.stop()
+    lab.start_server('push "route 10.32.0.0 255.255.0.0"\n'
+                     'push "route-ipv6 fd00:32::/64"\n', port=1197, name="chg2",
+                     network=net, network6=net6)
+    os.kill(pid, signal.SIGUSR1)
+    wait_for(lambda: "10.32.0.0/16" in routes() and "fd00:32::/64" in routes(), 20,
+             what=lambda: f"{routes()}\n{svc.log_tail(30)}")
+    time.sleep(0.5)  # the hook has finished: nothing of the old set may come back
+    assert routes() == ["10.32.0.0/16", "fd00:32::/64"]
+    assert len(svc.tuns()) == 1
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not svc.tuns() and not our_routes(lab) and
+             svc.journal() == {"sessions": [], "changes": 0}, 10, what="cleanup")
+
+
 # -- scale (correctness only; speed is measured in bench/) ------------------------
 
 def test_a_thousand_pushed_routes_all_in_then_all_out(

@@ -78,3 +78,11 @@ def test_route_pre_down_and_down_delete_the_same_things() -> None:
 def test_other_script_types_send_nothing() -> None:
     assert messages_for({**BASE, "script_type": "ipchange"}) == []
     assert messages_for({}) == []
+
+
+def test_route_pre_down_without_route_variables_asks_for_all_tun_routes() -> None:
+    # persist-tun: after "Pulled options changed" openvpn runs route-pre-down with
+    # no route_* variables; the hook sends iservice's extension message instead.
+    msgs = messages_for({**BASE, "script_type": "route-pre-down",
+                         "ifconfig_local": "10.8.0.2", "ifconfig_netmask": "255.255.255.0"})
+    assert [x.type for x in msgs] == [m.MsgType.ISERVICE_DEL_TUN_ROUTES]

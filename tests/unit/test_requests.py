@@ -15,6 +15,7 @@ from iservice.policy.requests import (
     DefaultRoute,
     DelAddress,
     DelRoute,
+    DelTunRoutes,
     FlushDns,
     FlushNeighbors,
     Limits,
@@ -210,3 +211,12 @@ class TestTable:
 
     def test_register_dns_flushes_the_resolver_caches(self) -> None:
         assert policy().decide(m.RegisterDnsMsg(m.MsgType.REGISTER_DNS, 1)) == FlushDns()
+
+
+def test_del_tun_routes_names_only_this_sessions_tun_routes() -> None:
+    tun_key = RouteKey(ip_network("10.9.0.0/16"), False, -1)
+    bypass_key = RouteKey(ip_network("192.0.2.1/32"), True, -1)
+    pending = RouteKey(ip_network("10.10.0.0/16"), False, -1)
+    recs = SessionRecords({tun_key: 4, bypass_key: 5, pending: -1}, {})
+    op = policy(recs).decide(m.DelTunRoutesMsg(m.MsgType.ISERVICE_DEL_TUN_ROUTES, 1))
+    assert op == DelTunRoutes((DelRoute(tun_key, 4),))

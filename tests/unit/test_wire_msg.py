@@ -34,6 +34,7 @@ from iservice.wire.msg import (
     Ack,
     AddressMsg,
     CreateAdapterMsg,
+    DelTunRoutesMsg,
     DnsCfgMsg,
     EnableDhcpMsg,
     FlushNeighborsMsg,
@@ -100,9 +101,17 @@ def test_constants() -> None:
         MsgType.REGISTER_DNS: 24, MsgType.ENABLE_DHCP: 288, MsgType.SET_MTU: 296,
         MsgType.ADD_WINS_CFG: 352, MsgType.DEL_WINS_CFG: 352,
         MsgType.CREATE_ADAPTER: 32,
+        MsgType.ISERVICE_DEL_TUN_ROUTES: 24,  # iservice's own extension (hook only)
     }  # fmt: skip
     assert [int(t) for t in MsgType] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13, 14, 15, 17, 18,
-                                         19, 20]  # fmt: skip
+                                         19, 20, 0x100]  # fmt: skip
+
+
+def test_iservice_extension_del_tun_routes_is_a_bare_header() -> None:
+    raw = struct.pack("<I4xQi4x", 0x100, 24, 9)
+    msg = decode_message(raw)
+    assert msg == DelTunRoutesMsg(MsgType.ISERVICE_DEL_TUN_ROUTES, 9)
+    assert encode_message(msg) == raw
 
 
 # --------------------------------------------------------------------------- one vector per type

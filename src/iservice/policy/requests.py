@@ -147,8 +147,15 @@ class SetBlock:
     unscoped: int = 0
 
 
+@dataclass(frozen=True)
+class DelTunRoutes:
+    """Delete every route through the tun this session added (iservice's extension
+    message, sent by the hook when openvpn takes its routes down without naming them)."""
+    routes: tuple[DelRoute, ...]
+
+
 Operation = (AddAddress | DelAddress | AddRoute | DelRoute | SetMtu | FlushNeighbors | Nothing
-             | SetDns | FlushDns | SetBlock)
+             | SetDns | FlushDns | SetBlock | DelTunRoutes)
 
 
 @dataclass(frozen=True)
@@ -390,6 +397,11 @@ class RequestPolicy:
     def _register_dns(self, msg: m.Message) -> Operation:
         return FlushDns()
 
+    def _del_tun_routes(self, msg: m.Message) -> Operation:
+        # Only what this session journaled, only through its own tun (never a bypass).
+        return DelTunRoutes(tuple(DelRoute(k, cid) for k, cid in self.records.routes.items()
+                                  if not k.bypass and cid >= 0))
+
 
 _Handler = Callable[[RequestPolicy, m.Message], Operation]
 
@@ -402,6 +414,7 @@ _TABLE: Mapping[m.MsgType, _Handler] = {
     m.MsgType.SET_MTU: RequestPolicy._mtu,
     m.MsgType.FLUSH_NEIGHBORS: RequestPolicy._flush,
     m.MsgType.REGISTER_DNS: RequestPolicy._register_dns,
+    m.MsgType.ISERVICE_DEL_TUN_ROUTES: RequestPolicy._del_tun_routes,
     m.MsgType.ADD_DNS_CFG: RequestPolicy._dns_cfg,
     m.MsgType.DEL_DNS_CFG: RequestPolicy._dns_cfg,
     m.MsgType.ADD_NRPT_CFG: RequestPolicy._nrpt_cfg,

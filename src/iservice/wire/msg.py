@@ -85,6 +85,7 @@ __all__ = [
     "Ack",
     "AddressMsg",
     "CreateAdapterMsg",
+    "DelTunRoutesMsg",
     "DnsCfgMsg",
     "EnableDhcpMsg",
     "FlushNeighborsMsg",
@@ -126,6 +127,11 @@ class MsgType(enum.IntEnum):
     ADD_WINS_CFG = 18
     DEL_WINS_CFG = 19
     CREATE_ADAPTER = 20
+    # iservice extension (Linux): sent only by iservice's own hook, never by openvpn.exe
+    # (the Windows original answers it ERROR_MESSAGE_TYPE).  Header only: "openvpn is
+    # taking its routes down without telling which" (route-pre-down without route_*
+    # variables, as after a persist-tun restart whose pushed options changed).
+    ISERVICE_DEL_TUN_ROUTES = 0x100
 
 
 WIRE_AF_INET = 2
@@ -166,6 +172,7 @@ MESSAGE_SIZES: dict[MsgType, int] = {
     MsgType.ADD_WINS_CFG: 352,
     MsgType.DEL_WINS_CFG: 352,
     MsgType.CREATE_ADAPTER: 32,
+    MsgType.ISERVICE_DEL_TUN_ROUTES: 24,
 }
 MAX_MESSAGE_SIZE = 1696  # sizeof(pipe_message_t) = the nrpt message
 
@@ -421,6 +428,17 @@ class RegisterDnsMsg:
 
 
 @dataclass(frozen=True, slots=True)
+class DelTunRoutesMsg:
+    """iservice extension: delete every route through the session's tun (header only)."""
+
+    type: MsgType
+    message_id: int
+
+    def __post_init__(self) -> None:
+        _check_head(self, (MsgType.ISERVICE_DEL_TUN_ROUTES,))
+
+
+@dataclass(frozen=True, slots=True)
 class EnableDhcpMsg:
     """enable_dhcp (Windows-only)."""
 
@@ -499,6 +517,7 @@ Message: TypeAlias = (
     | FlushNeighborsMsg
     | WfpBlockMsg
     | RegisterDnsMsg
+    | DelTunRoutesMsg
     | EnableDhcpMsg
     | SetMtuMsg
     | WinsCfgMsg
@@ -595,6 +614,10 @@ def _dec_register_dns(raw: bytes, t: MsgType, mid: int) -> RegisterDnsMsg:
     return RegisterDnsMsg(t, mid)
 
 
+def _dec_del_tun_routes(raw: bytes, t: MsgType, mid: int) -> DelTunRoutesMsg:
+    return DelTunRoutesMsg(t, mid)
+
+
 def _dec_dhcp(raw: bytes, t: MsgType, mid: int) -> EnableDhcpMsg:
     _, _, _, idx, name = _S_DHCP.unpack(raw)
     return EnableDhcpMsg(t, mid, _iface(idx, name, mid))
@@ -640,6 +663,7 @@ _ROWS: tuple[tuple[MsgType, struct.Struct, _Decoder], ...] = (
     (MsgType.ADD_WINS_CFG, _S_WINS, _dec_wins),
     (MsgType.DEL_WINS_CFG, _S_WINS, _dec_wins),
     (MsgType.CREATE_ADAPTER, _S_CREATE_ADAPTER, _dec_create_adapter),
+    (MsgType.ISERVICE_DEL_TUN_ROUTES, _S_HEADER, _dec_del_tun_routes),
 )
 for _t, _s, _ in _ROWS:
     if _s.size != MESSAGE_SIZES[_t]:  # a layout typo must fail at import, not on the wire
@@ -730,6 +754,10 @@ def _enc_register_dns(m: RegisterDnsMsg) -> bytes:
     return _S_HEADER.pack(m.type, _S_HEADER.size, m.message_id)
 
 
+def _enc_del_tun_routes(m: DelTunRoutesMsg) -> bytes:
+    return _S_HEADER.pack(m.type, _S_HEADER.size, m.message_id)
+
+
 def _enc_dhcp(m: EnableDhcpMsg) -> bytes:
     return _S_DHCP.pack(m.type, _S_DHCP.size, m.message_id, m.iface.index, m.iface.name.encode())
 
@@ -761,6 +789,7 @@ _ENCODERS: dict[type, Callable[[Any], bytes]] = {
     FlushNeighborsMsg: _enc_flush,
     WfpBlockMsg: _enc_wfp,
     RegisterDnsMsg: _enc_register_dns,
+    DelTunRoutesMsg: _enc_del_tun_routes,
     EnableDhcpMsg: _enc_dhcp,
     SetMtuMsg: _enc_mtu,
     WinsCfgMsg: _enc_wins,
