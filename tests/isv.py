@@ -85,6 +85,14 @@ class Service:
         os.kill(self.service_pid(), signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
 
+    def finish(self, *, journal: bool = True) -> None:
+        """Teardown of a test's service: stopped cleanly, no tun left (nor journal)."""
+        if self.proc is not None and self.proc.poll() is None:
+            assert self.stop() == 0, self.log_tail()
+        assert self.tuns() == [], "tun devices left behind"
+        if journal:
+            assert self.journal()["sessions"] == [], self.log_tail()
+
     def kill9(self) -> None:
         assert self.proc is not None
         os.kill(self.service_pid(), signal.SIGKILL)
