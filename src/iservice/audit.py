@@ -31,7 +31,8 @@ import logging
 import re
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-__all__ = ["describe", "format_line", "log", "quote", "record"]
+__all__ = ["LineFormatter", "describe", "format_line", "log", "quote", "record",
+           "record_lines", "who"]
 
 log = logging.getLogger("iservice.audit")
 
@@ -48,6 +49,9 @@ def quote(value: object) -> str:
     text = str(value)
     if _BARE.fullmatch(text):
         return text
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text \
+            and len(text) <= 4 * _MAX_TEXT:
+        return f'"{text}"'  # what json.dumps gives, ~4x faster (a line per route)
     if len(text) > 4 * _MAX_TEXT:
         text = text[: 4 * _MAX_TEXT] + "…"
     return json.dumps(text, ensure_ascii=True)
@@ -63,6 +67,45 @@ def record(level: int, event: str, **fields: object) -> None:
     """Log one audit line (fields with value None are left out)."""
     if log.isEnabledFor(level):
         log.log(level, format_line(event, fields))
+
+
+def who(**fields: object) -> str:
+    """The ``key=value`` pairs that name who asked, for lines built by the caller
+    (``format_line(event, {**who_fields, ...})`` = ``f"event={event} {who(...)} ..."``)."""
+    return " ".join(f"{k}={quote(v)}" for k, v in fields.items() if v is not None)
+
+
+def record_lines(level: int, lines: list[str]) -> None:
+    """Log many audit lines (each made by ``format_line``) as one record.
+
+    ``LineFormatter`` gives every line the record's own prefix (time, level,
+    logger), so the output is the same lines as one ``record`` each would give —
+    and journald, which splits its input at newlines, stores one entry per line.
+    Profiled at 10,000 routes: one ``logging`` record per line was a third of the
+    service's channel time (~12 µs a line); one per batch costs ~1 µs a line.
+    No line can contain a newline itself: ``quote`` escapes every control character.
+    """
+    if lines and log.isEnabledFor(level):
+        log.log(level, "\n".join(lines))
+
+
+class LineFormatter(logging.Formatter):
+    """A formatter that repeats the prefix (time, level, logger) on every line of a
+    multi-line message, so each audit line stands alone (``record_lines``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if "\n" not in message:
+            return super().format(record)
+        record.message = ""
+        record.asctime = self.formatTime(record, self.datefmt)
+        head = self.formatMessage(record)
+        text = "\n".join(head + line for line in message.split("\n"))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            text += "\n" + record.exc_text
+        return text
 
 
 def _short(value: object) -> str:
@@ -82,8 +125,18 @@ def describe(obj: object) -> str:
     """A channel message or a decided operation as ``name field=value ...``.
 
     Generic over the frozen dataclasses of ``wire.msg`` and ``policy.requests``,
-    so a new message type or operation is described without a change here.
+    so a new message type or operation is described without a change here.  A class
+    with an ``audit_text()`` method (routes: thousands per session) describes itself
+    faster; for routes that text is the generic one (tests/unit/test_audit.py).
     """
+    fast = getattr(obj, "audit_text", None)
+    if fast is not None:
+        return str(fast())
+    return generic_describe(obj)
+
+
+def generic_describe(obj: object) -> str:
+    """``describe`` by reflection alone (what an ``audit_text`` method must match)."""
     if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
         return _short(obj)
     kind = getattr(obj, "type", None)
@@ -104,7 +157,7 @@ def _field_names(cls: type) -> tuple[str, ...]:
     names = _FIELD_NAMES.get(cls)
     if names is None:
         names = tuple(f.name for f in dataclasses.fields(cls)
-                      if f.name not in ("type", "message_id"))
+                      if f.name not in ("type", "message_id") and f.repr)
         _FIELD_NAMES[cls] = names
     return names
 

@@ -107,15 +107,23 @@ class Journal:
     def record_many(self, session_id: int, kind: str,
                     items: Sequence[dict[str, Any]]) -> list[int]:
         """One transaction for a whole batch; returns the ids in order."""
-        if not items:
-            return []
         dumps = json.JSONEncoder(separators=(",", ":")).encode
+        return self.record_many_json(session_id, kind, [dumps(d) for d in items])
+
+    def record_many_json(self, session_id: int, kind: str, texts: Sequence[str]) -> list[int]:
+        """``record_many`` with each record's data already JSON text (one JSON object)."""
+        if not texts:
+            return []
         with self._tx():
             first = self._next_change_id()
-            self._db.executemany(
-                "INSERT INTO changes(id, session_id, kind, data) VALUES (?,?,?,?)",
-                ((first + i, session_id, kind, dumps(d)) for i, d in enumerate(items)))
-        return list(range(first, first + len(items)))
+            # One statement over a JSON array: SQLite binds the rows in C, without the
+            # GIL (executemany: ~7 ms for 10,000 routes, this: ~4 ms).  json_each gives
+            # each object back as compact JSON text, keys in order.
+            self._db.execute(
+                "INSERT INTO changes(id, session_id, kind, data) "
+                "SELECT ? + key, ?, ?, value FROM json_each(?)",
+                (first, session_id, kind, "[" + ",".join(texts) + "]"))
+        return list(range(first, first + len(texts)))
 
     def update(self, change_id: int, data: dict[str, Any]) -> None:
         self._db.execute("UPDATE changes SET data=? WHERE id=?",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import enum
 import logging
 import os
@@ -64,6 +63,21 @@ STARTUP_TIMEOUT = 2.0  # seconds for the startup message (the original's IO_TIME
 STARTUP_BUFSIZE = w.MAX_STARTUP_UNITS * 2 + 2  # one unit more than allowed: "too long"
 CHANNEL_BATCH = 4096  # messages decided and applied together (one journal transaction)
 
+Batch = list[tuple[int, int | Operation]]  # (message_id, ack error | decided operation)
+
+
+def _in_flight(op: Operation) -> bool:
+    """Does ``op`` name a record whose add is still in flight (reserved as -1)?  Its
+    outcome decides this op (a delete needs the record's id; a re-add of a failed add
+    would be a new route), so it waits until that add has settled."""
+    if isinstance(op, DelRoute | DelAddress):
+        return op.change_id == -1
+    if isinstance(op, AddRoute | AddAddress):
+        return op.existing == -1
+    if isinstance(op, DelTunRoutes):
+        return any(d.change_id == -1 for d in op.routes)
+    return False
+
 
 class Phase(enum.Enum):
     READING = "reading"
@@ -77,36 +91,6 @@ class Phase(enum.Enum):
 
 async def _readable(sock: socket.socket) -> None:
     await readable(sock.fileno())
-
-
-_ROUTE_FIELDS = (tuple(f.name for f in dataclasses.fields(AddRoute)) == (
-    "key", "oif", "gateway", "existing") and tuple(
-    f.name for f in dataclasses.fields(DelRoute)) == ("key", "change_id"))
-
-
-def _describe(op: Operation) -> str:
-    """``audit.describe(op)``, with a fast path for routes (thousands per session).
-
-    Profiled at 10,000 routes, the generic describe took a quarter of the service's
-    time; this gives the same text (checked against it in tests/integration/
-    test_bench_quick.py) and is used only while the fields are the ones it knows.
-    """
-    if _ROUTE_FIELDS:
-        if type(op) is AddRoute:
-            k = op.key
-            text = f"add_route dst={k.dst} bypass={k.bypass} metric={k.metric} oif={op.oif}"
-            if op.gateway is not None:
-                text += f" gateway={op.gateway}"
-            if op.existing is not None:
-                text += f" existing={op.existing}"
-            return text
-        if type(op) is DelRoute:
-            k = op.key
-            return (f"del_route dst={k.dst} bypass={k.bypass} metric={k.metric} "
-                    f"change_id={op.change_id}")
-    if type(op) is DelTunRoutes:  # not thousands of routes in one audit line
-        return f"del_tun_routes count={len(op.routes)}"
-    return audit.describe(op)
 
 
 def recv_packet(sock: socket.socket, buf: bytearray) -> tuple[int, bytes] | None:
@@ -157,6 +141,12 @@ class Session:
         audit.record(level, event, uid=self.creds.uid, client_pid=self.creds.pid,
                      conn=self.number, session=self.session_id,
                      pid=None if self.child is None else self.child.pid, **kv)
+
+    def _who(self) -> str:
+        """The who-part of this session's audit lines, as ``_log`` writes it."""
+        return audit.who(uid=self.creds.uid, client_pid=self.creds.pid, conn=self.number,
+                         session=self.session_id,
+                         pid=None if self.child is None else self.child.pid)
 
     # -- replies --------------------------------------------------------------
 
@@ -362,51 +352,89 @@ class Session:
             self.output.drain(self._output_fd)
 
     async def _serve_channel(self) -> None:
+        """Read, decide and apply openvpn's requests, one batch in the monitor while the
+        next one is read and decided (the monitor's journal + rtnetlink work overlaps
+        the decoding)."""
         sock = self.channel
         assert sock is not None
         buf = bytearray(m.MAX_MESSAGE_SIZE)
         policy = self._policy()
+        held: list[bytes] = []  # a message to decide again once nothing is in flight
+        inflight: tuple[Batch, asyncio.Future[list[Applied]]] | None = None
         while True:
-            await _readable(sock)
             self._drain_output()
-            batch: list[tuple[int, int | Operation]] = []  # (message_id, ack error | op)
-            eof = False
-            while len(batch) < CHANNEL_BATCH:
+            batch, eof, wait = self._read_batch(sock, buf, policy, held)
+            if batch or wait:
+                if inflight is not None:
+                    await self._settle_batch(*inflight)
+                    inflight = None
+                if batch:
+                    inflight = (batch, self._submit(batch))
+                if wait and inflight is not None:
+                    await self._settle_batch(*inflight)
+                    inflight = None
+                continue
+            if inflight is not None:  # nothing more queued: answer what is done
+                await self._settle_batch(*inflight)
+                inflight = None
+            if eof or self.channel is None:
+                return
+            await _readable(sock)
+
+    def _read_batch(self, sock: socket.socket, buf: bytearray, policy: RequestPolicy,
+                    held: list[bytes]) -> tuple[Batch, bool, bool]:
+        """Decide what is queued, up to ``CHANNEL_BATCH`` messages.
+
+        Returns (batch, eof, wait).  ``wait``: a message names a change that is still in
+        flight (an add whose outcome the monitor has not reported yet); it is held back
+        and decided again once everything before it has been applied and settled.
+        """
+        batch: Batch = []  # (message_id, ack error | op)
+        while len(batch) < CHANNEL_BATCH:
+            retried = bool(held)
+            if held:
+                raw = held.pop()
+                n = len(raw)
+            else:
                 got = recv_packet(sock, buf)
                 if got is None:
-                    break
+                    return batch, False, False
                 n, raw = got
                 if n == 0:
-                    eof = True
-                    break
-                try:
-                    if n > len(buf):
-                        raise MessageTooLargeError(f"message of {n} bytes")
-                    msg = m.decode_message(raw)
-                except MessageTooLargeError as exc:
-                    # CVE-2024-27459: an oversize message ends the session.
-                    self._end_openvpn(str(exc))
-                    return
-                except ChannelError as exc:
-                    self._log(logging.WARNING, "bad-message", what="channel message",
-                              verdict="malformed", reason=exc.reason, mid=exc.message_id,
-                              error=exc.error_number)
-                    batch.append((exc.message_id, exc.error_number))
+                    return batch, True, False
+            try:
+                if n > len(buf):
+                    raise MessageTooLargeError(f"message of {n} bytes")
+                msg = m.decode_message(raw)
+            except MessageTooLargeError as exc:
+                # CVE-2024-27459: an oversize message ends the session.
+                self._end_openvpn(str(exc))
+                return batch, True, False
+            except ChannelError as exc:
+                self._log(logging.WARNING, "bad-message", what="channel message",
+                          verdict="malformed", reason=exc.reason, mid=exc.message_id,
+                          error=exc.error_number)
+                batch.append((exc.message_id, exc.error_number))
+                continue
+            try:
+                op = policy.decide(msg)
+            except Refused as exc:
+                self._log(logging.WARNING, "denied", what=audit.describe(msg),
+                          verdict="denied", reason=exc.reason, mid=msg.message_id,
+                          error=exc.error_number)
+                batch.append((msg.message_id, exc.error_number))
+                continue
+            if _in_flight(op):
+                if retried:  # nothing is in flight now: a bug, not openvpn's fault
+                    self._log(logging.ERROR, "session-bug", what=audit.describe(op),
+                              reason="still in flight after settling", mid=msg.message_id)
+                    batch.append((msg.message_id, errors.ERROR_GEN_FAILURE))
                     continue
-                try:
-                    op = policy.decide(msg)
-                except Refused as exc:
-                    self._log(logging.WARNING, "denied", what=audit.describe(msg),
-                              verdict="denied", reason=exc.reason, mid=msg.message_id,
-                              error=exc.error_number)
-                    batch.append((msg.message_id, exc.error_number))
-                    continue
-                self._reserve(op)
-                batch.append((msg.message_id, op))
-            if batch:
-                await self._apply(batch)
-            if eof:
-                return
+                held.append(raw)
+                return batch, False, True
+            self._reserve(op)
+            batch.append((msg.message_id, op))
+        return batch, False, False
 
     def _reserve(self, op: Operation) -> None:
         """Mirror a decided op in the records now, so the rest of a batch sees it."""
@@ -449,13 +477,28 @@ class Session:
         elif isinstance(op, SetBlock) and result.error:
             self.records.dns.block = BlockState(op.previous)
 
-    async def _apply(self, batch: list[tuple[int, int | Operation]]) -> None:
+    def _submit(self, batch: Batch) -> asyncio.Future[list[Applied]]:
+        """Hand a batch's operations to the monitor (its queue keeps the order)."""
         ops = [item for _, item in batch if not isinstance(item, int)]
         mon = self.server.monitor
         assert self.session_id is not None and self.tun_ifindex is not None
-        results = iter(await mon.call(mon.apply, self.session_id, self.tun_ifindex, ops)
-                       if ops else [])
+        if not ops:
+            done: asyncio.Future[list[Applied]] = asyncio.get_running_loop().create_future()
+            done.set_result([])
+            return done
+        return asyncio.ensure_future(
+            mon.call(mon.apply, self.session_id, self.tun_ifindex, ops))
+
+    async def _settle_batch(self, batch: Batch, applying: asyncio.Future[list[Applied]]) -> None:
+        """Wait for a batch's results: settle the records, audit, answer every message."""
+        ops = [item for _, item in batch if not isinstance(item, int)]
+        results = iter(await applying)
         acks = bytearray()
+        # The audit trail: one line per decided message (denials are logged where they
+        # are decided), written as one record per batch (audit.record_lines).
+        who = self._who()
+        applied: list[str] = []
+        failed: list[str] = []
         for message_id, item in batch:
             if isinstance(item, int):
                 error = item
@@ -463,15 +506,16 @@ class Session:
                 result = next(results)
                 self._settle(item, result)
                 error = result.error
-                # The audit trail: one line per decided message (denials are logged
-                # where they are decided).
+                what = audit.quote(audit.describe(item))
                 if error:
-                    self._log(logging.WARNING, "failed", what=_describe(item),
-                              verdict="failed", mid=message_id, error=error)
+                    failed.append(f"event=failed {who} what={what} verdict=failed "
+                                  f"mid={message_id} error={error}")
                 else:
-                    self._log(logging.INFO, "applied", what=_describe(item),
-                              verdict="applied", mid=message_id)
-            acks += m.encode_ack(m.Ack(message_id, error))
+                    applied.append(f"event=applied {who} what={what} verdict=applied "
+                                   f"mid={message_id}")
+            acks += m.ack_bytes(message_id, error)
+        audit.record_lines(logging.INFO, applied)
+        audit.record_lines(logging.WARNING, failed)
         await self._after_apply(ops)
         loop = asyncio.get_running_loop()
         assert self.channel is not None

@@ -10,14 +10,10 @@ import json
 import os
 import subprocess
 import sys
-from ipaddress import ip_address, ip_network
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
-
-from iservice import audit
-from iservice.policy.requests import AddRoute, DelRoute, RouteKey
-from iservice.session import _describe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,18 +34,6 @@ def test_quick_benchmark_runs_and_measures_p1_to_p4(tmp_path: Path) -> None:
         assert part in names, names
     missing = [r["name"] for r in rows if r["figure"] is None]
     assert not missing, f"measurements without a figure: {missing}\n{cp.stdout[-4000:]}"
-
-
-def test_fast_route_description_is_the_audit_description() -> None:
-    """session._describe (the fast path for routes) says what audit.describe says."""
-    dst = ip_network("100.64.0.64/26")
-    ops = [AddRoute(RouteKey(dst, False, 0), 7, None),
-           AddRoute(RouteKey(dst, False, -1), 7, ip_address("10.8.0.1")),
-           AddRoute(RouteKey(ip_network("fd10::/56"), True, 5), 3, ip_address("fe80::1"),
-                    existing=12),
-           DelRoute(RouteKey(dst, False, 0), 9)]
-    for op in ops:
-        assert _describe(op) == audit.describe(op)
 
 
 def test_numbering_an_encoded_message_is_rebuilding_it() -> None:

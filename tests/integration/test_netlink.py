@@ -35,6 +35,7 @@ from iservice.linux.netlink import (
     NetlinkDecodeError,
     NetlinkError,
     Route,
+    RouteSpec,
     Rtnl,
     decode_addr,
     decode_error,
@@ -498,6 +499,28 @@ def test_kernel_errors_surface_as_errno(ns: Netns) -> None:
         0, errno.EEXIST, 0, errno.ESRCH, 0, errno.EEXIST, 0, errno.ESRCH, errno.ENODEV]
     assert rt.routes_apply([]) == []
     # after all those errors the socket still answers correctly
+    assert rt.link_info(index).name == "istun0"
+
+
+def test_routes_apply_reports_every_failure_across_chunks(ns: Netns) -> None:
+    """Only each chunk's last request asks for an ack: failures still land on the right
+    ops, also when thousands fail (every chunk must fit the receive buffer)."""
+    rt = ns.rtnl
+    index = ns.tun()
+    old = [Route(IPv4Network(((10 << 24) + 256 * i, 24)), index, None, 7) for i in range(4000)]
+    new = [Route(IPv4Network(((11 << 24) + 256 * i, 24)), index, None, 7) for i in range(4000)]
+    assert rt.routes_apply([(True, r) for r in old]) == [0] * 4000
+    mixed = [op for pair in zip(old, new, strict=True) for op in ((True, pair[0]), (True, pair[1]))]
+    assert rt.routes_apply(mixed) == [errno.EEXIST, 0] * 4000
+    assert rt.routes_apply([(True, r) for r in old]) == [errno.EEXIST] * 4000  # all fail
+    assert rt.routes_apply([(False, r) for r in old + new]) == [0] * 8000
+    assert rt.routes_apply([(False, r) for r in new]) == [errno.ESRCH] * 4000
+    # the fast path's values (RouteSpec) mean the same routes
+    specs = [RouteSpec(r.dst, index, None, 7) for r in old[:100]]
+    assert rt.routes_apply([(True, s) for s in specs]) == [0] * 100
+    assert rt.routes_apply([(True, r) for r in old[:100]]) == [errno.EEXIST] * 100
+    assert rt.routes_apply([(False, s) for s in specs]) == [0] * 100
+    assert rt.routes_apply([(False, r) for r in old[:100]]) == [errno.ESRCH] * 100
     assert rt.link_info(index).name == "istun0"
 
 

@@ -7,6 +7,7 @@ created and removed by the tests; an approved config in config_dir.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -367,6 +368,46 @@ done(**r)
     os.kill(r["pid"], signal.SIGKILL)
     wait_for(lambda: not hostile.tuns() and not our_routes(lab), 3, what="undo")
     assert lab.routes(4) == before[0]
+
+
+def test_pipelined_requests_on_one_route_wait_for_each_other(lab: Lab, hostile: Service,
+                                                             user: User) -> None:
+    """Sent without waiting for acks, an add and the delete (or re-add) of the same route
+    land in one batch: the second waits until the add's outcome is known, so the delete
+    finds its record and the journal ends empty (session.py: the in-flight rule)."""
+    code = COMMON + """
+import time
+chan.setblocking(True)
+seq = [route("10.70.0.0", 16, "0.0.0.0", own, mid=1),
+       route("10.70.0.0", 16, "0.0.0.0", own, t=m.MsgType.DEL_ROUTE, mid=2),
+       route("10.71.0.0", 16, "0.0.0.0", own, mid=3),
+       route("10.71.0.0", 16, "0.0.0.0", own, mid=4),
+       route("10.72.0.0", 16, "0.0.0.0", own, mid=5),
+       route("10.72.0.0", 16, "0.0.0.0", own, t=m.MsgType.DEL_ROUTE, mid=6),
+       route("10.72.0.0", 16, "0.0.0.0", own, t=m.MsgType.DEL_ROUTE, mid=7)]
+for raw in seq:
+    chan.send(raw)
+acks = []
+for _ in seq:
+    a = chan.recv(64)
+    acks.append(list(struct.unpack_from("<i4xi", a, 16)))
+done(acks=acks)
+"""
+    r = run_scenario(lab, hostile, user, "pipelined.ovpn", code)
+    assert r["acks"] == [[1, 0], [2, 0], [3, 0], [4, 0], [5, 0], [6, 0], [7, 1168]], r
+    tun = hostile.tuns()[0]
+    dsts = {x["dst"] for x in lab.routes(4) if x.get("dev") == tun}
+    assert "10.71.0.0/16" in dsts and not dsts & {"10.70.0.0/16", "10.72.0.0/16"}
+    import sqlite3
+    db = sqlite3.connect(f"file:{hostile.state_dir / 'journal.sqlite3'}?mode=ro", uri=True)
+    try:
+        routes = [json.loads(d)["dst"] for (d,) in
+                  db.execute("SELECT data FROM changes WHERE kind = 'route'")]
+    finally:
+        db.close()
+    assert routes == ["10.71.0.0/16"]
+    os.kill(r["pid"], signal.SIGKILL)
+    wait_for(lambda: not hostile.tuns() and not hostile.journal()["sessions"], 3, what="undo")
 
 
 def test_oversize_message_ends_the_session(lab: Lab, hostile: Service, user: User) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from iservice.journal import Journal
@@ -15,6 +16,15 @@ def test_changes_come_back_newest_first(tmp_path: Path) -> None:
     assert ids == [a + 1, a + 2, a + 3]
     assert [c.id for c in j.changes(s)] == [*reversed(ids), a]
     assert j.changes(s)[0].data == {"dst": "10.2.0.0/16"}
+
+
+def test_a_batch_keeps_every_value_exactly(tmp_path: Path) -> None:
+    j = Journal(str(tmp_path / "j.sqlite3"))
+    s = j.new_session(1000, 42, {"user": "u"})
+    items = [{"s": 'a"b\\c\n\u00e9\u2028', "n": -1, "f": 1.5, "none": None, "t": True,
+              "list": [1, "x", {"k": []}]}, {}, {"dst": "fd10::/56"}]
+    ids = j.record_many(s, "x", items)
+    assert [j.get(i).data for i in ids] == items  # type: ignore[union-attr]
 
 
 def test_survives_reopen_and_ids_are_never_reused(tmp_path: Path) -> None:
@@ -49,3 +59,39 @@ def test_file_is_private(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite3"
     Journal(str(path))
     assert path.stat().st_mode & 0o077 == 0
+
+
+# -- the route record's fast JSON (monitor._route_json) ------------------------------
+
+from ipaddress import IPv4Network, IPv6Network, ip_address  # noqa: E402
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from iservice.monitor import _route_from_data, _route_json, _route_of  # noqa: E402
+from iservice.policy.requests import AddRoute, RouteKey  # noqa: E402
+
+_nets = st.one_of(
+    st.builds(lambda a, p: IPv4Network((a, p), strict=False),
+              st.integers(0, 2**32 - 1), st.integers(0, 32)),
+    st.builds(lambda a, p: IPv6Network((a, p), strict=False),
+              st.integers(0, 2**128 - 1), st.integers(0, 128)))
+
+
+@given(_nets, st.booleans(), st.integers(-1, 2**31 - 1), st.integers(1, 2**31 - 1),
+       st.data())
+def test_route_record_is_the_json_of_its_values(dst: IPv4Network | IPv6Network, bypass: bool,
+                                                metric: int, oif: int, data_: st.DataObject,
+                                                ) -> None:
+    gw = data_.draw(st.one_of(st.none(), st.ip_addresses(v=dst.version)))
+    op = AddRoute(RouteKey(dst, bypass, metric), oif, gw)  # type: ignore[arg-type]
+    data = json.loads(_route_json(op))
+    assert data == {"dst": str(dst), "oif": oif, "metric": metric,
+                    "gw": None if gw is None else str(gw), "bypass": bypass}
+    assert _route_from_data(data) == _route_of(op).route()  # undo deletes the route added
+
+
+def test_route_record_example() -> None:
+    op = AddRoute(RouteKey(IPv4Network("100.64.0.0/26"), True, -1), 3, ip_address("192.0.2.1"))
+    assert _route_json(op) == ('{"dst":"100.64.0.0/26","oif":3,"metric":-1,'
+                               '"gw":"192.0.2.1","bypass":true}')

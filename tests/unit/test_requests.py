@@ -6,6 +6,8 @@ import socket
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from iservice import errors
 from iservice.policy.requests import (
@@ -220,3 +222,17 @@ def test_del_tun_routes_names_only_this_sessions_tun_routes() -> None:
     recs = SessionRecords({tun_key: 4, bypass_key: 5, pending: -1}, {})
     op = policy(recs).decide(m.DelTunRoutesMsg(m.MsgType.ISERVICE_DEL_TUN_ROUTES, 1))
     assert op == DelTunRoutes((DelRoute(tun_key, 4),))
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_ipv4_route_network_is_ip_network_strict(addr: int, plen: int) -> None:
+    """The integer fast path of RequestPolicy._network = ip_network(strict=True)."""
+    try:
+        want: object = ip_network((IPv4Address(addr), plen), strict=True)
+    except ValueError:
+        want = Refused
+    try:
+        got: object = RequestPolicy._network(IPv4Address(addr), plen)
+    except Refused:
+        got = Refused
+    assert got == want

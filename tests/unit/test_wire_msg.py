@@ -666,3 +666,20 @@ def test_mutated_acks_raise_only_message_data_error(raw: bytes) -> None:
     except MessageDataError:
         return
     assert encode_ack(ack) == raw[:4] + b"\0" * 4 + raw[8:20] + b"\0" * 4 + raw[24:28] + b"\0" * 4
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=36, max_size=36), st.integers(0, 2**32 - 1), int32, int32,
+       st.sampled_from([2, 23]), st.binary(max_size=4))
+def test_a_decoded_route_passes_the_checked_constructor(
+        addrs: bytes, index: int, plen: int, metric: int, fam: int, name: bytes) -> None:
+    """decode builds routes without __post_init__ (fast path): the checks would pass."""
+    import dataclasses
+    raw = struct.pack("<I4xQi4xh2x16si16sI256si", 3, 328, 9, fam, addrs[:16], plen,
+                      addrs[16:32], index, name.replace(b"\0", b"a"), metric)
+    try:
+        msg = decode_message(raw)
+    except MessageDataError:
+        return  # e.g. a name that is not UTF-8
+    assert dataclasses.replace(msg) == msg  # runs every check of the constructor
+    assert encode_message(msg) == raw or fam == 2  # IPv4 leaves 12 bytes unread

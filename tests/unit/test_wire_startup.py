@@ -372,3 +372,12 @@ def test_error_reply_is_total(func: str, message: str, code: int) -> None:
     decoded = decode_reply(encode_reply(reply))
     assert isinstance(decoded, ErrorReply)
     assert decoded.code == reply.code
+
+
+def test_a_message_ending_in_crlf_reads_back_as_itself() -> None:
+    """decode_reply drops one trailing CRLF; encode_reply keeps such a message whole
+    (found by the fuzz test: "\\r\\n" came back as "")."""
+    from iservice.wire.startup import ErrorReply, decode_reply, encode_reply
+    for message in ("\r\n", "text\r\n", "a\r\n\r\n", "", "plain"):
+        reply = ErrorReply(1, "func", message)
+        assert decode_reply(encode_reply(reply)) == reply

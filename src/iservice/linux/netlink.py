@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 T = TypeVar("T")
 IPAddress = IPv4Address | IPv6Address
@@ -469,8 +469,9 @@ def decode_neigh(body: memoryview) -> Neighbour | None:
                      state=state, flags=flags)
 
 
-def encode_route(route: Route, add: bool, seq: int) -> bytes:
-    """RTM_NEWROUTE (create, exclusive) or RTM_DELROUTE for ``route``, with NLM_F_ACK."""
+def encode_route(route: Route, add: bool, seq: int, *, ack: bool = True) -> bytes:
+    """RTM_NEWROUTE (create, exclusive) or RTM_DELROUTE for ``route`` (NLM_F_ACK if ``ack``:
+    without it the kernel answers only a failure)."""
     if route.dst.version == 4:
         attrs = [_NLA.pack(8, RTA_DST), route.dst.network_address.packed]
         if route.gateway is not None:
@@ -491,18 +492,81 @@ def encode_route(route: Route, add: bool, seq: int) -> bytes:
     if add:
         mtype = RTM_NEWROUTE
         # EXCL: never join an existing route (IPv6 would otherwise append a multipath hop)
-        flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+        flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
         scope = route.effective_scope
     else:
-        mtype, flags = RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK
+        mtype, flags = RTM_DELROUTE, NLM_F_REQUEST
         scope = route.scope if route.scope is not None else RT_SCOPE_NOWHERE
+    if ack:
+        flags |= NLM_F_ACK
     return _NLH_RTMSG.pack(
         _NLH_RTMSG.size + len(body), mtype, flags, seq, 0,
         route.family, route.dst.prefixlen, 0, 0, table, route.protocol, scope,
         route.route_type, RTNH_F_ONLINK if route.onlink else 0) + body
 
 
-def _check_route_op(add: bool, route: Route) -> None:
+_FLAGS = struct.Struct("<H")
+
+
+def _without_ack(msg: bytes) -> bytes:
+    """``msg`` (one encoded request) with NLM_F_ACK cleared in its header."""
+    flags = _FLAGS.unpack_from(msg, 6)[0]
+    if not flags & NLM_F_ACK:
+        return msg
+    return msg[:6] + _FLAGS.pack(flags & ~NLM_F_ACK) + msg[8:]
+
+
+def _with_ack(msg: bytes) -> bytes:
+    flags = _FLAGS.unpack_from(msg, 6)[0]
+    if flags & NLM_F_ACK:
+        return msg
+    return msg[:6] + _FLAGS.pack(flags | NLM_F_ACK) + msg[8:]
+
+
+class RouteSpec(NamedTuple):
+    """One of our routes (protocol ``RTPROT_ISERVICE``, main table, link scope without a
+    gateway, universe with one) as plain values the caller has validated: the fast
+    path for a session's thousands of routes.  Building and checking a ``Route`` and
+    encoding it took ~2.3 µs a route, this ~1 µs (profiled at 10,000 routes)."""
+
+    dst: IPNetwork
+    oif: int
+    gateway: IPAddress | None
+    metric: int | None
+
+    def route(self) -> Route:
+        """The same route as a checked ``Route``."""
+        return Route(self.dst, self.oif, self.gateway, self.metric)
+
+
+def encode_route_spec(spec: RouteSpec, add: bool, seq: int) -> bytes:
+    """``encode_route(spec.route(), add, seq, ack=False)`` without the Route."""
+    dst, oif, gw, metric = spec
+    if dst.version == 4:
+        family, alen = AF_INET, 8
+    else:
+        family, alen = AF_INET6, 20
+    body = _NLA.pack(alen, RTA_DST) + dst.network_address.packed
+    if gw is not None:
+        body += _NLA.pack(alen, RTA_GATEWAY) + gw.packed
+    body += _NLA_U32.pack(8, RTA_OIF, oif)
+    if metric is not None:
+        body += _NLA_U32.pack(8, RTA_PRIORITY, metric)
+    if add:
+        mtype, flags = RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
+        scope = RT_SCOPE_UNIVERSE if gw is not None else RT_SCOPE_LINK
+    else:
+        mtype, flags, scope = RTM_DELROUTE, NLM_F_REQUEST, RT_SCOPE_NOWHERE
+    return _NLH_RTMSG.pack(
+        _NLH_RTMSG.size + len(body), mtype, flags, seq, 0, family, dst.prefixlen, 0, 0,
+        RT_TABLE_MAIN, RTPROT_ISERVICE, scope, RTN_UNICAST, 0) + body
+
+
+def _check_route_op(add: bool, route: Route | RouteSpec) -> None:
+    if type(route) is RouteSpec:
+        if not isinstance(add, bool):
+            raise TypeError(f"expected (bool, RouteSpec), got ({add!r}, {route!r})")
+        return
     if not isinstance(add, bool) or not isinstance(route, Route):
         raise TypeError(f"expected (bool, Route), got ({add!r}, {route!r})")
     if not add and route.protocol == 0:
@@ -689,10 +753,18 @@ class Rtnl:
             while j < limit and (j == i or size + len(msgs[j]) <= self._chunk_bytes):
                 size += len(msgs[j])
                 j += 1
-            # The kernel processes the whole chunk inside this sendmsg; its acks are
-            # queued when it returns, so reading them now cannot miss or block.
-            self._send(b"".join(msgs[i:j]))
-            pending = j - i
+            # Only the chunk's last request asks for an ack: the kernel answers a request
+            # without NLM_F_ACK only when it fails, and answers in order, so the last
+            # ack closes the chunk and every request not reported failed is done.
+            # (One ack per request cost a recv each: ~1 µs a route and, worse, a GIL
+            # hand-off per route while the event loop thread is busy; profiled at 10,000
+            # routes.)  The chunk still fits the receive buffer with every request
+            # failing, so no error can be lost (an overflow would raise ENOBUFS).
+            chunk = [_without_ack(msg) for msg in msgs[i:j - 1]]
+            chunk.append(_with_ack(msgs[j - 1]))
+            self._send(b"".join(chunk))
+            last = j - 1
+            pending = True
             while pending:
                 try:
                     got = recv_into(buf, len(buf), socket.MSG_TRUNC)
@@ -716,8 +788,12 @@ class Rtnl:
                             if not 0 <= -err <= 4095:
                                 raise NetlinkDecodeError(f"error code {err} is no errno")
                             results[k] = -err
-                            pending -= 1
+                            if k == last:
+                                pending = False
                     off += (length + 3) & ~3
+            for k in range(i, j):
+                if results[k] == _UNKNOWN:
+                    results[k] = 0
             i = j
         return results
 
@@ -829,7 +905,7 @@ class Rtnl:
                                f"{what}: {exc.kernel_text}" if exc.kernel_text
                                else what) from None
 
-    def routes_apply(self, ops: Sequence[tuple[bool, Route]]) -> list[int]:
+    def routes_apply(self, ops: Sequence[tuple[bool, Route | RouteSpec]]) -> list[int]:
         """Add (True) or delete (False) many routes; one errno per op, 0 = done, in order.
 
         The fast path: requests go out pipelined, up to ~3,000 per sendmsg (256 KiB), and
@@ -851,7 +927,9 @@ class Rtnl:
             checked.append((add, route))
         with self._lock:
             seq0 = self._next_seq(len(checked))
-            msgs = [encode_route(route, add, (seq0 + k) & 0xFFFFFFFF)
+            msgs = [encode_route_spec(route, add, (seq0 + k) & 0xFFFFFFFF)
+                    if isinstance(route, RouteSpec)
+                    else encode_route(route, add, (seq0 + k) & 0xFFFFFFFF, ack=False)
                     for k, (add, route) in enumerate(checked)]
             return self._batch(msgs, seq0)
 

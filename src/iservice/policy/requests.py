@@ -73,6 +73,15 @@ class RouteKey:
     dst: IPNetwork
     bypass: bool
     metric: int  # -1 = unset
+    # A key is hashed three times per route (decide, reserve, settle) and hashing an
+    # ip_network is ~0.4 µs: computed once (profiled at 10,000 routes).
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.dst, self.bypass, self.metric)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,10 @@ class DelAddress:
     change_id: int  # the journal record of the add being undone
 
 
+# Routes come by the thousand: ``audit.describe`` uses these instead of its generic,
+# reflective text (~18 µs a route, a quarter of the service's time at 10,000 routes);
+# tests/unit/test_audit.py checks they give the generic text exactly.
+
 @dataclass(frozen=True)
 class AddRoute:
     key: RouteKey
@@ -100,11 +113,25 @@ class AddRoute:
     gateway: IPAddress | None  # only for bypass routes: the default gateway
     existing: int | None = None  # re-add of this journaled route (EEXIST is fine)
 
+    def audit_text(self) -> str:
+        k = self.key
+        text = f"add_route dst={k.dst} bypass={k.bypass} metric={k.metric} oif={self.oif}"
+        if self.gateway is not None:
+            text += f" gateway={self.gateway}"
+        if self.existing is not None:
+            text += f" existing={self.existing}"
+        return text
+
 
 @dataclass(frozen=True)
 class DelRoute:
     key: RouteKey
     change_id: int  # the journal record of the add being undone
+
+    def audit_text(self) -> str:
+        k = self.key
+        return (f"del_route dst={k.dst} bypass={k.bypass} metric={k.metric} "
+                f"change_id={self.change_id}")
 
 
 @dataclass(frozen=True)
@@ -152,6 +179,9 @@ class DelTunRoutes:
     """Delete every route through the tun this session added (iservice's extension
     message, sent by the hook when openvpn takes its routes down without naming them)."""
     routes: tuple[DelRoute, ...]
+
+    def audit_text(self) -> str:
+        return f"del_tun_routes count={len(self.routes)}"  # not thousands in one line
 
 
 Operation = (AddAddress | DelAddress | AddRoute | DelRoute | SetMtu | FlushNeighbors | Nothing
@@ -226,6 +256,14 @@ class RequestPolicy:
         if not 0 <= prefix_len <= addr.max_prefixlen:
             raise Refused(errors.ERROR_INVALID_PARAMETER,
                           f"prefix length {prefix_len} out of range")
+        if type(addr) is IPv4Address:
+            # From the integer: ip_network((IPv4Address, n)) formats and re-parses the
+            # address (profiled: half of the decision's ~3.8 µs per route).
+            value = int(addr)
+            if value & (0xFFFFFFFF >> prefix_len):
+                raise Refused(errors.ERROR_INVALID_PARAMETER,
+                              f"{addr}/{prefix_len} has host bits set")
+            return IPv4Network((value, prefix_len))
         try:
             return ip_network((addr, prefix_len), strict=True)
         except ValueError:

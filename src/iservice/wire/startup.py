@@ -224,7 +224,12 @@ def encode_reply(reply: Reply) -> bytes:
     if isinstance(reply, PidReply):
         text = f"0x00000000\n0x{reply.pid:08x}\n{_PID_MESSAGE}"
     else:
-        text = f"0x{reply.code:08x}\n{reply.func}\n{reply.message}"
+        message = reply.message
+        if message.endswith("\r\n"):
+            # decode_reply drops one trailing CRLF (FormatMessage's line end): add one
+            # so that such a message reads back as itself.
+            message += "\r\n"
+        text = f"0x{reply.code:08x}\n{reply.func}\n{message}"
     return text.encode("utf-16-le")
 
 
