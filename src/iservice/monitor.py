@@ -417,21 +417,18 @@ class Monitor:
         next start of the service tries it again; everything else is forgotten.
         """
         problems: list[str] = []
-        changes = self.journal.changes(session_id)
-        tun_indexes = {c.data.get("ifindex") for c in changes if c.kind == "tun"}
+        # Addresses and routes through the session's tun go with the tun (in the kernel,
+        # at once): the journal does not even hand them out (Journal.undo_changes).
+        changes = self.journal.undo_changes(session_id)
         owner = next((s.uid for s in self.journal.sessions() if s.id == session_id), None)
         kept: set[int] = set()
         for c in changes:
             seen = len(problems)
             try:
                 if c.kind == "route":
-                    if c.data["oif"] in tun_indexes and not c.data["bypass"]:
-                        continue  # dies with the tun
                     err = self.rtnl.routes_apply([(False, _route_from_data(c.data))])[0]
                     if err and err not in _GONE:
                         problems.append(f"route {c.data['dst']}: {errno.errorcode.get(err, err)}")
-                elif c.kind == "addr":
-                    continue  # dies with the tun
                 elif c.kind == "dns":
                     self._dns_backend(c.data).revert(session_id, c.data)
                 elif c.kind == "nft":
@@ -446,6 +443,8 @@ class Monitor:
             if len(problems) > seen:
                 kept.add(c.id)
         if kept:
+            # What went with the tun stays journaled while the tun does (if its delete
+            # failed, the next start tries it again, and then they go too).
             self.journal.forget(c.id for c in changes if c.id not in kept)
             problems.append(f"{len(kept)} change(s) kept in the journal for the next start")
         else:

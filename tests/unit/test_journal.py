@@ -95,3 +95,21 @@ def test_route_record_example() -> None:
     op = AddRoute(RouteKey(IPv4Network("100.64.0.0/26"), True, -1), 3, ip_address("192.0.2.1"))
     assert _route_json(op) == ('{"dst":"100.64.0.0/26","oif":3,"metric":-1,'
                                '"gw":"192.0.2.1","bypass":true}')
+
+
+def test_undo_changes_leave_out_what_goes_with_the_tun(tmp_path: Path) -> None:
+    j = Journal(str(tmp_path / "j.sqlite3"))
+    s = j.new_session(1000, 42)
+    other = j.new_session(1001, 43)
+    tun = j.record(s, "tun", {"name": "istun1", "ifindex": 7})
+    j.record(other, "tun", {"name": "istun2", "ifindex": 9})
+    j.record(s, "addr", {"address": "10.8.0.2", "prefix_len": 24, "ifindex": 7})
+    j.record_many(s, "route", [{"dst": f"10.{i}.0.0/16", "oif": 7, "metric": -1, "gw": None,
+                                "bypass": False} for i in range(100)])
+    bypass = j.record(s, "route", {"dst": "192.0.2.1/32", "oif": 3, "metric": -1,
+                                   "gw": "198.18.0.1", "bypass": True})
+    foreign = j.record(s, "route", {"dst": "10.200.0.0/16", "oif": 9, "metric": -1,
+                                    "gw": None, "bypass": False})
+    dns = j.record(s, "dns", {"backend": "none"})
+    assert [c.id for c in j.undo_changes(s)] == [dns, foreign, bypass, tun]
+    assert j.count(s) == 105  # nothing was removed by asking
