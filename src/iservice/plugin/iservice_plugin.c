@@ -1275,7 +1275,8 @@ static void block(run_t *r, const env_t *e, msgs_t *m, const iface_t *ifc)
     put_iface(p + 28, ifc);
 }
 
-/* hook.messages_for, by openvpn's plugin event instead of script_type */
+/* hook.messages_for, by openvpn's plugin event instead of script_type; the up event's
+ * add_wfp_block is left to handle() (see there) */
 static void messages_for(run_t *r, const env_t *e, int event, msgs_t *m)
 {
     iface_t ifc;
@@ -1297,7 +1298,6 @@ static void messages_for(run_t *r, const env_t *e, int event, msgs_t *m)
         dns(r, e, m, 1, &ifc);
         if (m->count > before)
             msg_new(m, T_REGISTER_DNS, HEADER_SIZE);
-        block(r, e, m, &ifc);
     } else if (event == OPENVPN_PLUGIN_ROUTE_UP) {
         routes(r, e, m, T_ADD_ROUTE, &ifc);
         redirect(r, e, m, T_ADD_ROUTE, &ifc);
@@ -1325,19 +1325,25 @@ static double now_mono(void)
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-/* hook.exchange: send everything while reading acks (pipelined); errs[i] = the ack's
- * error number.  Returns 0, or -1 with *why set (channel broken, timeout). */
-static int exchange(int fd, msgs_t *m, int32_t *errs, const char **why, int *why_errno)
+static uint32_t first_id(void)
 {
     uint32_t first;
     if (getrandom(&first, sizeof first, 0) != (ssize_t)sizeof first)
         first = (uint32_t)time(NULL) ^ (uint32_t)getpid();
-    first = 1 + first % ((1u << 30) - 1); /* stale acks of an earlier call never match */
+    return 1 + first % ((1u << 30) - 1); /* stale acks of an earlier call never match */
+}
+
+/* hook.exchange for messages from..count-1 (message i gets id first + i): send them
+ * while reading acks (pipelined); errs[i] = the ack's error number.  Returns 0, or -1
+ * with *why set (channel broken, timeout). */
+static int exchange(int fd, msgs_t *m, size_t from, uint32_t first, int32_t *errs,
+                    const char **why, int *why_errno)
+{
     unsigned char *got = calloc(m->count ? m->count : 1, 1);
     if (!got) { *why = "out of memory"; *why_errno = 0; return -1; }
-    for (size_t i = 0; i < m->count; i++)
+    for (size_t i = from; i < m->count; i++)
         put32(m->buf + m->off[i] + 16, first + (uint32_t)i);
-    size_t sent = 0, pending = m->count;
+    size_t sent = from, pending = m->count - from;
     int rc = 0;
     while (pending) {
         struct pollfd p = {.fd = fd, .events = POLLIN | (sent < m->count ? POLLOUT : 0)};
@@ -1370,7 +1376,7 @@ static int exchange(int fd, msgs_t *m, int32_t *errs, const char **why, int *why
                 }
                 uint32_t id = get32(ack + 16);
                 uint32_t i = id - first;
-                if (id >= first && i < m->count && !got[i]) {
+                if (id >= first && i >= from && i < m->count && !got[i]) {
                     got[i] = 1;
                     errs[i] = (int32_t)get32(ack + 24);
                     pending--;
@@ -1407,27 +1413,50 @@ static int handle(context_t *ctx, int event, const char *const *envp)
         return OPENVPN_PLUGIN_FUNC_ERROR;
     }
     messages_for(&r, &e, event, &m);
-    free(e.slots);
     if (m.oom) {
         logf_(ctx, PLOG_ERR, "out of memory");
         status = OPENVPN_PLUGIN_FUNC_ERROR;
     } else if (r.error[0]) {
         logf_(ctx, PLOG_ERR, "bad openvpn environment: %s", r.error);
         status = OPENVPN_PLUGIN_FUNC_ERROR;
-    } else if (m.count) {
-        int32_t *errs = calloc(m.count, sizeof *errs);
+    } else {
+        /* +1: the up event's add_wfp_block, decided after the first acks */
+        int32_t *errs = calloc(m.count + 1, sizeof *errs);
         const char *why = NULL;
         int why_errno = 0;
+        uint32_t first = first_id();
+        int rc = 0;
         if (!errs) {
             logf_(ctx, PLOG_ERR, "out of memory");
             status = OPENVPN_PLUGIN_FUNC_ERROR;
-        } else if (exchange(ctx->fd, &m, errs, &why, &why_errno)) {
+            rc = -1;
+        } else if (m.count) {
+            rc = exchange(ctx->fd, &m, 0, first, errs, &why, &why_errno);
+        }
+        if (!rc && event == OPENVPN_PLUGIN_UP) {
+            /* The facts (block-outside-dns) are read only now: openvpn printed the
+             * PUSH_REPLY before calling us, and the service reads all of openvpn's
+             * pending output before it decides a batch, so once the first messages are
+             * acked the facts include the push.  (The script hook got the same ordering
+             * from its own start-up time, ~30 ms; the plugin is too quick for that.) */
+            size_t before = m.count;
+            iface_t ifc;
+            if (!get_iface(&r, &e, &ifc))
+                block(&r, &e, &m, &ifc);
+            if (m.oom) {
+                logf_(ctx, PLOG_ERR, "out of memory");
+                status = OPENVPN_PLUGIN_FUNC_ERROR;
+            } else if (m.count > before) {
+                rc = exchange(ctx->fd, &m, before, first, errs, &why, &why_errno);
+            }
+        }
+        if (rc && why) {
             if (why_errno)
                 logf_(ctx, PLOG_ERR, "%s on fd %d: %s", why, ctx->fd, strerror(why_errno));
             else
                 logf_(ctx, PLOG_ERR, "%s", why);
             status = OPENVPN_PLUGIN_FUNC_ERROR;
-        } else {
+        } else if (!rc) {
             for (size_t i = 0; i < m.count; i++) {
                 if (!errs[i]) continue;
                 refused++;
@@ -1438,6 +1467,7 @@ static int handle(context_t *ctx, int event, const char *const *envp)
         }
         free(errs);
     }
+    free(e.slots);
     double t1 = now_mono();
     /* One line per event at verb 1: users see what was asked, the benchmark reads the
      * time from openvpn's call to the last ack. */
