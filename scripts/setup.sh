@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${ISERVICE_VENV:-/opt/iservice}
+# gcc + libc6-dev: pip builds the openvpn plugin (setup.py; openvpn-plugin.h comes with
+# openvpn); without them the install still works and the service uses the script hook.
 PKGS=(openvpn iproute2 iputils-ping nftables openssl python3-venv procps util-linux
-      dbus-daemon)
+      dbus-daemon gcc libc6-dev)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -4,9 +4,10 @@
 The user owns openvpn's process and can make it write anything to the channel
 (ptrace, a patched binary); this stand-in plays that hostile openvpn.  The
 service starts it as ``exe_path`` with the user's rights, exactly like openvpn.
-It finds the channel descriptor in the ``--up`` hook command the service
-appended, then runs the scenario in the file given by ``--config`` (a Python
-snippet, placed in config_dir by the test) with these names:
+It finds the channel descriptor in the ``--plugin PATH FD`` option (or, with
+``hook = script``, the ``--up`` hook command) the service appended, then runs
+the scenario in the file given by ``--config`` (a Python snippet, placed in
+config_dir by the test) with these names:
 
   chan       the channel socket          send(raw) -> ack tuple or None
   tun, tun_index                         the session's tun (from --dev)
@@ -32,7 +33,10 @@ def main() -> None:
     for i, a in enumerate(argv):
         if a.startswith("--") and i + 1 < len(argv):
             opts[a[2:]] = argv[i + 1]  # the service's options come last and win
-    fd = int(opts["up"].split()[-1])
+    if "--plugin" in argv:
+        fd = int(argv[argv.index("--plugin") + 2])
+    else:
+        fd = int(opts["up"].split()[-1])
     chan = socket.socket(fileno=fd)
     chan.settimeout(5)
     tun = opts["dev"]

@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import selectors
 import socket
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import TYPE_CHECKING
 
 from iservice.wire import msg as m
@@ -47,6 +48,18 @@ if TYPE_CHECKING:
     from iservice.policy.redirect import Facts
 
 Env = Mapping[str, str]
+
+
+def _int(text: str) -> int:
+    """A decimal number as openvpn writes one: ASCII digits, an optional minus.
+
+    Stricter than ``int()`` (which also takes blanks, ``+``, ``1_000`` and other
+    scripts' digits) so that the C plugin (``plugin/iservice_plugin.c``), which must
+    send exactly what this module computes, can parse numbers the same way.
+    """
+    if not text.isascii() or not re.fullmatch(r"-?[0-9]+", text):
+        raise ValueError(f"{text!r} is not a decimal number")
+    return int(text)
 
 
 def _iface(env: Env) -> m.Interface:
@@ -92,7 +105,7 @@ def _v6_address_messages(env: Env, kind: m.MsgType, iface: m.Interface) -> list[
     local = env.get("ifconfig_ipv6_local")
     if not local:
         return []
-    bits = int(env.get("ifconfig_ipv6_netbits", "128"))
+    bits = _int(env.get("ifconfig_ipv6_netbits", "128"))
     return [m.AddressMsg(kind, 0, IPv6Address(local), bits, iface)]
 
 
@@ -107,7 +120,7 @@ def route_messages(env: Env, kind: m.MsgType) -> list[m.Message]:
         netmask = env.get(f"route_netmask_{n}", "255.255.255.255")
         net = IPv4Network(f"{network}/{netmask}", strict=False)
         gw_text = env.get(f"route_gateway_{n}", "")
-        metric = int(env.get(f"route_metric_{n}", "-1") or "-1")
+        metric = _int(env.get(f"route_metric_{n}", "-1") or "-1")
         if net_gw and gw_text == net_gw:
             out.append(m.RouteMsg(kind, 0, net.network_address, net.prefixlen,
                                   IPv4Address(gw_text), unset, metric))
@@ -116,11 +129,10 @@ def route_messages(env: Env, kind: m.MsgType) -> list[m.Message]:
             out.append(m.RouteMsg(kind, 0, net.network_address, net.prefixlen, gw, iface, metric))
     net_gw6 = env.get("net_gateway_ipv6")
     for n in _numbered(env, "route_ipv6_network_"):
-        net6 = ip_network(env[f"route_ipv6_network_{n}"], strict=False)
+        net6 = IPv6Network(env[f"route_ipv6_network_{n}"], strict=False)
         gw6_text = env.get(f"route_ipv6_gateway_{n}", "")
         gw6 = ip_address(gw6_text) if gw6_text else IPv6Address(0)
-        metric = int(env.get(f"route_ipv6_metric_{n}", "-1") or "-1")
-        assert isinstance(net6, IPv6Network)
+        metric = _int(env.get(f"route_ipv6_metric_{n}", "-1") or "-1")
         # The host route to an IPv6 VPN server under redirect-gateway ipv6 goes via
         # the previous default gateway, like the IPv4 net_gateway routes.
         via = unset if net_gw6 and gw6_text and ip_address(net_gw6) == gw6 else iface
@@ -132,8 +144,8 @@ def _facts(env: Env) -> Facts:
     """What the service knows (redirect-gateway, block-outside-dns) for openvpn 2.6."""
     from iservice.policy.redirect import FACTS_ENV, decode_facts
     try:
-        return decode_facts(os.pread(int(env[FACTS_ENV]), 65536, 0))
-    except (KeyError, ValueError, OSError):
+        return decode_facts(os.pread(_int(env[FACTS_ENV]), 65536, 0))
+    except (KeyError, ValueError, OSError, OverflowError):
         from iservice.policy.redirect import Facts
         return Facts()
 
@@ -196,13 +208,17 @@ def _servers(texts: Sequence[str]) -> list[IPv4Address | IPv6Address]:
     return out
 
 
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # "²".isdigit() is True, int("²") fails
+
+
 def dns_messages(env: Env, add: bool) -> list[m.Message]:
     """add/del_nrpt_cfg from ``--dns`` (``dns_*``), else add/del_dns_cfg per family from
     the ``dhcp-option`` foreign options (openvpn 2.6 turns ``--dns`` into foreign
     options too: the ``dns_*`` variables win)."""
     iface = _iface(env)
     server_ids = sorted({int(k.split("_")[2]) for k in env
-                         if k.startswith("dns_server_") and k.split("_")[2].isdigit()})
+                         if k.startswith("dns_server_") and _digits(k.split("_")[2])})
     for n in server_ids:  # the first server (lowest number) with an address
         p = f"dns_server_{n}_"
         addrs = _servers([env[f"{p}address_{i}"] for i in _numbered(env, f"{p}address_")])
@@ -259,7 +275,7 @@ def messages_for(env: Env) -> list[m.Message]:
         out: list[m.Message] = []
         mtu = env.get("tun_mtu")
         if mtu:
-            out.append(m.SetMtuMsg(m.MsgType.SET_MTU, 0, iface, socket.AF_INET, int(mtu)))
+            out.append(m.SetMtuMsg(m.MsgType.SET_MTU, 0, iface, socket.AF_INET, _int(mtu)))
         out += _v4_address_messages(env, m.MsgType.ADD_ADDRESS, iface)
         out += _v6_address_messages(env, m.MsgType.ADD_ADDRESS, iface)
         dns = dns_messages(env, add=True)

@@ -23,6 +23,7 @@ import stat
 import sys
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
@@ -35,6 +36,7 @@ from iservice.linux.dns import DnsBackend, DnsError, make_backend
 from iservice.linux.identity import peer_credentials
 from iservice.linux.netlink import Rtnl
 from iservice.monitor import Monitor
+from iservice.plugin import plugin_path
 from iservice.policy.redirect import FACTS_ENV
 from iservice.policy.requests import DefaultRoute
 from iservice.session import Session
@@ -151,6 +153,23 @@ def config_dir_warnings(config_dir: str, admin_group: str) -> list[str]:
     return problems
 
 
+def _check_usable_by_others(path: str, what: str, mode_bit: int, need: str) -> None:
+    """openvpn runs as the user: the file needs ``mode_bit`` for others, and every
+    directory on the way o+x."""
+    probe = path
+    while True:
+        st = os.stat(probe)
+        bit = mode_bit if probe == path else stat.S_IXOTH
+        if not st.st_mode & bit:
+            lacks = need if probe == path else "o+x"
+            raise StartupError(
+                f"{what} {path} cannot be used by other users: {probe} lacks {lacks} (is the "
+                "service installed under /root? install it into a venv such as /opt/iservice)")
+        if probe == "/":
+            break
+        probe = os.path.dirname(probe)
+
+
 def hook_command(settings: Settings) -> str:
     """The hook executable; it must be runnable by any user (openvpn runs as the user)."""
     path = settings.hook_path or os.path.join(os.path.dirname(sys.executable), "iservice-hook")
@@ -158,24 +177,43 @@ def hook_command(settings: Settings) -> str:
         raise StartupError(f"hook path {path!r} must be absolute, without spaces or quotes")
     if not os.access(path, os.X_OK):
         raise StartupError(f"hook {path} does not exist or is not executable")
-    # Every directory on the way and the file itself must be usable by others.
-    probe = path
-    while True:
-        st = os.stat(probe)
-        if not st.st_mode & stat.S_IXOTH:
-            raise StartupError(
-                f"hook {path} cannot be run by other users: {probe} lacks o+x (is the service "
-                "installed under /root? install it into a venv such as /opt/iservice)")
-        if probe == "/":
-            break
-        probe = os.path.dirname(probe)
+    _check_usable_by_others(path, "hook", stat.S_IXOTH, "o+x")
     return path
+
+
+@dataclass(frozen=True)
+class Hook:
+    """How openvpn sends its requests: the plugin (``--plugin path FD``) or the script."""
+    kind: str  # "plugin" | "script"
+    path: str
+
+
+def select_hook(settings: Settings) -> Hook:
+    """``hook = auto``: the plugin when it was built (``pip install`` with a compiler),
+    else the script.  The chosen file must be usable by any user; ``plugin`` without the
+    plugin is a start-up error, not a silent fallback."""
+    found = plugin_path()
+    kind = settings.hook
+    if kind == "auto":
+        kind = "plugin" if found is not None else "script"
+    if kind == "script":
+        return Hook("script", hook_command(settings))
+    if found is None:
+        raise StartupError("hook = plugin, but the openvpn plugin is not installed (pip "
+                           "install builds it when gcc and openvpn-plugin.h are there)")
+    if any(c.isspace() or c in "\"'\\" for c in found):
+        # openvpn parses --plugin's arguments again; keep the path a single token
+        raise StartupError(f"plugin path {found!r} must not contain spaces or quotes")
+    if not os.access(found, os.R_OK):
+        raise StartupError(f"plugin {found} is not readable")
+    _check_usable_by_others(found, "plugin", stat.S_IROTH, "o+r")
+    return Hook("plugin", found)
 
 
 class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.hook = hook_command(settings)
+        self.hook = select_hook(settings)
         self.sessions: set[Session] = set()
         self._conns_by_uid: Counter[int] = Counter()
         self._conn_count = 0
@@ -190,12 +228,17 @@ class Server:
     def service_options(self, tun: str, channel_fd: int,
                         facts_fd: int | None = None) -> list[str]:
         """Appended last, so they win over the user's options (SPEC §4)."""
-        hook = f"{self.hook} {channel_fd}"
         facts = [] if facts_fd is None else ["--setenv", FACTS_ENV, str(facts_fd)]
+        if self.hook.kind == "plugin":
+            # In-process: no script, so no --script-security 2; openvpn calls the plugin
+            # at up, route-up, route-pre-down and down, as it would run the scripts.
+            hooks = ["--plugin", self.hook.path, str(channel_fd)]
+        else:
+            cmd = f"{self.hook.path} {channel_fd}"
+            hooks = ["--script-security", "2", "--up", cmd, "--route-up", cmd,
+                     "--route-pre-down", cmd, "--down", cmd]
         return ["--dev", tun, "--dev-type", "tun", "--disable-dco",
-                "--ifconfig-noexec", "--route-noexec", "--script-security", "2",
-                "--up", hook, "--route-up", hook, "--route-pre-down", hook, "--down", hook,
-                "--up-restart", *facts]
+                "--ifconfig-noexec", "--route-noexec", *hooks, "--up-restart", *facts]
 
     def session_log_path(self, session_id: int) -> str | None:
         if self.settings.log_dir is None:
@@ -359,8 +402,8 @@ class Server:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("event=ready socket=%s instance=%r", self.settings.socket_path,
-                 self.settings.instance)
+        log.info("event=ready socket=%s instance=%r hook=%s path=%s", self.settings.socket_path,
+                 self.settings.instance, self.hook.kind, self.hook.path)
         sd_notify("READY=1\nSTATUS=accepting connections")
         async with asyncio.TaskGroup() as tg:
             accept = tg.create_task(self._accept_loop(listener, tg))

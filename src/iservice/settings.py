@@ -43,7 +43,14 @@ Keys (original value names first)
                         the usual sbin/bin directories)
 ``block_dns``           ``true/false/yes/no/on/off/1/0``, default false: every
                         session blocks DNS outside its tunnel once it is up
-``hook_path``           absolute path or unset (derived at run time)
+``hook``                ``auto`` | ``plugin`` | ``script`` (case-insensitive),
+                        default ``auto``: how openvpn asks for network changes.
+                        ``plugin`` = the C plugin installed with iservice
+                        (``--plugin``, no script at all), ``script`` = the
+                        ``iservice-hook`` script (``hook_path``), ``auto`` = the
+                        plugin when it was built, else the script
+``hook_path``           absolute path or unset (derived at run time); used with
+                        ``hook = script`` (and by ``auto`` without the plugin)
 ``max_clients``, ``max_clients_per_user``, ``max_sessions_per_user``,
 ``max_routes``, ``max_addresses``, ``max_dns_servers``, ``max_bypass_routes``
                         decimal integers 1 ... 2**31-1
@@ -73,6 +80,7 @@ from iservice.errors import SettingsError
 
 __all__ = [
     "DNS_BACKENDS",
+    "HOOK_KINDS",
     "PRIORITIES",
     "Settings",
     "default_settings_path",
@@ -93,6 +101,7 @@ PRIORITIES: Mapping[str, int] = types.MappingProxyType(
     }
 )
 DNS_BACKENDS: frozenset[str] = frozenset({"auto", "resolved", "resolvconf", "file", "none"})
+HOOK_KINDS: frozenset[str] = frozenset({"auto", "plugin", "script"})
 
 _INSTANCE_RE = re.compile(r"[A-Za-z0-9_.$@+-]{1,64}")
 _MAX_FILE_BYTES = 1 << 20
@@ -184,6 +193,11 @@ def _check_dns_backend(value: str) -> None:
         raise _Invalid(f"unknown backend {value!r}; valid: {', '.join(sorted(DNS_BACKENDS))}")
 
 
+def _check_hook(value: str) -> None:
+    if value not in HOOK_KINDS:
+        raise _Invalid(f"unknown hook {value!r}; valid: {', '.join(sorted(HOOK_KINDS))}")
+
+
 def _check_limit(value: int) -> None:
     if not 1 <= value <= _MAX_LIMIT:
         raise _Invalid(f"{value} is not an integer between 1 and {_MAX_LIMIT}")
@@ -220,6 +234,7 @@ class Settings:
     resolv_conf: str = "/etc/resolv.conf"
     resolvconf_path: str | None = None
     block_dns: bool = False
+    hook: str = "auto"
     hook_path: str | None = None
     max_clients: int = 64
     max_clients_per_user: int = 32
@@ -274,6 +289,7 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     "resolv_conf": _check_abs_path,
     "resolvconf_path": _check_abs_path,
     "block_dns": lambda value: None,
+    "hook": _check_hook,
     "hook_path": _check_abs_path,
     "max_clients": _check_limit,
     "max_clients_per_user": _check_limit,
@@ -323,6 +339,12 @@ def _parse_dns_backend(text: str) -> object:
     return value
 
 
+def _parse_hook(text: str) -> object:
+    value = text.lower() if text.isascii() else text
+    _check_hook(value)
+    return value
+
+
 def _parse_bool(text: str) -> object:
     value = text.lower() if text.isascii() else text
     if value in _TRUE:
@@ -364,6 +386,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "resolv_conf": _parse_str(_check_abs_path),
     "resolvconf_path": _parse_str(_check_abs_path),
     "block_dns": _parse_bool,
+    "hook": _parse_hook,
     "hook_path": _parse_str(_check_abs_path),
     "max_clients": _parse_limit,
     "max_clients_per_user": _parse_limit,

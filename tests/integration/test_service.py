@@ -123,6 +123,38 @@ def test_unprivileged_user_brings_a_tunnel_up(lab: Lab, svc: Service, user: User
     assert lab.routes(4) == before4 and lab.routes(6) == before6
 
 
+@pytest.mark.parametrize("hook", ["auto", "script"])
+def test_plugin_by_default_and_the_script_hook_fallback(
+        lab: Lab, make_service: Callable[..., Service], user: User, hook: str) -> None:
+    """``hook = auto`` (the default) gives openvpn the plugin; ``hook = script`` the
+    Python hook, which must keep working (it is the fallback without a compiler)."""
+    svc = make_service(f"hook = {hook}\n")
+    svc.start()
+    try:
+        pid = started_pid(svc.start_as(user, "--config", "approved.ovpn"))
+        tun = tunnel_up(lab, svc, pid)
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert lab.ping("10.8.0.1") and lab.ping(Lab.pushed_host6)
+        ready = next(line for line in svc.log().splitlines() if "event=ready" in line)
+        if hook == "auto":
+            assert b"--plugin" in argv and b"--up" not in argv
+            assert b"--script-security" not in argv
+            assert "hook=plugin" in ready
+            logs = "".join(p.read_text(errors="replace") for p in svc.log_dir.glob("*.log"))
+            # openvpn prints the plugin's line per event at verb 1
+            assert "PLUGIN iservice-plugin: up: " in logs, logs[-2000:]
+            assert "PLUGIN iservice-plugin: route-up: " in logs, logs[-2000:]
+        else:
+            assert b"--plugin" not in argv and b"--route-up" in argv
+            assert "hook=script" in ready
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: tun not in svc.tuns() and svc.journal() == {"sessions": [],
+                                                                     "changes": 0}, 5,
+                 what="tun and journal entries removed after openvpn exit")
+    finally:
+        svc.finish()
+
+
 def test_raw_protocol_from_python(lab: Lab, svc: Service, user: User) -> None:
     payload = w.encode_startup(w.StartupData(str(lab.config_dir), "approved.ovpn", ""))
     replies = svc.raw_request(payload, user, read_all=False)

@@ -41,6 +41,7 @@ def test_defaults() -> None:
     assert s.resolv_conf == "/etc/resolv.conf"
     assert s.block_dns is False
     assert s.hook_path is None
+    assert s.hook == "auto"
     assert (s.max_clients, s.max_clients_per_user, s.max_sessions_per_user) == (64, 32, 16)
     assert (s.max_routes, s.max_addresses, s.max_dns_servers, s.max_bypass_routes) == (
         100000, 16, 8, 4,
@@ -110,6 +111,9 @@ def test_settings_is_frozen() -> None:
         ("block_dns = off", "block_dns", False),
         ("block_dns = 0", "block_dns", False),
         ("hook_path = /usr/libexec/iservice-hook", "hook_path", "/usr/libexec/iservice-hook"),
+        ("hook = plugin", "hook", "plugin"),
+        ("hook = Script", "hook", "script"),
+        ("hook = AUTO", "hook", "auto"),
         ("max_clients = 1", "max_clients", 1),
         ("max_clients_per_user = 5", "max_clients_per_user", 5),
         ("max_sessions_per_user = 2", "max_sessions_per_user", 2),
@@ -231,6 +235,9 @@ def test_empty_key() -> None:
         ("state_dir = ./x", "state_dir", "not an absolute path"),
         ("resolv_conf = resolv.conf", "resolv_conf", "not an absolute path"),
         ("hook_path = hook", "hook_path", "not an absolute path"),
+        ("hook = plug-in", "hook", "unknown hook"),
+        ("hook =", "hook", "empty value"),
+        ("hook = scr\u0131pt", "hook", "unknown hook"),
         ("socket_path = run/s", "socket_path", "not an absolute path"),
         ("socket_path = /run/dir/", "socket_path", "directory"),
         ("socket_path = /" + "x" * 107, "socket_path", "107 bytes"),

@@ -30,7 +30,6 @@ service still checks every one of them: the facts only tell the hook what to ask
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,23 +71,31 @@ class Facts:
     block_outside_dns: bool = False
 
     def encode(self) -> bytes:
-        return json.dumps({"redirect": None if self.redirect is None
-                           else self.redirect.to_json(),
-                           "block_outside_dns": self.block_outside_dns},
-                          separators=(",", ":")).encode()
+        """One fixed ASCII line (``FACTS_FORMAT``), so the C plugin parses it with a
+        few comparisons: ``redirect=`` is ``-`` (none) or four 0/1 flags (ipv4, ipv6,
+        local, block_local)."""
+        r = self.redirect
+        flags = "-" if r is None else "".join(
+            "1" if f else "0" for f in (r.ipv4, r.ipv6, r.local, r.block_local))
+        return (f"iservice-facts/1 redirect={flags} "
+                f"block_outside_dns={int(self.block_outside_dns)}\n").encode()
+
+
+# What Facts.encode writes; anything else (old format, garbage, truncated) decodes to
+# "nothing known", here and in the plugin.
+FACTS_FORMAT = re.compile(rb"iservice-facts/1 redirect=(-|[01]{4}) block_outside_dns=([01])\n")
 
 
 def decode_facts(raw: bytes) -> Facts:
     """The hook's side; anything unreadable means "nothing known"."""
-    try:
-        d = json.loads(raw.rstrip(b"\0") or b"{}")
-        r = d.get("redirect")
-        redirect = None if not isinstance(r, dict) else Redirect(
-            ipv4=bool(r.get("ipv4")), ipv6=bool(r.get("ipv6")), local=bool(r.get("local")),
-            block_local=bool(r.get("block_local")))
-        return Facts(redirect=redirect, block_outside_dns=bool(d.get("block_outside_dns")))
-    except (ValueError, AttributeError):
+    m = FACTS_FORMAT.fullmatch(raw.rstrip(b"\0"))
+    if m is None:
         return Facts()
+    flags = m.group(1)
+    redirect = None if flags == b"-" else Redirect(
+        ipv4=flags[0:1] == b"1", ipv6=flags[1:2] == b"1", local=flags[2:3] == b"1",
+        block_local=flags[3:4] == b"1")
+    return Facts(redirect=redirect, block_outside_dns=m.group(2) == b"1")
 
 
 def config_options(text: str) -> list[list[str]]:
