@@ -12,7 +12,11 @@ Ordering: openvpn prints a ``PUSH_REPLY`` (and flushes) before it runs the
 ``up`` hook, the session reads all pending output before it decides a channel
 batch (``Session._drain_output``), and the ``route-up`` hook runs only after
 the ``up`` hook got its acks; so the ``route-up`` hook always reads facts that
-include the last push.
+include the last push.  The ``up`` event's own use of the facts (block-outside-dns →
+add_wfp_block) needs the same care: the script hook's ~30 ms start-up hid the race,
+the plugin is quicker than the service's next read, so it reads the facts only
+after its first messages (MTU, addresses) were acknowledged — by then the session
+has drained the output that preceded them.
 """
 
 from __future__ import annotations
