@@ -319,7 +319,14 @@ class Session:
                 output, problem = SessionOutput(), f"{path}: {exc.strerror}"
             return output, launch.process_start_time(pid), problem
 
-        output, start, problem = await loop.run_in_executor(None, work)
+        job = loop.run_in_executor(None, work)
+        try:
+            output, start, problem = await asyncio.shield(job)
+        except asyncio.CancelledError:  # the session ends: close the log file made
+            await asyncio.wait([job])
+            if not job.cancelled() and job.exception() is None:
+                job.result()[0].close()
+            raise
         output.observers.append(self.vpn.feed)
         output.observers.append(facts.observe)
         self.output = output
