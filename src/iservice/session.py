@@ -281,10 +281,29 @@ class Session:
                 nice=settings.priority, stdin=stdin, channel_fd=child_end.fileno(),
                 output_fd=out_w, extra_fds=(facts.child_fd,))
 
+        replied: list[bool] = []
+
+        def announce(started: Started) -> None:
+            # In the monitor thread, once the pid is journaled: the audit line, then the
+            # PID reply straight away (Monitor.start_session says why).  The loop does
+            # not touch these attributes nor the client socket until the call returns.
+            self.session_id, self.child = started.session_id, started.child
+            self.tun_name = started.tun_name
+            self._log(logging.INFO, "started", verdict="allowed", tun=started.tun_name,
+                      argv=" ".join(argv))
+            try:
+                # Non-blocking; a first small message on a fresh connection fits.
+                self.conn.send(w.encode_reply(w.PidReply(started.child.pid)))
+            except BlockingIOError:
+                return  # the loop sends it
+            except OSError:
+                self.client_connected = False
+            replied.append(True)
+
         try:
             started = await self._start_in_monitor(
                 user, {"user": user.name, "argv": list(approved.argv),
-                       "workdir": data.workdir}, spawn)
+                       "workdir": data.workdir}, spawn, announce)
         finally:
             child_end.close()
             os.close(out_w)
@@ -293,9 +312,8 @@ class Session:
         self.tun_ifindex, self.child = started.tun_ifindex, started.child
         self.phase = Phase.RUNNING
         self.started_at = time.time()
-        self._log(logging.INFO, "started", verdict="allowed", tun=self.tun_name,
-                  argv=" ".join(argv))
-        await self._reply(w.PidReply(self.child.pid))
+        if not replied:
+            await self._reply(w.PidReply(self.child.pid))
         await self._after_reply(started, facts)
 
     async def _after_reply(self, started: Started, facts: SessionFacts) -> None:
@@ -344,13 +362,14 @@ class Session:
         task.add_done_callback(self._tasks.discard)
 
     async def _start_in_monitor(self, user: UserIdentity, info: dict[str, object],
-                                spawn: Callable[[str], launch.Child]) -> Started:
+                                spawn: Callable[[str], launch.Child],
+                                announce: Callable[[Started], None]) -> Started:
         """``Monitor.start_session``, with what it made kept for the undo even if it
         failed or this task was cancelled meanwhile (the monitor thread goes on using
         the descriptors ``spawn`` passes: they are closed only once it is done)."""
         mon = self.server.monitor
         call = asyncio.ensure_future(mon.call(mon.start_session, user.uid, user.gid,
-                                              self.creds.pid, info, spawn))
+                                              self.creds.pid, info, spawn, announce))
         try:
             try:
                 return await asyncio.shield(call)
