@@ -249,13 +249,14 @@ class Monitor:
             session_id: int = self.journal.new_session(uid, client_pid, info)
             first = self.journal.record(session_id, "tun",
                                         {"name": f"istun{session_id}", "ifindex": None})
+        # Any failure (a bug too) says which session it leaves, so that it is undone.
         try:
             name, ifindex, change = self._make_tun(session_id, uid, gid, first)
-        except OSError as exc:
+        except Exception as exc:
             raise StartFailed(session_id, "tun", exc) from None
         try:
             child = spawn(name)
-        except OSError as exc:
+        except Exception as exc:
             raise StartFailed(session_id, "spawn", exc) from None
         full = {**info, "tun": name, "pid": child.pid, "start_time": None}
         try:

@@ -385,7 +385,9 @@ class Session:
             self.session_id = exc.session_id
             self.child = exc.child
             err = exc.error
-            code = getattr(err, "errno", None) or 1
+            if not isinstance(err, OSError):
+                raise err from None  # a bug: logged as such; the undo still runs
+            code = err.errno or 1
             if exc.stage == "tun":
                 raise StartupDataError("Cannot create the tun device", os.strerror(code),
                                        code=code) from None
