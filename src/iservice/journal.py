@@ -181,6 +181,15 @@ class Journal:
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
 
+    def transaction(self) -> _Transaction:
+        """Several statements, one commit (``with journal.transaction(): ...``).
+
+        A session's start writes five statements; as two transactions they cost ~20 µs
+        each instead of ~15 µs per statement (measured; each commit appends to the WAL).
+        Do not nest, nor call ``record_many``/``forget``/``end_session`` inside.
+        """
+        return _Transaction(self._db)
+
 
 class _Transaction:
     def __init__(self, db: sqlite3.Connection) -> None:

@@ -39,7 +39,7 @@ from iservice.monitor import Monitor
 from iservice.plugin import plugin_path
 from iservice.policy.redirect import FACTS_ENV
 from iservice.policy.requests import DefaultRoute
-from iservice.session import Session
+from iservice.session import Phase, Session
 from iservice.settings import Settings
 from iservice.wire import startup as w
 
@@ -247,8 +247,10 @@ class Server:
 
     def check_session_limit(self, session: Session) -> None:
         uid = session.creds.uid
+        # A launching session has no id yet while the monitor starts it: it counts.
         live = sum(1 for s in self.sessions
-                   if s is not session and s.creds.uid == uid and s.session_id is not None)
+                   if s is not session and s.creds.uid == uid and
+                   (s.session_id is not None or s.phase is Phase.LAUNCHING))
         if live >= self.settings.max_sessions_per_user:
             raise StartupDataError("Too many sessions for this user",
                                    f"at most {self.settings.max_sessions_per_user} at a time",

@@ -106,7 +106,9 @@ def alive(pid: int) -> bool:
 def test_unprivileged_user_brings_a_tunnel_up(lab: Lab, svc: Service, user: User) -> None:
     before4, before6 = lab.routes(4), lab.routes(6)
     pid = started_pid(svc.start_as(user, "--config", "approved.ovpn"))
-    assert pid_user(pid) == user.uid  # openvpn runs as the user, not root
+    # openvpn runs as the user, not root.  The PID reply may come while the process is
+    # still setpriv taking the user's identity (~0.5 ms; linux/launch.py).
+    wait_for(lambda: pid_user(pid) == user.uid, 2, what="openvpn as the user")
     tun = tunnel_up(lab, svc, pid)
     link = lab.link(tun)
     assert link is not None and link["mtu"] == 1500 and "UP" in link["flags"]

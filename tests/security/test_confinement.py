@@ -120,6 +120,12 @@ def test_service_works_with_only_the_units_capabilities(
     pid = int(cp.stdout.strip())
     wait_for(lambda: any(r.get("protocol") == "158" for r in lab.routes(4)), 15,
              what=svc.log_tail)
+    # openvpn (spawned through setpriv under this bounding set) is the user, without
+    # a single capability.
+    ovpn = Path(f"/proc/{pid}/status").read_text()
+    assert re.search(rf"Uid:\s*{user.uid}\s+{user.uid}\s+{user.uid}\s+{user.uid}\b", ovpn)
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert re.search(rf"{cap}:\s*0+\n", ovpn), (cap, ovpn)
     assert lab.ping(Lab.pushed_host)
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not svc.tuns() and not svc.journal()["sessions"], 5, what=svc.log_tail)

@@ -13,17 +13,31 @@ privileges would not check them).
 
 The process is watched through a pidfd: its exit ends the session even if some
 child still holds the channel.
+
+How it is spawned (docs/performance.md, P1): CPython 3.11 uses ``vfork`` only when
+``Popen`` gets no ``user``/``group``/``extra_groups``; with them it ``fork``s the whole
+service (~26 MB: ~0.9 ms of page tables) and waits for the child's ``exec`` (another
+~0.8 ms), 1.5 ms per start measured in all.  So the child is util-linux's ``setpriv``,
+spawned with ``vfork`` (0.12 ms), which takes the user's uid, gid and groups itself
+and then ``exec``s openvpn in place: same PID, same start time, same environment and
+descriptors.  Taking a non-zero uid clears the permitted, effective and ambient
+capability sets (no ``SECBIT_KEEP_CAPS`` is set), ``--inh-caps=-all`` clears the
+inheritable set, so openvpn has none; it needs CAP_SETUID and CAP_SETGID, which the
+service has anyway (``systemd/iservice.service``).  Without ``setpriv`` (not Debian's
+util-linux) the slow ``Popen(user=...)`` path is used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import resource
 import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from iservice.aio import readable
 from iservice.linux.identity import UserIdentity
@@ -130,27 +144,61 @@ class Child:
             os.close(self.pidfd)
 
 
+# util-linux's setpriv (Debian: always installed, util-linux is Essential).  Found once:
+# the service's own PATH is not trusted for this, only these fixed locations.
+SETPRIV = next((p for p in ("/usr/bin/setpriv", "/bin/setpriv") if os.access(p, os.X_OK)),
+               None)
+
+
+def spawn_argv(exe: str, argv: Sequence[str], user: UserIdentity, *,
+               setpriv: str | None = SETPRIV) -> list[str]:
+    """The command that runs ``exe argv`` as ``user`` (through ``setpriv`` when it exists).
+
+    Everything after ``--`` is openvpn's: setpriv stops parsing its own options there,
+    so no user-chosen option can reach it; it ``exec``s ``exe`` (an absolute path, no
+    PATH search) once it is the user.
+    """
+    if setpriv is None:
+        return [exe, *argv]
+    groups = ",".join(str(g) for g in user.groups)
+    return [setpriv, f"--reuid={user.uid}", f"--regid={user.gid}",
+            f"--groups={groups}" if groups else "--clear-groups", "--inh-caps=-all",
+            "--", exe, *argv]
+
+
 def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir: str,
                   nice: int, stdin: bytes, channel_fd: int, output_fd: int,
-                  extra_fds: Sequence[int] = ()) -> Child:
-    """Start openvpn; its stdout and stderr go to ``output_fd`` (the session's log pipe)."""
+                  extra_fds: Sequence[int] = (), setpriv: str | None = SETPRIV) -> Child:
+    """Start openvpn; its stdout and stderr go to ``output_fd`` (the session's log pipe).
+
+    Raises OSError when it cannot be started (``exe`` not executable, spawn failed).
+    """
     raise_stack_limit()  # openvpn's hooks get up to 6 MiB of environment
+    full = spawn_argv(exe, ["--cd", workdir, *argv], user, setpriv=setpriv)
+    ids: dict[str, Any] = {}
+    if setpriv is None:
+        ids = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
+    elif not os.access(exe, os.X_OK):
+        # setpriv would report this only as an exit status, after the PID reply; the
+        # client gets the original's "cannot start" error instead (as with Popen).
+        raise FileNotFoundError(errno.ENOENT if not os.path.exists(exe) else errno.EACCES,
+                                f"{exe} is not executable", exe)
     proc = subprocess.Popen(
-        [exe, "--cd", workdir, *argv],
-        executable=exe,
+        full,
+        executable=full[0],
         stdin=subprocess.PIPE,
         stdout=output_fd,
         stderr=subprocess.STDOUT,
         pass_fds=(channel_fd, *extra_fds),
         cwd="/",
         env=clean_environment(user),
-        user=user.uid,
-        group=user.gid,
-        extra_groups=list(user.groups),
         start_new_session=True,  # no signals from the service's terminal
+        **ids,
     )
     pidfd = os.pidfd_open(proc.pid)
     if nice:
+        # Set while the child is most likely still setpriv (it loads its libraries
+        # for ~0.5 ms before it execs openvpn), so openvpn usually starts with it.
         with contextlib.suppress(OSError):  # it already exited; the session will see that
             os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
     assert proc.stdin is not None

@@ -1,0 +1,290 @@
+"""The start path (issue 8, P1/P3): how openvpn is spawned, journaled and recovered.
+
+openvpn is spawned through util-linux's ``setpriv`` (so that CPython can ``vfork``),
+from the monitor thread, and its start time is journaled after the PID reply.  These
+tests check that the process openvpn becomes is exactly what SPEC §4 asks for, by both
+spawn paths (``setpriv`` and the ``Popen(user=...)`` fallback) and through the
+service: the user's uid, gid and supplementary groups, no capabilities in any set, the
+clean environment, a new session, the ``priority`` nice value, the raised stack limit,
+stdin then EOF, only the channel and facts descriptors, ``--cd WORKDIR`` first.  Then
+that recovery ends a leftover process only when pid *and* start time match, that
+concurrent requests of one user respect ``max_sessions_per_user``, and that an
+``exe_path`` that cannot run gets the original's "cannot start" reply and leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.isv import PYTHON, Service, Services, wait_for
+from tests.lab import Lab, Pki, User
+
+from iservice.journal import Journal
+from iservice.linux import launch
+from iservice.linux.identity import user_identity
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, users")]
+
+# The stand-in openvpn: reports what it is, then stays alive (until killed).
+REPORT = r'''#!{python} -I
+import json, os, resource, sys, time
+fds = [int(x) for x in os.listdir("/proc/self/fd")]
+fds = sorted(fd for fd in fds if os.path.exists(f"/proc/self/fd/{{fd}}"))  # not listdir's own
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+report = {{"argv": sys.argv[1:], "resuid": os.getresuid(), "resgid": os.getresgid(),
+          "groups": sorted(os.getgroups()),
+          "caps": {{k: status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")}},
+          "env": dict(os.environ), "nice": os.getpriority(os.PRIO_PROCESS, 0),
+          "pid": os.getpid(), "sid": os.getsid(0), "cwd": os.getcwd(), "fds": fds,
+          "stack": resource.getrlimit(resource.RLIMIT_STACK)[0],
+          "stdin": sys.stdin.buffer.read().decode()}}
+print("REPORT " + json.dumps(report), flush=True)
+time.sleep(600)
+'''
+ZERO_CAPS = {k: "0000000000000000" for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")}
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
+    try:
+        with Lab(Pki.create(pki_dir)) as lab:
+            lab.write_client_config("approved.ovpn")
+            yield lab
+    finally:
+        shutil.rmtree(pki_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def reporter(lab: Lab) -> Path:
+    return lab.write_file("report-openvpn", REPORT.format(python=PYTHON), mode=0o755)
+
+
+@pytest.fixture
+def make_service(lab: Lab) -> Iterator[Callable[..., Service]]:
+    services = Services(lab, prefix="sp")
+    yield services.make
+    services.close()
+
+
+@pytest.fixture(scope="module")
+def grouped_user(lab: Lab) -> User:
+    """A user with two supplementary groups besides its own."""
+    return lab.add_user("isvs", groups=[lab.add_group("isvsa"), lab.add_group("isvsb")])
+
+
+def expected_groups(user: User) -> list[int]:
+    return sorted(user_identity(user.uid, user.gid).groups)
+
+
+def check_report(r: dict[str, Any], user: User, *, nice: int, stdin: str,
+                 keep_fds: set[int]) -> None:
+    assert r["resuid"] == [user.uid] * 3
+    assert r["resgid"] == [user.gid] * 3
+    assert r["groups"] == expected_groups(user) and len(r["groups"]) == 3
+    assert r["caps"] == ZERO_CAPS  # no capability in any set
+    assert r["env"] == launch.clean_environment(user_identity(user.uid, user.gid))
+    assert r["nice"] == nice
+    assert r["sid"] == r["pid"]  # a new session: no signals from the service's terminal
+    assert r["cwd"] == "/"  # openvpn enters the workdir itself (--cd), with its rights
+    assert r["fds"] == sorted({0, 1, 2} | keep_fds)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    want = launch.OPENVPN_STACK_LIMIT if hard == resource.RLIM_INFINITY else \
+        min(launch.OPENVPN_STACK_LIMIT, hard)
+    assert r["stack"] == resource.RLIM_INFINITY or r["stack"] >= want
+    assert r["stdin"] == stdin  # written, then EOF (the read returned)
+
+
+def read_report(fd: int, timeout: float = 10) -> dict[str, Any]:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    os.set_blocking(fd, False)
+    while b"\n" not in buf:
+        assert time.monotonic() < deadline, buf
+        try:
+            buf += os.read(fd, 65536)
+        except BlockingIOError:
+            time.sleep(0.01)
+    line = buf.split(b"\n")[0].decode()
+    assert line.startswith("REPORT "), line
+    result: dict[str, Any] = json.loads(line.removeprefix("REPORT "))
+    return result
+
+
+@pytest.mark.parametrize("setpriv", [launch.SETPRIV, None], ids=["setpriv", "popen-user"])
+def test_both_spawn_paths_make_the_same_process(reporter: Path, grouped_user: User,
+                                                setpriv: str | None) -> None:
+    if setpriv is not None:
+        assert launch.SETPRIV is not None, "util-linux's setpriv is part of Debian"
+    user = user_identity(grouped_user.uid, grouped_user.gid)
+    chan_a, chan_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    facts_r, facts_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    stray = os.open("/dev/null", os.O_RDONLY)  # not passed: must not reach the child
+    os.set_inheritable(stray, True)
+    try:
+        child = launch.start_openvpn(str(reporter), ["--config", "x.ovpn"], user=user,
+                                     workdir="/tmp", nice=10, stdin=b"user\npass\n",
+                                     channel_fd=chan_b.fileno(), output_fd=out_w,
+                                     extra_fds=(facts_r,), setpriv=setpriv)
+        try:
+            os.close(out_w)
+            out_w = -1
+            r = read_report(out_r)
+            assert r["argv"] == ["--cd", "/tmp", "--config", "x.ovpn"]
+            assert r["pid"] == child.pid
+            check_report(r, grouped_user, nice=10, stdin="user\npass\n",
+                         keep_fds={chan_b.fileno(), facts_r})
+        finally:
+            child.signal(signal.SIGKILL)
+            child.proc.wait()
+            child.close()
+    finally:
+        for fd in (facts_r, facts_w, out_r, out_w, stray):
+            if fd >= 0:
+                os.close(fd)
+        chan_a.close()
+        chan_b.close()
+
+
+def test_an_exe_that_cannot_run_raises_before_any_process(grouped_user: User) -> None:
+    user = user_identity(grouped_user.uid, grouped_user.gid)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        with pytest.raises(FileNotFoundError):
+            launch.start_openvpn("/nonexistent/openvpn", [], user=user, workdir="/", nice=0,
+                                 stdin=b"", channel_fd=r, output_fd=w)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_the_service_starts_openvpn_as_the_user_with_nothing_else(
+        lab: Lab, make_service: Callable[..., Service], reporter: Path,
+        grouped_user: User) -> None:
+    svc = make_service(f"exe_path = {reporter}\npriority = BELOW_NORMAL_PRIORITY_CLASS\n")
+    svc.start()
+    cp = svc.start_as(grouped_user, "--config", "approved.ovpn", stdin="secret")
+    assert cp.returncode == 0, cp.stdout + cp.stderr + svc.log_tail()
+    pid = int(cp.stdout.strip())
+    try:
+        [session] = svc.journal()["sessions"]
+        text = wait_for(lambda: next((line for line in svc.session_log(session["id"])
+                                      .splitlines() if line.startswith("REPORT ")), None),
+                        10, what=svc.log_tail)
+        r = json.loads(text.removeprefix("REPORT "))
+        assert r["pid"] == pid
+        assert r["argv"][:2] == ["--cd", str(lab.config_dir)]  # --cd WORKDIR first
+        argv = r["argv"]
+        # the channel's fd: the plugin's argument, or the script hook's last word
+        channel = int(argv[argv.index("--plugin") + 2]) if "--plugin" in argv \
+            else int(argv[argv.index("--up") + 1].split()[-1])
+        facts = int(argv[argv.index("ISERVICE_FACTS_FD") + 1])
+        check_report(r, grouped_user, nice=10, stdin="secret",
+                     keep_fds={channel, facts})
+        # pid and start time journaled (the start time just after the reply)
+        info = wait_for(lambda: next((s["info"] for s in svc.journal()["sessions"]
+                                      if s["info"].get("start_time") is not None), None),
+                        5, what=lambda: str(svc.journal()))
+        assert info["pid"] == pid
+        assert info["start_time"] == launch.process_start_time(pid)
+        assert info["tun"] in svc.tuns()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not svc.tuns() and not svc.journal()["sessions"], 5, what=svc.log_tail)
+    assert svc.stop() == 0
+
+
+def test_recovery_ends_a_leftover_process_only_if_pid_and_start_time_match(
+        lab: Lab, make_service: Callable[..., Service], grouped_user: User) -> None:
+    def sleeper() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["sleep", "600"], user=grouped_user.uid,
+                                group=grouped_user.gid, start_new_session=True)
+    same, unknown, other = sleeper(), sleeper(), sleeper()
+    try:
+        svc = make_service()
+        svc.state_dir.mkdir(mode=0o700)
+        journal = Journal(str(svc.state_dir / "journal.sqlite3"))
+        start = launch.process_start_time(same.pid)
+        assert start is not None
+        for proc, start_time in ((same, start),
+                                 (unknown, None),  # killed before its start time was written
+                                 (other, (launch.process_start_time(other.pid) or 0) + 1)):
+            journal.new_session(grouped_user.uid, 1, {"pid": proc.pid, "start_time": start_time})
+        journal.close()
+        svc.start()
+        wait_for(lambda: svc.log().count("event=recovered") == 3, 5, what=svc.log_tail)
+        assert same.wait(timeout=5) == -signal.SIGKILL
+        assert unknown.poll() is None and other.poll() is None  # not provably ours
+        assert svc.journal() == {"sessions": [], "changes": 0}
+        assert re.search(rf"event=recovered session=\d+ .*pid={same.pid} killed=True",
+                         svc.log())
+        assert svc.stop() == 0
+    finally:
+        for p in (same, unknown, other):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+BURST = r'''
+import socket, sys
+from iservice.wire import startup as w
+path, workdir, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+socks = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(20)
+    s.connect(path)
+    s.send(w.encode_startup(w.StartupData(workdir, "--config approved.ovpn", "")))
+    socks.append(s)
+for s in socks:
+    r = w.decode_reply(s.recv(65536))
+    print(r.pid if isinstance(r, w.PidReply) else "refused " + r.func, flush=True)
+'''
+
+
+def test_concurrent_requests_of_one_user_respect_the_session_limit(
+        lab: Lab, make_service: Callable[..., Service], reporter: Path,
+        grouped_user: User) -> None:
+    svc = make_service(f"exe_path = {reporter}\nmax_sessions_per_user = 2\n")
+    svc.start()
+    script = lab.write_file("burst-client.py", BURST)
+    cp = lab.run_client([PYTHON, "-I", str(script), str(svc.socket_path),
+                         str(lab.config_dir), "6"], user=grouped_user, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    lines = cp.stdout.split()
+    pids = [int(x) for x in lines if x.isdigit()]
+    try:
+        assert len(pids) == 2, cp.stdout + svc.log_tail()
+        assert cp.stdout.count("Too many sessions for this user") == 4, cp.stdout
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not svc.tuns() and not svc.journal()["sessions"], 10, what=svc.log_tail)
+    assert svc.stop() == 0
+
+
+def test_an_exe_path_that_cannot_run_is_refused_and_leaves_nothing(
+        lab: Lab, make_service: Callable[..., Service], grouped_user: User) -> None:
+    svc = make_service("exe_path = /nonexistent/openvpn\n")
+    svc.start()
+    cp = svc.start_as(grouped_user, "--config", "approved.ovpn")
+    assert cp.returncode != 0
+    assert "Cannot start openvpn" in cp.stdout + cp.stderr, cp.stdout + cp.stderr
+    wait_for(lambda: not svc.tuns() and not svc.journal()["sessions"], 5, what=svc.log_tail)
+    assert svc.stop() == 0
