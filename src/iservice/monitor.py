@@ -126,7 +126,7 @@ def _route_json(op: AddRoute) -> str:
     the same values).  Addresses and networks format as plain ASCII: nothing to escape."""
     k = op.key
     gw = "null" if op.gateway is None else f'"{op.gateway}"'
-    return (f'{{"dst":"{k.dst}","oif":{op.oif},"metric":{k.metric},"gw":{gw},'
+    return (f'{{"dst":"{k.dst_text}","oif":{op.oif},"metric":{k.metric},"gw":{gw},'
             f'"bypass":{"true" if k.bypass else "false"}}}')
 
 
@@ -167,8 +167,12 @@ class Monitor:
         self.dns = NoDns() if self._dns_factory is None else self._dns_factory(self.journal.update)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, fn, *args)
+        return await self.submit(fn, *args)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue ``fn(*args)`` for the monitor thread now (not at the caller's next await,
+        as a coroutine would), so it runs while the caller goes on."""
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def close(self) -> None:
         def _close() -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
+import gc
 import grp
 import logging
 import os
@@ -170,6 +172,15 @@ def _check_usable_by_others(path: str, what: str, mode_bit: int, need: str) -> N
         probe = os.path.dirname(probe)
 
 
+def _give_back_memory() -> None:
+    """When the last session has ended: free what a burst left behind and return the
+    free heap to the system, so the service's RSS goes back to its idle figure (P3:
+    after 100 sessions 28.6 MB vs 26.0 MB idle without this)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)  # glibc; elsewhere nothing to do
+
+
 def hook_command(settings: Settings) -> str:
     """The hook executable; it must be runnable by any user (openvpn runs as the user)."""
     path = settings.hook_path or os.path.join(os.path.dirname(sys.executable), "iservice-hook")
@@ -279,6 +290,8 @@ class Server:
 
     def forget(self, session: Session) -> None:
         self.sessions.discard(session)
+        if not self.sessions:
+            _give_back_memory()
 
     # -- start ----------------------------------------------------------------
 

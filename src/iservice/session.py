@@ -605,8 +605,8 @@ class Session:
             done: asyncio.Future[list[Applied]] = asyncio.get_running_loop().create_future()
             done.set_result([])
             return done
-        return asyncio.ensure_future(
-            mon.call(mon.apply, self.session_id, self.tun_ifindex, ops))
+        # Queued now: the monitor works on it while the loop reads the next batch.
+        return mon.submit(mon.apply, self.session_id, self.tun_ifindex, ops)
 
     async def _settle_batch(self, batch: Batch, applying: asyncio.Future[list[Applied]]) -> None:
         """Wait for a batch's results: settle the records, audit, answer every message."""

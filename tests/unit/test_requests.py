@@ -236,3 +236,17 @@ def test_ipv4_route_network_is_ip_network_strict(addr: int, plen: int) -> None:
     except Refused:
         got = Refused
     assert got == want
+
+
+@given(st.integers(0, 2**128 - 1), st.integers(0, 128))
+def test_ipv6_route_network_is_ip_network_strict(addr: int, plen: int) -> None:
+    """The integer fast path for IPv6 = ip_network(strict=True)."""
+    try:
+        want: object = ip_network((IPv6Address(addr), plen), strict=True)
+    except ValueError:
+        want = Refused
+    try:
+        got: object = RequestPolicy._network(IPv6Address(addr), plen)
+    except Refused:
+        got = Refused
+    assert got == want

@@ -35,6 +35,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -83,6 +84,12 @@ class RouteKey:
     def __hash__(self) -> int:
         return self._hash
 
+    @functools.cached_property
+    def dst_text(self) -> str:
+        """``str(self.dst)``, made once: the audit line and the journal record both need
+        it, and formatting a network is ~1.3 µs (more for IPv6)."""
+        return str(self.dst)
+
 
 @dataclass(frozen=True)
 class AddressKey:
@@ -115,7 +122,7 @@ class AddRoute:
 
     def audit_text(self) -> str:
         k = self.key
-        text = f"add_route dst={k.dst} bypass={k.bypass} metric={k.metric} oif={self.oif}"
+        text = f"add_route dst={k.dst_text} bypass={k.bypass} metric={k.metric} oif={self.oif}"
         if self.gateway is not None:
             text += f" gateway={self.gateway}"
         if self.existing is not None:
@@ -130,7 +137,7 @@ class DelRoute:
 
     def audit_text(self) -> str:
         k = self.key
-        return (f"del_route dst={k.dst} bypass={k.bypass} metric={k.metric} "
+        return (f"del_route dst={k.dst_text} bypass={k.bypass} metric={k.metric} "
                 f"change_id={self.change_id}")
 
 
@@ -264,6 +271,12 @@ class RequestPolicy:
                 raise Refused(errors.ERROR_INVALID_PARAMETER,
                               f"{addr}/{prefix_len} has host bits set")
             return IPv4Network((value, prefix_len))
+        if type(addr) is IPv6Address and addr.scope_id is None:
+            value = int(addr)
+            if value & ((1 << (128 - prefix_len)) - 1):
+                raise Refused(errors.ERROR_INVALID_PARAMETER,
+                              f"{addr}/{prefix_len} has host bits set")
+            return IPv6Network((value, prefix_len))
         try:
             return ip_network((addr, prefix_len), strict=True)
         except ValueError:
