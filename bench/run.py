@@ -726,7 +726,8 @@ class Bench:
         os.kill(w["pid"], signal.SIGKILL)
         self._wait_sessions(svc, 0, 10)
         drivers[0].call("close")
-        time.sleep(0.5)
+        # the service gives memory back 2 s after its last session (IDLE_TRIM_DELAY)
+        time.sleep(3.0)
         idle = rss_mb(spid)
         results: list[dict[str, Any]] = []
         threads = []
@@ -757,7 +758,7 @@ class Bench:
         self._wait_sessions(svc, 0, 30)
         for d in drivers:
             d.call("close")
-        time.sleep(1.0)
+        time.sleep(3.0)  # as for the idle figure
         after = rss_mb(spid)
         served = len(lat)
         self.add(Row(f"P3 {total} concurrent sessions ({self.cfg.p3_users} users × "

@@ -172,6 +172,9 @@ def _check_usable_by_others(path: str, what: str, mode_bit: int, need: str) -> N
         probe = os.path.dirname(probe)
 
 
+IDLE_TRIM_DELAY = 2.0  # seconds without any session before memory is given back
+
+
 def _give_back_memory() -> None:
     """When the last session has ended: free what a burst left behind and return the
     free heap to the system, so the service's RSS goes back to its idle figure (P3:
@@ -231,6 +234,7 @@ class Server:
         self._stopping = False
         self._draining = 0  # refused connections whose request is being taken (bounded)
         self._query_rtnl: Rtnl | None = None
+        self._trim: asyncio.TimerHandle | None = None  # memory give-back once idle
         self.monitor: Monitor
         self._control_listener: socket.socket
 
@@ -290,6 +294,13 @@ class Server:
 
     def forget(self, session: Session) -> None:
         self.sessions.discard(session)
+        if not self.sessions and self._trim is None:
+            # Not at once: a full collection blocks the loop for a few ms, and a user
+            # who starts sessions one after another would wait for it every time.
+            self._trim = asyncio.get_running_loop().call_later(IDLE_TRIM_DELAY, self._idle)
+
+    def _idle(self) -> None:
+        self._trim = None
         if not self.sessions:
             _give_back_memory()
 
