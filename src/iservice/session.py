@@ -26,7 +26,7 @@ from iservice.aio import readable
 from iservice.control import VpnState
 from iservice.errors import ChannelError, MessageTooLargeError, StartupDataError
 from iservice.facts import SessionFacts, read_option_facts
-from iservice.linux import launch
+from iservice.linux import launch, mmsg
 from iservice.linux.identity import (
     PeerCredentials,
     UserIdentity,
@@ -148,6 +148,7 @@ class Session:
     admin: bool = False
     output: SessionOutput | None = None
     _output_fd: int | None = None
+    _acks: mmsg.BatchSender | None = None
     client_connected: bool = True
     # For `iservice sessions/status` (control.py): the approved config, when openvpn
     # started (wall clock), and openvpn's state as seen in its output.
@@ -474,7 +475,8 @@ class Session:
         journal + rtnetlink work overlaps the reading and deciding of the next batch."""
         sock = self.channel
         assert sock is not None
-        buf = bytearray(m.MAX_MESSAGE_SIZE)
+        reader = mmsg.BatchReader(sock, m.MAX_MESSAGE_SIZE)  # many requests per syscall
+        queued: collections.deque[tuple[int, bytes]] = collections.deque()  # read, undecided
         policy = self._policy()
         held: list[bytes] = []  # a message to decide again once nothing is in flight
         inflight: collections.deque[tuple[Batch, asyncio.Future[list[Applied]]]] = \
@@ -485,7 +487,7 @@ class Session:
             while inflight and (inflight[0][1].done() or len(inflight) >= MAX_INFLIGHT):
                 await self._settle_batch(*inflight.popleft())
             self._drain_output()
-            batch, eof, wait = self._read_batch(sock, buf, policy, held)
+            batch, eof, wait = self._read_batch(reader, queued, policy, held)
             if batch:
                 inflight.append((batch, self._submit(batch)))
             if wait:  # a held message: everything before it must have settled
@@ -500,8 +502,8 @@ class Session:
                 return
             await readable(sock.fileno(), until=inflight[0][1] if inflight else None)
 
-    def _read_batch(self, sock: socket.socket, buf: bytearray, policy: RequestPolicy,
-                    held: list[bytes]) -> tuple[Batch, bool, bool]:
+    def _read_batch(self, reader: mmsg.BatchReader, queued: collections.deque[tuple[int, bytes]],
+                    policy: RequestPolicy, held: list[bytes]) -> tuple[Batch, bool, bool]:
         """Decide what is queued, up to ``CHANNEL_BATCH`` messages.
 
         Returns (batch, eof, wait).  ``wait``: a message names a change that is still in
@@ -515,14 +517,15 @@ class Session:
                 raw = held.pop()
                 n = len(raw)
             else:
-                got = recv_packet(sock, buf)
-                if got is None:
-                    return batch, False, False
-                n, raw = got
+                if not queued:
+                    queued.extend(reader.read())
+                    if not queued:
+                        return batch, False, False
+                n, raw = queued.popleft()
                 if n == 0:
                     return batch, True, False
             try:
-                if n > len(buf):
+                if n > m.MAX_MESSAGE_SIZE:
                     raise MessageTooLargeError(f"message of {n} bytes")
                 msg = m.decode_message(raw)
             except MessageTooLargeError as exc:
@@ -638,19 +641,18 @@ class Session:
         await self._after_apply(ops)
         loop = asyncio.get_running_loop()
         assert self.channel is not None
-        # SEQPACKET keeps boundaries: one send per ack.  Sent directly while the socket
-        # takes them, awaiting only when it is full (an await per ack cost ~15 µs each,
-        # measured at 10,000 routes).
+        # SEQPACKET keeps boundaries: one datagram per ack, many per syscall (sendmmsg)
+        # while the socket takes them; an await only when it is full (an await per ack
+        # cost ~15 µs, one send() per ack ~2.4 µs of the loop's time at 10,000 routes).
         sock = self.channel
-        for i in range(0, len(acks), m.ACK_SIZE):
-            ack = bytes(acks[i:i + m.ACK_SIZE])
-            try:
-                try:
-                    sock.send(ack)
-                except BlockingIOError:
-                    await loop.sock_sendall(sock, ack)
-            except OSError:
-                return
+        if self._acks is None:
+            self._acks = mmsg.BatchSender(sock, m.ACK_SIZE)
+        try:
+            sent = self._acks.send(acks)
+            for i in range(sent * m.ACK_SIZE, len(acks), m.ACK_SIZE):
+                await loop.sock_sendall(sock, bytes(acks[i:i + m.ACK_SIZE]))
+        except OSError:
+            return
 
     async def _after_apply(self, ops: list[Operation]) -> None:
         """The service's own part: the kill switch's server list, and ``block_dns``."""
