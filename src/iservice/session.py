@@ -475,7 +475,10 @@ class Session:
         journal + rtnetlink work overlaps the reading and deciding of the next batch."""
         sock = self.channel
         assert sock is not None
-        reader = mmsg.BatchReader(sock, m.MAX_MESSAGE_SIZE)  # many requests per syscall
+        # Buffers for many requests per syscall (~150 KB) only once openvpn uses the channel:
+        # a session that never does (a stand-in, openvpn waiting at a prompt) keeps none.
+        await readable(sock.fileno())
+        reader = mmsg.BatchReader(sock, m.MAX_MESSAGE_SIZE)
         queued: collections.deque[tuple[int, bytes]] = collections.deque()  # read, undecided
         policy = self._policy()
         held: list[bytes] = []  # a message to decide again once nothing is in flight
