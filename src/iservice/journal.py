@@ -157,6 +157,17 @@ class Journal:
             "ORDER BY id DESC", (session_id,))
         return [Change(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
+    def tun_routes6(self, session_id: int) -> list[dict[str, Any]]:
+        """The session's IPv6 routes through its tun (the ones ``undo_changes`` leaves
+        out), for deleting them before the tun (see ``Monitor.undo_session``)."""
+        rows = self._db.execute(
+            "SELECT data FROM changes WHERE session_id = ?1 AND kind = 'route' "
+            "AND instr(json_extract(data, '$.dst'), ':') > 0 "
+            "AND json_extract(data, '$.bypass') = 0 AND json_extract(data, '$.oif') IN "
+            "  (SELECT json_extract(data, '$.ifindex') FROM changes "
+            "   WHERE session_id = ?1 AND kind = 'tun')", (session_id,))
+        return [json.loads(r[0]) for r in rows]
+
     def get(self, change_id: int) -> Change | None:
         r = self._db.execute("SELECT id, session_id, kind, data FROM changes WHERE id=?",
                              (change_id,)).fetchone()

@@ -137,6 +137,13 @@ def _route_of(op: AddRoute) -> RouteSpec:
     return RouteSpec(op.key.dst, op.oif, op.gateway, None if metric < 0 else metric)
 
 
+def _route_spec(d: dict[str, Any]) -> RouteSpec:
+    """A journaled route as netlink's fast-path values (the journal's own records)."""
+    return RouteSpec(ip_network(d["dst"]), d["oif"],
+                     None if d["gw"] is None else ip_address(d["gw"]),
+                     None if d["metric"] < 0 else d["metric"])
+
+
 def _route_from_data(d: dict[str, Any]) -> Route:
     return Route(dst=ip_network(d["dst"]), oif=d["oif"],
                  gateway=None if d["gw"] is None else ip_address(d["gw"]),
@@ -531,6 +538,7 @@ class Monitor:
                 elif c.kind == "nft":
                     firewall.delete_table(str(c.data["table"]))
                 elif c.kind == "tun":
+                    self._drop_tun_routes6(session_id)
                     self._delete_tun(c.data, owner)
                 else:
                     problems.append(f"unknown journal record kind {c.kind!r}")
@@ -552,6 +560,16 @@ class Monitor:
         if self._servers.pop(session_id, None) and self._blocks:
             self._sync_blocks()
         return problems
+
+    def _drop_tun_routes6(self, session_id: int) -> None:
+        """Delete the tun's IPv6 routes in one batch before the tun: the kernel's flush of
+        a deleted link's IPv6 routes is slower (1,000 routes: teardown 32 ms against 18 ms
+        for openvpn as root, which deletes them first).  Best effort: whatever is left
+        goes with the tun anyway."""
+        specs = [(False, _route_spec(d)) for d in self.journal.tun_routes6(session_id)]
+        if specs:
+            with contextlib.suppress(OSError, ValueError):
+                self.rtnl.routes_apply(specs)
 
     def _delete_tun(self, data: dict[str, Any], owner: int | None) -> None:
         # Found by name whether or not its ifindex was recorded (the service may have

@@ -113,3 +113,16 @@ def test_undo_changes_leave_out_what_goes_with_the_tun(tmp_path: Path) -> None:
     dns = j.record(s, "dns", {"backend": "none"})
     assert [c.id for c in j.undo_changes(s)] == [dns, foreign, bypass, tun]
     assert j.count(s) == 105  # nothing was removed by asking
+
+
+def test_tun_routes6_are_the_ipv6_routes_through_the_tun(tmp_path: Path) -> None:
+    j = Journal(str(tmp_path / "j.sqlite3"))
+    s = j.new_session(1000, 42)
+    j.record(s, "tun", {"name": "istun1", "ifindex": 7})
+    route = {"oif": 7, "metric": -1, "gw": None, "bypass": False}
+    j.record_many(s, "route", [{**route, "dst": "10.1.0.0/16"},
+                               {**route, "dst": "fd10::/56"},
+                               {**route, "dst": "fd11::/56", "oif": 9},
+                               {**route, "dst": "2001:db8::1/128", "oif": 3, "bypass": True,
+                                "gw": "fe80::1"}])
+    assert [d["dst"] for d in j.tun_routes6(s)] == ["fd10::/56"]
