@@ -201,6 +201,15 @@ class Services:
                 s.stop()
 
 
+def alive(pid: int) -> bool:
+    """The process exists (a zombie too: kill(pid, 0) succeeds on it)."""
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def pid_user(pid: int) -> int:
     """Real uid of a process."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -138,16 +138,15 @@ def _route_of(op: AddRoute) -> RouteSpec:
 
 
 def _route_spec(d: dict[str, Any]) -> RouteSpec:
-    """A journaled route as netlink's fast-path values (the journal's own records)."""
+    """A journaled route as netlink's fast-path values."""
     return RouteSpec(ip_network(d["dst"]), d["oif"],
                      None if d["gw"] is None else ip_address(d["gw"]),
                      None if d["metric"] < 0 else d["metric"])
 
 
 def _route_from_data(d: dict[str, Any]) -> Route:
-    return Route(dst=ip_network(d["dst"]), oif=d["oif"],
-                 gateway=None if d["gw"] is None else ip_address(d["gw"]),
-                 metric=None if d["metric"] < 0 else d["metric"])
+    """A journaled route, checked (it comes back from the state file)."""
+    return _route_spec(d).route()
 
 
 class Monitor:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.isv import ISERVICE, PYTHON, Service, Services, pid_user, wait_for
+from tests.isv import ISERVICE, PYTHON, Service, Services, alive, pid_user, wait_for
 from tests.lab import Lab, Pki, User
 
 from iservice.wire import startup as w
@@ -91,14 +91,6 @@ def tunnel_up(lab: Lab, svc: Service, pid: int, timeout: float = 15) -> str:
 
 def our_routes(lab: Lab) -> list[dict[str, Any]]:
     return [r for fam in (4, 6) for r in lab.routes(fam) if r.get("protocol") == "158"]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 # -- the central loop ----------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +74,6 @@ def raw_requests(lab: Lab, svc: Service, user: User, payloads: list[bytes],
     for o in out:
         o["replies"] = [base64.b64decode(r) for r in o["replies"]]
     return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def rss_kib(pid: int) -> int:

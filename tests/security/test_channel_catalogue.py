@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.isv import Service, wait_for
+from tests.isv import Service, alive, wait_for
 from tests.lab import Lab, User
-from tests.security.helpers import alive, rss_kib, snapshot
+from tests.security.helpers import rss_kib, snapshot
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, users")]

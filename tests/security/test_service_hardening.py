@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.isv import ISERVICE, PYTHON, Service, wait_for
+from tests.isv import ISERVICE, PYTHON, Service, alive, wait_for
 from tests.lab import Lab, User
-from tests.security.helpers import alive, raw_requests, rss_kib, snapshot
+from tests.security.helpers import raw_requests, rss_kib, snapshot
 
 from iservice.wire import startup as w
 

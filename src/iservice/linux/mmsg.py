@@ -52,16 +52,23 @@ def _libc() -> ctypes.PyDLL | None:
 _LIBC = _libc()
 
 
-class BatchReader:
-    """Up to ``count`` messages of at most ``size`` bytes per call from one socket."""
+class _Slots:
+    """``count`` slots of ``size`` bytes in one buffer, with their message headers."""
 
-    def __init__(self, sock: socket.socket, size: int, count: int = 64) -> None:
+    def __init__(self, sock: socket.socket, size: int, count: int) -> None:
         self._sock = sock
         self._size = size
         self._count = count
         self._buf = ctypes.create_string_buffer(size * count)
-        self._view = memoryview(self._buf).cast("B")
         self._vec = _vector(ctypes.addressof(self._buf), size, count)
+
+
+class BatchReader(_Slots):
+    """Up to ``count`` messages of at most ``size`` bytes per call from one socket."""
+
+    def __init__(self, sock: socket.socket, size: int, count: int = 64) -> None:
+        super().__init__(sock, size, count)
+        self._view = memoryview(self._buf).cast("B")
 
     def read(self) -> list[tuple[int, bytes]]:
         """Messages queued now, as (length, data): an empty list when there are none; a
@@ -95,15 +102,11 @@ class BatchReader:
         return [(min(n, self._size + 1), bytes(buf[:min(n, self._size)]))]
 
 
-class BatchSender:
+class BatchSender(_Slots):
     """Messages of one fixed ``size`` (the acks), up to ``count`` per call."""
 
     def __init__(self, sock: socket.socket, size: int, count: int = 512) -> None:
-        self._sock = sock
-        self._size = size
-        self._count = count
-        self._buf = ctypes.create_string_buffer(size * count)
-        self._vec = _vector(ctypes.addressof(self._buf), size, count)
+        super().__init__(sock, size, count)
 
     def send(self, data: bytes | bytearray) -> int:
         """Send ``data`` as ``len(data) // size`` messages until the socket is full;

@@ -508,19 +508,11 @@ def encode_route(route: Route, add: bool, seq: int, *, ack: bool = True) -> byte
 _FLAGS = struct.Struct("<H")
 
 
-def _without_ack(msg: bytes) -> bytes:
-    """``msg`` (one encoded request) with NLM_F_ACK cleared in its header."""
+def _ack_flag(msg: bytes, ack: bool) -> bytes:
+    """``msg`` (one encoded request) with NLM_F_ACK set or cleared in its header."""
     flags = _FLAGS.unpack_from(msg, 6)[0]
-    if not flags & NLM_F_ACK:
-        return msg
-    return msg[:6] + _FLAGS.pack(flags & ~NLM_F_ACK) + msg[8:]
-
-
-def _with_ack(msg: bytes) -> bytes:
-    flags = _FLAGS.unpack_from(msg, 6)[0]
-    if flags & NLM_F_ACK:
-        return msg
-    return msg[:6] + _FLAGS.pack(flags | NLM_F_ACK) + msg[8:]
+    want = flags | NLM_F_ACK if ack else flags & ~NLM_F_ACK
+    return msg if want == flags else msg[:6] + _FLAGS.pack(want) + msg[8:]
 
 
 class RouteSpec(NamedTuple):
@@ -760,8 +752,8 @@ class Rtnl:
             # hand-off per route while the event loop thread is busy; profiled at 10,000
             # routes.)  The chunk still fits the receive buffer with every request
             # failing, so no error can be lost (an overflow would raise ENOBUFS).
-            chunk = [_without_ack(msg) for msg in msgs[i:j - 1]]
-            chunk.append(_with_ack(msgs[j - 1]))
+            chunk = [_ack_flag(msg, False) for msg in msgs[i:j - 1]]
+            chunk.append(_ack_flag(msgs[j - 1], True))
             self._send(b"".join(chunk))
             last = j - 1
             pending = True

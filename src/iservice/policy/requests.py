@@ -54,6 +54,8 @@ from iservice.policy.dns import (
 from iservice.wire import msg as m
 
 IPAddress = IPv4Address | IPv6Address
+_NETWORK_OF: dict[type, type[IPv4Network] | type[IPv6Network]] = {
+    IPv4Address: IPv4Network, IPv6Address: IPv6Network}
 IPNetwork = IPv4Network | IPv6Network
 
 
@@ -263,20 +265,15 @@ class RequestPolicy:
         if not 0 <= prefix_len <= addr.max_prefixlen:
             raise Refused(errors.ERROR_INVALID_PARAMETER,
                           f"prefix length {prefix_len} out of range")
-        if type(addr) is IPv4Address:
-            # From the integer: ip_network((IPv4Address, n)) formats and re-parses the
+        network = _NETWORK_OF.get(type(addr))
+        if network is not None and getattr(addr, "scope_id", None) is None:
+            # From the integer: ip_network((address, n)) formats and re-parses the
             # address (profiled: half of the decision's ~3.8 µs per route).
             value = int(addr)
-            if value & (0xFFFFFFFF >> prefix_len):
+            if value & ((1 << (addr.max_prefixlen - prefix_len)) - 1):
                 raise Refused(errors.ERROR_INVALID_PARAMETER,
                               f"{addr}/{prefix_len} has host bits set")
-            return IPv4Network((value, prefix_len))
-        if type(addr) is IPv6Address and addr.scope_id is None:
-            value = int(addr)
-            if value & ((1 << (128 - prefix_len)) - 1):
-                raise Refused(errors.ERROR_INVALID_PARAMETER,
-                              f"{addr}/{prefix_len} has host bits set")
-            return IPv6Network((value, prefix_len))
+            return network((value, prefix_len))
         try:
             return ip_network((addr, prefix_len), strict=True)
         except ValueError:
