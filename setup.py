@@ -1,9 +1,14 @@
-"""Builds the openvpn plugin (src/iservice/plugin/iservice_plugin.c) during ``pip install``.
+"""Builds iservice's two C parts during ``pip install``: the openvpn plugin
+(src/iservice/plugin/iservice_plugin.c) and the ``iservice-runas`` helper that starts
+openvpn as the user (src/iservice/plugin/iservice_runas.c).
 
 Everything else is in pyproject.toml.  The plugin is a plain shared object that openvpn
 ``dlopen()``s, not a Python extension: it gets a fixed file name (no ABI suffix) and
 links against nothing but libc.  ``optional=True``: without a compiler or openvpn's
 header the install goes on without it, and the service falls back to the script hook.
+The helper is a small program installed next to it (statically linked when libc.a is
+there: ~0.13 ms less per start, measured); without it the service uses util-linux's
+``setpriv`` (linux/launch.py says what each costs).
 """
 
 from __future__ import annotations
@@ -13,8 +18,30 @@ import os
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
+RUNAS_SOURCE = "src/iservice/plugin/iservice_runas.c"
+RUNAS_NAME = "iservice-runas"
+C_FLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra"]
+
 
 class BuildPlugin(build_ext):
+    def run(self) -> None:
+        super().run()
+        self.build_runas()
+
+    def build_runas(self) -> None:
+        """The helper program, next to the plugin; optional like the plugin."""
+        out_dir = os.path.dirname(self.get_ext_fullpath("iservice.plugin.iservice_plugin"))
+        try:
+            objects = self.compiler.compile([RUNAS_SOURCE], output_dir=self.build_temp,
+                                            extra_postargs=C_FLAGS)
+            try:
+                self.compiler.link_executable(objects, RUNAS_NAME, output_dir=out_dir,
+                                              extra_preargs=["-static"])
+            except Exception:  # no libc.a: a dynamic one works the same, a bit slower
+                self.compiler.link_executable(objects, RUNAS_NAME, output_dir=out_dir)
+        except Exception as exc:  # optional: the service falls back to setpriv
+            self.warn(f"{RUNAS_NAME} not built ({exc}); openvpn is started via setpriv")
+
     def get_ext_filename(self, fullname: str) -> str:
         return os.path.join(*fullname.split(".")) + ".so"
 
@@ -26,7 +53,7 @@ setup(
     ext_modules=[Extension(
         "iservice.plugin.iservice_plugin",
         sources=["src/iservice/plugin/iservice_plugin.c"],
-        extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"],
+        extra_compile_args=[*C_FLAGS, "-fvisibility=hidden"],
         optional=True,
     )],
     cmdclass={"build_ext": BuildPlugin},

@@ -360,6 +360,30 @@ int main(int argc, char **argv) {
 '''
 
 
+STANDIN_C = r'''
+#include <unistd.h>
+/* bench only: P3's stand-in openvpn; it stays alive until killed, and costs one exec. */
+int main(void) { for (;;) pause(); }
+'''
+
+
+def build_standin(lab: Lab) -> Path:
+    """P3's stand-in openvpn: a static C program that waits to be killed (one exec of a
+    small binary), or a shell script running ``sleep`` (two execs, ~1 ms more CPU per
+    session, measured) where there is no C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is not None:
+        d = lab.make_dir("standin", mode=0o755)
+        src = d / "standin.c"
+        src.write_text(STANDIN_C)
+        exe = d / "standin-stay"
+        for static in (["-static"], []):  # static needs libc.a (libc6-dev)
+            if subprocess.run([cc, "-O2", *static, "-o", str(exe), str(src)]).returncode == 0:
+                exe.chmod(0o755)
+                return exe
+    return lab.write_file("standin-stay.sh", "#!/bin/sh\nexec /bin/sleep 3600\n", mode=0o755)
+
+
 def build_hook_timer(lab: Lab) -> tuple[Path, Path] | None:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
@@ -484,6 +508,7 @@ class Config:
     p2_repeat: int
     p3_users: int
     p3_per_user: int
+    p3_bursts: int
     p3_real: int
     p4_repeat: int
 
@@ -498,8 +523,7 @@ class Bench:
         self.admins = lab.add_group("isvbadm")
         # two users for the real openvpn sessions; more for P3
         self.users = [lab.add_user("isvb") for _ in range(max(2, cfg.p3_users))]
-        stay = lab.write_file("standin-stay.sh", "#!/bin/sh\nexec /bin/sleep 3600\n",
-                              mode=0o755)
+        stay = build_standin(lab)
         limits = (f"max_sessions_per_user = {max(16, cfg.p3_per_user + 2)}\n"
                   "max_clients = 256\nmax_clients_per_user = 64\n")
         self.svc_true = Service(lab, name="bsvtrue", extra="exe_path = /bin/true\n" + limits)
@@ -729,8 +753,56 @@ class Bench:
         # the service gives memory back 2 s after its last session (IDLE_TRIM_DELAY)
         time.sleep(3.0)
         idle = rss_mb(spid)
+        total = self.cfg.p3_users * self.cfg.p3_per_user
+        lat: list[float] = []
+        burst_p99: list[float] = []
+        errors: list[str] = []
+        missing = 0
+        live = 0.0
+        # Several bursts, the first one cold: a single burst's p99 is its one or two
+        # slowest starts, which move by ±50 ms between runs on this 2-core VM.
+        for _ in range(self.cfg.p3_bursts):
+            results = self._p3_burst(svc, drivers, cfgname)
+            got = [(x["t1"] - x["t0"]) * 1000 for r in results for x in r["results"]
+                   if x["pid"]]
+            lat += got
+            burst_p99.append(p99(got) if got else math.inf)
+            errors += [x["error"] for r in results for x in r["results"] if not x["pid"]]
+            missing += sum(r["missing"] for r in results)
+            pids = [x["pid"] for r in results for x in r["results"] if x["pid"]]
+            self._wait_sessions(svc, len(pids), 10)
+            live = max(live, rss_mb(spid))
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self._wait_sessions(svc, 0, 30)
+            for d in drivers:
+                d.call("close")
+        time.sleep(3.0)  # as for the idle figure
+        after = rss_mb(spid)
+        bursts = self.cfg.p3_bursts
+        served = len(lat)
+        self.add(Row(f"P3 {total} concurrent sessions ({self.cfg.p3_users} users × "
+                     f"{self.cfg.p3_per_user}, stand-in), {bursts} bursts: served", served,
+                     total * bursts, "sessions", "all",
+                     served == total * bursts and not errors and not missing,
+                     note=f"errors: {errors[:2]}" if errors else ""))
+        per_burst = ", ".join(f"{x:.0f}" for x in burst_p99)
+        self.add(Row(f"P3 {total} concurrent sessions: connect → PID reply, p99 of all "
+                     f"{served}", p99(lat), None, "ms", "≤ 250 ms", p99(lat) <= 250,
+                     note=f"median {median(lat):.0f} ms; p99 per burst {per_burst} ms",
+                     samples={"iservice": lat, "burst_p99": burst_p99}))
+        self.add(Row(f"P3 service RSS with {total} live sessions (highest of the bursts)", live,
+                     idle, "MB", "≤ 80 MB", live <= 80, note="peer: idle"))
+        self.add(Row("P3 service RSS after they ended", after, idle, "MB", "≤ 1.1× idle",
+                     after <= 1.1 * idle, note="peer: idle"))
+        if self.cfg.p3_real:
+            self.p3_real()
+
+    def _p3_burst(self, svc: Service, drivers: list[Driver],
+                  cfgname: str) -> list[dict[str, Any]]:
+        """Every driver sends its requests at once; their results."""
         results: list[dict[str, Any]] = []
-        threads = []
         lock = threading.Lock()
 
         def go(d: Driver) -> None:
@@ -738,42 +810,12 @@ class Bench:
                        options=f"--config {cfgname}", n=self.cfg.p3_per_user)
             with lock:
                 results.append(r)
-        for d in drivers:
-            th = threading.Thread(target=go, args=(d,))
+        threads = [threading.Thread(target=go, args=(d,)) for d in drivers]
+        for th in threads:
             th.start()
-            threads.append(th)
         for th in threads:
             th.join()
-        total = self.cfg.p3_users * self.cfg.p3_per_user
-        lat = [(x["t1"] - x["t0"]) * 1000 for r in results for x in r["results"]
-               if x["pid"]]
-        errors = [x["error"] for r in results for x in r["results"] if not x["pid"]]
-        missing = sum(r["missing"] for r in results)
-        pids = [x["pid"] for r in results for x in r["results"] if x["pid"]]
-        self._wait_sessions(svc, len(pids), 10)
-        live = rss_mb(spid)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self._wait_sessions(svc, 0, 30)
-        for d in drivers:
-            d.call("close")
-        time.sleep(3.0)  # as for the idle figure
-        after = rss_mb(spid)
-        served = len(lat)
-        self.add(Row(f"P3 {total} concurrent sessions ({self.cfg.p3_users} users × "
-                     f"{self.cfg.p3_per_user}, stand-in): served", served, total, "sessions",
-                     "all", served == total and not errors and not missing,
-                     note=f"errors: {errors[:2]}" if errors else ""))
-        self.add(Row(f"P3 {total} concurrent sessions: connect → PID reply, p99", p99(lat),
-                     None, "ms", "≤ 250 ms", p99(lat) <= 250,
-                     note=f"median {median(lat):.0f} ms", samples={"iservice": lat}))
-        self.add(Row(f"P3 service RSS with {served} live sessions", live, idle, "MB",
-                     "≤ 80 MB", live <= 80, note="peer: idle"))
-        self.add(Row("P3 service RSS after they ended", after, idle, "MB", "≤ 1.1× idle",
-                     after <= 1.1 * idle, note="peer: idle"))
-        if self.cfg.p3_real:
-            self.p3_real()
+        return results
 
     def p3_real(self) -> None:
         svc = self.svc_real
@@ -939,10 +981,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench/run.py needs root (namespaces, users, openvpn)", file=sys.stderr)
         return 2
     if args.quick:
-        cfg = Config(True, 5, [(100, False), (1000, False)], 1, 2, 3, 0, 2)
+        cfg = Config(True, 5, [(100, False), (1000, False)], 1, 2, 3, 1, 0, 2)
     else:
         cfg = Config(False, 50, [(100, False), (1000, False), (10_000, False),
-                                 (30_000, False), (1000, True)], 5, 10, 10, 20, 20)
+                                 (30_000, False), (1000, True)], 5, 10, 10, 3, 20, 20)
     if args.counts:
         cfg.p2_counts = [(int(c.removesuffix("v6")), c.endswith("v6"))
                          for c in args.counts.split(",")]

@@ -428,8 +428,10 @@ class Server:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("event=ready socket=%s instance=%r hook=%s path=%s", self.settings.socket_path,
-                 self.settings.instance, self.hook.kind, self.hook.path)
+        spawner = launch.SPAWNER
+        log.info("event=ready socket=%s instance=%r hook=%s path=%s spawner=%s",
+                 self.settings.socket_path, self.settings.instance, self.hook.kind,
+                 self.hook.path, spawner.path if spawner else "popen")
         sd_notify("READY=1\nSTATUS=accepting connections")
         async with asyncio.TaskGroup() as tg:
             accept = tg.create_task(self._accept_loop(listener, tg))

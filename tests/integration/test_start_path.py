@@ -1,15 +1,18 @@
 """The start path (issue 8, P1/P3): how openvpn is spawned, journaled and recovered.
 
-openvpn is spawned through util-linux's ``setpriv`` (so that CPython can ``vfork``),
-from the monitor thread, and its start time is journaled after the PID reply.  These
-tests check that the process openvpn becomes is exactly what SPEC §4 asks for, by both
-spawn paths (``setpriv`` and the ``Popen(user=...)`` fallback) and through the
-service: the user's uid, gid and supplementary groups, no capabilities in any set, the
-clean environment, a new session, the ``priority`` nice value, the raised stack limit,
-stdin then EOF, only the channel and facts descriptors, ``--cd WORKDIR`` first.  Then
-that recovery ends a leftover process only when pid *and* start time match, that
-concurrent requests of one user respect ``max_sessions_per_user``, and that an
-``exe_path`` that cannot run gets the original's "cannot start" reply and leaves nothing.
+openvpn is spawned through iservice's ``iservice-runas`` helper (else util-linux's
+``setpriv``; either way CPython can ``vfork``), from the monitor thread, and its start
+time is journaled after the PID reply.  These tests check that the process openvpn
+becomes is exactly what SPEC §4 asks for, by all three spawn paths (``iservice-runas``,
+``setpriv`` and the ``Popen(user=...)`` fallback) and through the service: the user's
+uid, gid and supplementary groups, no capabilities in any set, the clean environment,
+a new session, the ``priority`` nice value, the raised stack limit, stdin then EOF,
+only the channel and facts descriptors, ``--cd WORKDIR`` first; that the helper
+refuses malformed numbers and commands before anything runs, and is not used when
+others could replace it.  Then that recovery ends a leftover process only when pid
+*and* start time match, that concurrent requests of one user respect
+``max_sessions_per_user``, and that an ``exe_path`` that cannot run gets the
+original's "cannot start" reply and leaves nothing.
 """
 
 from __future__ import annotations
@@ -125,11 +128,21 @@ def read_report(fd: int, timeout: float = 10) -> dict[str, Any]:
     return result
 
 
-@pytest.mark.parametrize("setpriv", [launch.SETPRIV, None], ids=["setpriv", "popen-user"])
-def test_both_spawn_paths_make_the_same_process(reporter: Path, grouped_user: User,
-                                                setpriv: str | None) -> None:
-    if setpriv is not None:
-        assert launch.SETPRIV is not None, "util-linux's setpriv is part of Debian"
+def test_the_helper_is_built_and_preferred() -> None:
+    # setup.sh installs gcc and libc6-dev, so pip install builds iservice-runas.
+    assert [s.kind for s in launch.SPAWNERS] == ["runas", "setpriv"]
+    assert launch.SPAWNER is launch.SPAWNERS[0]
+
+
+SPAWN_PATHS = [pytest.param(s, id=s.kind) for s in launch.SPAWNERS] + \
+    [pytest.param(None, id="popen-user")]
+
+
+@pytest.mark.parametrize("spawner", SPAWN_PATHS)
+@pytest.mark.parametrize("nice", [10, -5])
+def test_every_spawn_path_makes_the_same_process(reporter: Path, grouped_user: User,
+                                                 spawner: launch.Spawner | None,
+                                                 nice: int) -> None:
     user = user_identity(grouped_user.uid, grouped_user.gid)
     chan_a, chan_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     facts_r, facts_w = os.pipe2(os.O_CLOEXEC)
@@ -138,16 +151,16 @@ def test_both_spawn_paths_make_the_same_process(reporter: Path, grouped_user: Us
     os.set_inheritable(stray, True)
     try:
         child = launch.start_openvpn(str(reporter), ["--config", "x.ovpn"], user=user,
-                                     workdir="/tmp", nice=10, stdin=b"user\npass\n",
+                                     workdir="/tmp", nice=nice, stdin=b"user\npass\n",
                                      channel_fd=chan_b.fileno(), output_fd=out_w,
-                                     extra_fds=(facts_r,), setpriv=setpriv)
+                                     extra_fds=(facts_r,), spawner=spawner)
         try:
             os.close(out_w)
             out_w = -1
             r = read_report(out_r)
             assert r["argv"] == ["--cd", "/tmp", "--config", "x.ovpn"]
             assert r["pid"] == child.pid
-            check_report(r, grouped_user, nice=10, stdin="user\npass\n",
+            check_report(r, grouped_user, nice=nice, stdin="user\npass\n",
                          keep_fds={chan_b.fileno(), facts_r})
         finally:
             child.signal(signal.SIGKILL)
@@ -159,6 +172,55 @@ def test_both_spawn_paths_make_the_same_process(reporter: Path, grouped_user: Us
                 os.close(fd)
         chan_a.close()
         chan_b.close()
+
+
+BAD_RUNAS_ARGS = [
+    ["x", "1000", "-", "0"], ["-1", "1000", "-", "0"], ["4294967295", "1000", "-", "0"],
+    ["1000", "", "-", "0"], ["1000", "1e3", "-", "0"], ["1000", "1000", "", "0"],
+    ["1000", "1000", "1,,2", "0"], ["1000", "1000", "1,", "0"], ["1000", "1000", ",", "0"],
+    ["1000", "1000", "-", "20"], ["1000", "1000", "-", "-21"], ["1000", "1000", "-", "+1"],
+]
+
+
+@pytest.mark.parametrize("args", BAD_RUNAS_ARGS, ids=lambda a: "/".join(a))
+def test_the_helper_refuses_bad_numbers_before_running_anything(tmp_path: Path,
+                                                                args: list[str]) -> None:
+    assert launch.SPAWNERS and launch.SPAWNERS[0].kind == "runas"
+    mark = tmp_path / "ran"
+    r = subprocess.run([launch.SPAWNERS[0].path, *args, "--", "/usr/bin/touch", str(mark)],
+                       capture_output=True, text=True)
+    assert r.returncode == 126 and r.stderr.startswith("iservice-runas: "), r
+    assert not mark.exists()
+
+
+@pytest.mark.parametrize("tail", [["/usr/bin/touch", "{mark}"], ["--"],
+                                  ["-", "/usr/bin/touch", "{mark}"], ["--", "touch", "{mark}"]],
+                         ids=["no-dashes", "no-exe", "not-dashes", "relative-exe"])
+def test_the_helper_refuses_a_malformed_command(tmp_path: Path, tail: list[str]) -> None:
+    mark = tmp_path / "ran"
+    r = subprocess.run([launch.SPAWNERS[0].path, "1000", "1000", "-", "0",
+                        *(t.format(mark=mark) for t in tail)],
+                       capture_output=True, text=True, cwd="/usr/bin")
+    assert r.returncode == 126 and "usage" in r.stderr, r
+    assert not mark.exists()
+
+
+def test_the_helper_reports_an_exec_failure_as_127() -> None:
+    r = subprocess.run([launch.SPAWNERS[0].path, "1000", "1000", "-", "0", "--",
+                        "/nonexistent/openvpn"], capture_output=True, text=True)
+    assert r.returncode == 127 and "cannot run /nonexistent/openvpn" in r.stderr, r
+
+
+def test_a_helper_others_could_replace_is_not_used(tmp_path: Path) -> None:
+    copy = tmp_path / "iservice-runas"
+    shutil.copy(launch.SPAWNERS[0].path, copy)
+    copy.chmod(0o755)
+    assert launch._own_file(str(copy))
+    copy.chmod(0o775)  # group-writable
+    assert not launch._own_file(str(copy))
+    copy.chmod(0o755)
+    os.chown(copy, 65534, 0)  # owned by nobody
+    assert not launch._own_file(str(copy))
 
 
 def test_an_exe_that_cannot_run_raises_before_any_process(grouped_user: User) -> None:

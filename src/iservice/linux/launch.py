@@ -14,17 +14,23 @@ privileges would not check them).
 The process is watched through a pidfd: its exit ends the session even if some
 child still holds the channel.
 
-How it is spawned (docs/performance.md, P1): CPython 3.11 uses ``vfork`` only when
-``Popen`` gets no ``user``/``group``/``extra_groups``; with them it ``fork``s the whole
-service (~26 MB: ~0.9 ms of page tables) and waits for the child's ``exec`` (another
-~0.8 ms), 1.5 ms per start measured in all.  So the child is util-linux's ``setpriv``,
-spawned with ``vfork`` (0.12 ms), which takes the user's uid, gid and groups itself
-and then ``exec``s openvpn in place: same PID, same start time, same environment and
-descriptors.  Taking a non-zero uid clears the permitted, effective and ambient
-capability sets (no ``SECBIT_KEEP_CAPS`` is set), ``--inh-caps=-all`` clears the
-inheritable set, so openvpn has none; it needs CAP_SETUID and CAP_SETGID, which the
-service has anyway (``systemd/iservice.service``).  Without ``setpriv`` (not Debian's
-util-linux) the slow ``Popen(user=...)`` path is used.
+How it is spawned (docs/performance.md, P1 and P3): CPython 3.11 uses ``vfork`` only
+when ``Popen`` gets no ``user``/``group``/``extra_groups``; with them it ``fork``s the
+whole service (~26 MB: ~0.9 ms of page tables) and waits for the child's ``exec``
+(another ~0.8 ms), 1.5 ms per start measured in all.  So the child is a small program,
+spawned with ``vfork`` (0.12 ms), that takes the user's identity itself and then
+``exec``s openvpn in place: same PID, same start time, same environment and
+descriptors.  That program is iservice's own ``iservice-runas`` (``plugin/
+iservice_runas.c``, built by ``pip install``), else util-linux's ``setpriv``: both
+take the uid, gid and groups, and clear the inheritable capability set; taking a
+non-zero uid clears the permitted, effective and ambient sets (no
+``SECBIT_KEEP_CAPS``), so openvpn has none.  ``setpriv`` cost ~1.0 ms of CPU per start
+(loading libcap-ng and probing capabilities) against ~0.3 ms for the static helper
+(measured: 1.49 vs 0.80 ms with /bin/true behind each, 0.46 ms for /bin/true alone);
+in a burst of 100 starts on two cores that CPU was taken from the service.  Both need
+CAP_SETUID and CAP_SETGID, which the service has anyway (``systemd/iservice.service``).
+With neither (not Debian's util-linux, no compiler at install) the slow
+``Popen(user=...)`` path is used.
 """
 
 from __future__ import annotations
@@ -37,10 +43,11 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from iservice.aio import readable
 from iservice.linux.identity import UserIdentity
+from iservice.plugin import runas_path
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -144,42 +151,79 @@ class Child:
             os.close(self.pidfd)
 
 
-# util-linux's setpriv (Debian: always installed, util-linux is Essential).  Found once:
-# the service's own PATH is not trusted for this, only these fixed locations.
-SETPRIV = next((p for p in ("/usr/bin/setpriv", "/bin/setpriv") if os.access(p, os.X_OK)),
-               None)
+@dataclass(frozen=True)
+class Spawner:
+    """A program that becomes the user and then ``exec``s openvpn (module docstring)."""
+
+    kind: Literal["runas", "setpriv"]
+    path: str
 
 
-def spawn_argv(exe: str, argv: Sequence[str], user: UserIdentity, *,
-               setpriv: str | None = SETPRIV) -> list[str]:
-    """The command that runs ``exe argv`` as ``user`` (through ``setpriv`` when it exists).
+def _own_file(path: str | None) -> bool:
+    """An executable file that only root (or this process's user) can change: the
+    service runs it as root, so one that another user could replace is not used."""
+    if path is None:
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o022
+            and os.access(path, os.X_OK))
 
-    Everything after ``--`` is openvpn's: setpriv stops parsing its own options there,
-    so no user-chosen option can reach it; it ``exec``s ``exe`` (an absolute path, no
-    PATH search) once it is the user.
+
+def _find_spawners() -> tuple[Spawner, ...]:
+    found = []
+    if _own_file(runas_path()):
+        found.append(Spawner("runas", str(runas_path())))
+    # util-linux's setpriv (Debian: always installed, util-linux is Essential).  Only
+    # these fixed locations: the service's own PATH is not trusted for this.
+    setpriv = next((p for p in ("/usr/bin/setpriv", "/bin/setpriv") if _own_file(p)), None)
+    if setpriv is not None:
+        found.append(Spawner("setpriv", setpriv))
+    return tuple(found)
+
+
+# Found once, in order of preference; SPAWNER is the one used (None: Popen(user=...)).
+SPAWNERS = _find_spawners()
+SPAWNER = SPAWNERS[0] if SPAWNERS else None
+
+
+def spawn_argv(exe: str, argv: Sequence[str], user: UserIdentity, *, nice: int = 0,
+               spawner: Spawner | None = SPAWNER) -> list[str]:
+    """The command that runs ``exe argv`` as ``user`` (through ``spawner`` if given).
+
+    Everything after ``--`` is openvpn's: neither program parses its own options past
+    it, so no user-chosen option can reach them; they ``exec`` ``exe`` (an absolute
+    path, no PATH search) once they are the user.  ``iservice-runas`` also sets the
+    nice value, as root before it drops privileges; for the others the caller does.
     """
-    if setpriv is None:
+    if spawner is None:
         return [exe, *argv]
+    if spawner.kind == "runas":
+        groups = ",".join(str(g) for g in user.groups) or "-"
+        return [spawner.path, str(user.uid), str(user.gid), groups, str(nice), "--",
+                exe, *argv]
     groups = ",".join(str(g) for g in user.groups)
-    return [setpriv, f"--reuid={user.uid}", f"--regid={user.gid}",
+    return [spawner.path, f"--reuid={user.uid}", f"--regid={user.gid}",
             f"--groups={groups}" if groups else "--clear-groups", "--inh-caps=-all",
             "--", exe, *argv]
 
 
 def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir: str,
                   nice: int, stdin: bytes, channel_fd: int, output_fd: int,
-                  extra_fds: Sequence[int] = (), setpriv: str | None = SETPRIV) -> Child:
+                  extra_fds: Sequence[int] = (), spawner: Spawner | None = SPAWNER) -> Child:
     """Start openvpn; its stdout and stderr go to ``output_fd`` (the session's log pipe).
 
     Raises OSError when it cannot be started (``exe`` not executable, spawn failed).
     """
     raise_stack_limit()  # openvpn's hooks get up to 6 MiB of environment
-    full = spawn_argv(exe, ["--cd", workdir, *argv], user, setpriv=setpriv)
+    full = spawn_argv(exe, ["--cd", workdir, *argv], user, nice=nice, spawner=spawner)
     ids: dict[str, Any] = {}
-    if setpriv is None:
+    if spawner is None:
         ids = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
     elif not os.access(exe, os.X_OK):
-        # setpriv would report this only as an exit status, after the PID reply; the
+        # The spawner would report this only as an exit status, after the PID reply; the
         # client gets the original's "cannot start" error instead (as with Popen).
         raise FileNotFoundError(errno.ENOENT if not os.path.exists(exe) else errno.EACCES,
                                 f"{exe} is not executable", exe)
@@ -196,7 +240,7 @@ def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir:
         **ids,
     )
     pidfd = os.pidfd_open(proc.pid)
-    if nice:
+    if nice and (spawner is None or spawner.kind != "runas"):
         # Set while the child is most likely still setpriv (it loads its libraries
         # for ~0.5 ms before it execs openvpn), so openvpn usually starts with it.
         with contextlib.suppress(OSError):  # it already exited; the session will see that

@@ -1,9 +1,11 @@
-"""iservice's openvpn plugin (``iservice_plugin.c``, built into ``iservice_plugin.so``).
+"""iservice's C parts: the openvpn plugin (``iservice_plugin.c``, built into
+``iservice_plugin.so``) and the ``iservice-runas`` helper (``iservice_runas.c``) that
+starts openvpn as the user (``iservice.linux.launch``).
 
 The plugin is not a Python module: openvpn ``dlopen()``s it (``--plugin PATH FD``).
 ``pip install .`` compiles it when a C compiler and openvpn's ``openvpn-plugin.h`` are
 there (``setup.py``); without them the install still succeeds and the service uses
-the script hook (``iservice.hook``) instead.
+the script hook (``iservice.hook``) instead, and ``setpriv`` instead of the helper.
 """
 
 from __future__ import annotations
@@ -11,9 +13,19 @@ from __future__ import annotations
 import os
 
 PLUGIN_FILE = "iservice_plugin.so"
+RUNAS_FILE = "iservice-runas"
+
+
+def _installed(name: str) -> str | None:
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+    return path if os.path.isfile(path) else None
 
 
 def plugin_path() -> str | None:
     """The installed plugin, or None when it was not built."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), PLUGIN_FILE)
-    return path if os.path.isfile(path) else None
+    return _installed(PLUGIN_FILE)
+
+
+def runas_path() -> str | None:
+    """The installed ``iservice-runas`` helper, or None when it was not built."""
+    return _installed(RUNAS_FILE)

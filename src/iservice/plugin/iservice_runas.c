@@ -1,0 +1,127 @@
+/* iservice-runas: become a user, then exec a program in place (same PID).
+ *
+ *   iservice-runas UID GID GROUPS NICE -- EXE [ARG...]
+ *
+ * UID, GID and NICE are decimal; GROUPS is a comma-separated list of decimal gids or
+ * "-" for none.  EXE is an absolute path, executed with argv[0] = EXE and the rest as
+ * given; the environment and descriptors pass through unchanged.
+ *
+ * The service (iservice/linux/launch.py) starts openvpn through this helper, as root,
+ * with CPython's vfork-based spawn: it replaces util-linux's setpriv, which did the
+ * same but cost ~1 ms of CPU per start (libcap-ng set-up) against ~0.1 ms here, and
+ * that CPU was taken from the service while a burst of sessions started (issue 8, P3;
+ * docs/performance.md).  It never parses a user-chosen value: the service builds the
+ * four numbers; everything after "--" is openvpn's and only passed on.
+ *
+ * Order: nice (while still root, so any value of `priority` works), ambient
+ * capabilities cleared, supplementary groups, gid, uid (all three ids of each: a
+ * saved root id would let the program take root back), inheritable capabilities
+ * cleared (setresuid to a non-zero uid already emptied the permitted and effective
+ * sets; this matches setpriv --inh-caps=-all), then a check that the ids really are
+ * the user's.  Any failure: a message on stderr and exit 126 before the program runs;
+ * an exec failure: exit 127 (the shell's codes, as setpriv's).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <grp.h>
+#include <limits.h>
+#include <linux/capability.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define MAX_GROUPS 65536 /* the kernel's NGROUPS_MAX */
+
+static void die(const char *what, int err)
+{
+    if (err)
+        fprintf(stderr, "iservice-runas: %s: %s\n", what, strerror(err));
+    else
+        fprintf(stderr, "iservice-runas: %s\n", what);
+    exit(126);
+}
+
+/* A decimal number in [lo, hi]; digits only (an optional leading '-' when lo < 0). */
+static long number(const char *s, long lo, long hi, const char *what)
+{
+    const char *p = s;
+    if (*p == '-' && lo < 0)
+        p++;
+    if (*p == '\0' || strlen(p) > 10)
+        die(what, 0);
+    for (const char *q = p; *q; q++)
+        if (*q < '0' || *q > '9')
+            die(what, 0);
+    long v = strtol(s, NULL, 10);
+    if (v < lo || v > hi)
+        die(what, 0);
+    return v;
+}
+
+/* "-" or "G[,G...]": no empty entries. */
+static size_t parse_groups(char *list, gid_t *out)
+{
+    if (strcmp(list, "-") == 0)
+        return 0;
+    size_t n = 0;
+    for (char *tok = list;; n++) {
+        char *comma = strchr(tok, ',');
+        if (comma)
+            *comma = '\0';
+        if (n == MAX_GROUPS)
+            die("too many groups", 0);
+        out[n] = (gid_t)number(tok, 0, 4294967294L, "bad group id");
+        if (!comma)
+            return n + 1;
+        tok = comma + 1;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 7 || strcmp(argv[5], "--") != 0 || argv[6][0] != '/')
+        die("usage: iservice-runas UID GID GROUPS NICE -- /ABSOLUTE/EXE [ARG...]", 0);
+    uid_t uid = (uid_t)number(argv[1], 0, 4294967294L, "bad uid");
+    gid_t gid = (gid_t)number(argv[2], 0, 4294967294L, "bad gid");
+    gid_t *groups = calloc(MAX_GROUPS, sizeof *groups);
+    if (!groups)
+        die("out of memory", errno);
+    size_t ngroups = parse_groups(argv[3], groups);
+    int nice = (int)number(argv[4], -20, 19, "bad nice value");
+
+    if (nice && setpriority(PRIO_PROCESS, 0, nice) != 0)
+        die("setpriority", errno);
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
+        die("clearing ambient capabilities", errno);
+    if (setgroups(ngroups, groups) != 0)
+        die("setgroups", errno);
+    if (setresgid(gid, gid, gid) != 0)
+        die("setresgid", errno);
+    if (setresuid(uid, uid, uid) != 0)
+        die("setresuid", errno);
+
+    struct __user_cap_header_struct head = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct caps[_LINUX_CAPABILITY_U32S_3];
+    memset(caps, 0, sizeof caps);
+    if (syscall(SYS_capget, &head, caps) != 0)
+        die("capget", errno);
+    for (int i = 0; i < _LINUX_CAPABILITY_U32S_3; i++)
+        caps[i].inheritable = 0;
+    if (syscall(SYS_capset, &head, caps) != 0)
+        die("clearing inheritable capabilities", errno);
+
+    uid_t r, e, s;
+    gid_t rg, eg, sg;
+    if (getresuid(&r, &e, &s) != 0 || r != uid || e != uid || s != uid ||
+        getresgid(&rg, &eg, &sg) != 0 || rg != gid || eg != gid || sg != gid)
+        die("the ids did not change", 0);
+    free(groups);
+
+    execv(argv[6], argv + 6); /* argv[0] = the program's path, as setpriv gives it */
+    fprintf(stderr, "iservice-runas: cannot run %s: %s\n", argv[6], strerror(errno));
+    return 127;
+}
