@@ -84,6 +84,11 @@ def _in_flight(op: Operation) -> bool:
     return False
 
 
+def _names_bypass(op: Operation) -> bool:
+    """Does ``op`` add or delete a bypass route (one of the kill switch's servers)?"""
+    return isinstance(op, AddRoute | DelRoute) and op.key.bypass
+
+
 class Phase(enum.Enum):
     READING = "reading"
     VALIDATING = "validating"
@@ -159,6 +164,7 @@ class Session:
     facts: SessionFacts | None = None  # for the hook: full tunnel, block-outside-dns
     _option_facts: OptionFacts | None = None  # read while validating, used by _launch
     _servers: tuple[str, ...] = ()  # VPN server addresses the kill switch lets through
+    _servers_stale = True  # not yet handed to the monitor since they may have changed
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -659,7 +665,11 @@ class Session:
 
     async def _after_apply(self, ops: list[Operation]) -> None:
         """The service's own part: the kill switch's server list, and ``block_dns``."""
-        self._sync_servers()
+        # Only when a bypass route came or went: the list is made from all the
+        # session's routes, and remaking it after every batch was quadratic in the
+        # routes (at 30,000: ~100 batches × up to 30,000 keys).
+        if self._servers_stale or any(_names_bypass(op) for op in ops):
+            self._sync_servers()
         forced = WFP_BLOCK_DNS if self.server.settings.block_dns else 0
         flags = self.records.dns.block.flags
         if forced and not flags & forced and self.records.addresses and \
@@ -679,7 +689,9 @@ class Session:
         """Tell the monitor which VPN servers this session uses (openvpn's output and its
         bypass routes): every kill switch must let the tunnels' own traffic through."""
         if self.session_id is None or self.facts is None:
+            self._servers_stale = True  # the next applied batch sends them
             return
+        self._servers_stale = False
         servers = tuple(dict.fromkeys(
             [*self.facts.watcher.servers,
              *(str(k.dst.network_address) for k in self.records.routes if k.bypass)]))

@@ -240,3 +240,17 @@ def test_route_network_fast_path_is_ip_network_strict(data: st.DataObject) -> No
     except Refused:
         got = Refused
     assert got == want
+
+
+def test_only_bypass_route_ops_change_the_kill_switch_server_list() -> None:
+    # session._after_apply remakes the server list only after these (linear, not
+    # quadratic in the routes); every other op leaves the bypass routes as they were.
+    from iservice.session import _names_bypass
+    tun_key = RouteKey(ip_network("10.9.0.0/16"), False, -1)
+    host_key = RouteKey(ip_network("198.51.100.7/32"), True, -1)
+    assert _names_bypass(AddRoute(host_key, 2, GW))
+    assert _names_bypass(DelRoute(host_key, 11))
+    assert not _names_bypass(AddRoute(tun_key, 7, None))
+    assert not _names_bypass(DelRoute(tun_key, 12))
+    assert not _names_bypass(DelTunRoutes(()))
+    assert not _names_bypass(SetMtu(1400))
