@@ -533,6 +533,12 @@ class Session:
                 n, raw = queued.popleft()
                 if n == 0:
                     return batch, True, False
+            if not retried and n == len(raw):
+                fast = policy.decide_fast(raw)
+                if fast is not None:  # a new route through the tun: nothing in flight
+                    self._reserve(fast[1])
+                    batch.append(fast)
+                    continue
             try:
                 if n > m.MAX_MESSAGE_SIZE:
                     raise MessageTooLargeError(f"message of {n} bytes")

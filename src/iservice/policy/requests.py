@@ -289,6 +289,25 @@ class RequestPolicy:
                           f"{msg.type.name.lower()} is not supported on Linux")
         return handler(self, msg)
 
+    def decide_fast(self, raw: bytes) -> tuple[int, AddRoute] | None:
+        """(message_id, op) when ``decide(decode_message(raw))`` would give a new route
+        through this session's tun — the request openvpn sends by the thousand — made
+        without the message object, its two addresses and the table's dispatch
+        (~1.5 µs less per route); None for anything else, refusals and errors included,
+        which the full path then decides.  tests/unit/test_fast_route.py checks that
+        whenever this answers, the full path gives the same operation."""
+        peek = m.peek_ipv4_add_route(raw)
+        if peek is None:
+            return None
+        mid, value, prefix_len, iface, metric = peek
+        if not 0 <= prefix_len <= 32 or value & ((1 << (32 - prefix_len)) - 1) \
+                or metric < -1 or not self._is_own_iface(iface):
+            return None
+        key = RouteKey(IPv4Network((value, prefix_len)), bypass=False, metric=metric)
+        if key in self.records.routes or len(self.records.routes) >= self.limits.max_routes:
+            return None
+        return mid, AddRoute(key, self.tun_ifindex, None)
+
     def _address(self, msg: m.Message) -> Operation:
         assert isinstance(msg, m.AddressMsg)
         self._require_own_iface(msg.iface)

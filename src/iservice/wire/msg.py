@@ -605,6 +605,29 @@ def _dec_route(raw: bytes, t: MsgType, mid: int) -> RouteMsg:
                           _iface(idx, name, mid), metric)
 
 
+_ROUTE_SIZE = _S_ROUTE.size
+_ADD_ROUTE = int(MsgType.ADD_ROUTE)
+
+
+def peek_ipv4_add_route(raw: bytes) -> tuple[int, int, int, Interface, int] | None:
+    """(message_id, prefix as an integer, prefix_len, iface, metric) of an IPv4 add_route
+    message naming an interface decoded before, else None: a shortcut for the request
+    that comes by the thousand, never a verdict (None means "decode it fully", which
+    also finds every error).  The interface is ``_iface``'s cached one, so it was checked
+    (text, NUL) exactly as ``decode_message`` checks it; the gateway is not decoded (a
+    route through the tun ignores it).  tests/unit/test_fast_route.py compares this path
+    with the full one on arbitrary messages."""
+    if len(raw) != _ROUTE_SIZE:
+        return None
+    t, size, mid, fam, prefix, plen, _gw, idx, name, metric = _S_ROUTE.unpack(raw)
+    if t != _ADD_ROUTE or size != _ROUTE_SIZE or fam != WIRE_AF_INET:
+        return None
+    iface = _IFACE_CACHE.get((idx, name))
+    if iface is None:
+        return None
+    return mid, int.from_bytes(prefix[:4], "big"), plen, iface, metric
+
+
 def _dec_dns(raw: bytes, t: MsgType, mid: int) -> DnsCfgMsg:
     _, _, _, idx, name, domains, fam, addr_len, addrs = _S_DNS.unpack(raw)
     iface = _iface(idx, name, mid)
