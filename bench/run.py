@@ -281,6 +281,14 @@ class Watcher:
                 off += (ln + 3) & ~3
         return out
 
+    def first(self, match: Callable[[Event], bool], since: int, what: str,
+              timeout: float = 5) -> Event:
+        """The first event since ``since`` that ``match``es, waiting for it: an event
+        the kernel sent may still be on its way through the stamping child."""
+        found: Event = self.wait(lambda evs: next((e for e in evs if match(e)), None),
+                                 since, timeout, what)
+        return found
+
     def wait(self, pred: Callable[[list[Event]], Any], since: int, timeout: float,
              what: str) -> Any:
         deadline = time.monotonic() + timeout
@@ -744,8 +752,8 @@ class Bench:
                              name=f"root-{n}")
         tail = LogTail(h.log_path)
         t1 = wait_log(tail, INIT_DONE, timeout, lambda: h.proc.poll() is None)
-        evs = self.watcher.events(mark)
-        idx = next(e.ifindex for e in evs if e.type == RTM_NEWLINK and e.name == dev)
+        idx = self.watcher.first(lambda e: e.type == RTM_NEWLINK and e.name == dev,
+                                 mark, f"{dev} created").ifindex
 
         def all_routes(evs: list[Event]) -> list[Event] | None:
             got = [e for e in evs if e.type == RTM_NEWROUTE and e.ifindex == idx
@@ -786,8 +794,8 @@ class Bench:
             time.sleep(0.002)
         tail = LogTail(new[0])
         t1 = wait_log(tail, INIT_DONE, timeout, lambda: pid_alive(pid))
-        evs = self.watcher.events(mark)
-        link = next(e for e in evs if e.type == RTM_NEWLINK and e.name.startswith("istun"))
+        link = self.watcher.first(
+            lambda e: e.type == RTM_NEWLINK and e.name.startswith("istun"), mark, "the tun")
         idx, dev = link.ifindex, link.name
         got = count_routes(self.lab, idx, fam, dst_len)
         if got != n:
@@ -983,9 +991,9 @@ class Bench:
                     raise RuntimeError("no session log")
                 time.sleep(0.005)
             wait_log(LogTail(new[0]), INIT_DONE, 20, lambda: pid_alive(pid))  # noqa: B023
-            evs = self.watcher.events(mark)
-            dev = next(e.name for e in evs if e.type == RTM_NEWLINK
-                       and e.name.startswith("istun"))
+            dev = self.watcher.first(
+                lambda e: e.type == RTM_NEWLINK and e.name.startswith("istun"), mark,
+                "the tun").name
             mark = self.watcher.mark()
             t0 = time.monotonic()
             os.kill(pid, signal.SIGKILL)
