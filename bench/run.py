@@ -187,14 +187,24 @@ while True:
 '''
 
 
-def watch_command(work_dir: Path) -> list[str]:
+def compile_c(source: str, exe: Path, *flags: str, static: bool = False) -> Path | None:
+    """Build a bench-only C program (``cc -O2``); None without a compiler or if it fails.
+    ``static``: linked statically if libc.a is there (libc6-dev), else dynamically."""
     cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is not None:
-        src, exe = work_dir / "watch.c", work_dir / "watch"
-        src.write_text(WATCH_C)
-        if subprocess.run([cc, "-O2", "-o", str(exe), str(src)]).returncode == 0:
-            return [str(exe)]
-    return [sys.executable, "-I", "-S", "-c", WATCH_PY]
+    if cc is None:
+        return None
+    src = exe.with_name(exe.name + ".c")
+    src.write_text(source)
+    for link in ((["-static"], []) if static else ([],)):
+        if subprocess.run([cc, "-O2", *link, "-o", str(exe), str(src), *flags]).returncode == 0:
+            exe.chmod(0o755)
+            return exe
+    return None
+
+
+def watch_command(work_dir: Path) -> list[str]:
+    exe = compile_c(WATCH_C, work_dir / "watch")
+    return [str(exe)] if exe else [sys.executable, "-I", "-S", "-c", WATCH_PY]
 
 
 _WATCH_HEAD = struct.Struct("=dI")
@@ -463,34 +473,20 @@ def build_standin(lab: Lab) -> Path:
     """P3's stand-in openvpn: a static C program that waits to be killed (one exec of a
     small binary), or a shell script running ``sleep`` (two execs, ~1 ms more CPU per
     session, measured) where there is no C compiler."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is not None:
-        d = lab.make_dir("standin", mode=0o755)
-        src = d / "standin.c"
-        src.write_text(STANDIN_C)
-        exe = d / "standin-stay"
-        for static in (["-static"], []):  # static needs libc.a (libc6-dev)
-            if subprocess.run([cc, "-O2", *static, "-o", str(exe), str(src)]).returncode == 0:
-                exe.chmod(0o755)
-                return exe
+    exe = compile_c(STANDIN_C, lab.make_dir("standin", mode=0o755) / "standin-stay",
+                    static=True)
+    if exe is not None:
+        return exe
     return lab.write_file("standin-stay.sh", "#!/bin/sh\nexec /bin/sleep 3600\n", mode=0o755)
 
 
 def build_hook_timer(lab: Lab) -> tuple[Path, Path] | None:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        return None
     d = lab.make_dir("hooktimer", mode=0o755)
-    log_dir = lab.make_dir("hooktimer/log", mode=0o1777)
-    src = d / "timer.c"
-    src.write_text(HOOK_TIMER_C)
-    exe = d / "iservice-hook-timed"
-    log_path = log_dir / "hooks.log"
+    log_path = lab.make_dir("hooktimer/log", mode=0o1777) / "hooks.log"
     real = VENV / "bin" / "iservice-hook"
-    subprocess.run([cc, "-O2", "-o", str(exe), str(src), f'-DREAL="{real}"',
-                    f'-DLOG="{log_path}"'], check=True)
-    exe.chmod(0o755)
-    return exe, log_path
+    exe = compile_c(HOOK_TIMER_C, d / "iservice-hook-timed", f'-DREAL="{real}"',
+                    f'-DLOG="{log_path}"')
+    return (exe, log_path) if exe else None
 
 
 def hook_times(log_path: Path, dev: str, script: str) -> tuple[float, float] | None:

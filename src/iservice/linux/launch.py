@@ -159,11 +159,9 @@ class Spawner:
     path: str
 
 
-def _own_file(path: str | None) -> bool:
+def _own_file(path: str) -> bool:
     """An executable file that only root (or this process's user) can change: the
     service runs it as root, so one that another user could replace is not used."""
-    if path is None:
-        return False
     try:
         st = os.stat(path)
     except OSError:
@@ -174,8 +172,9 @@ def _own_file(path: str | None) -> bool:
 
 def _find_spawners() -> tuple[Spawner, ...]:
     found = []
-    if _own_file(runas_path()):
-        found.append(Spawner("runas", str(runas_path())))
+    runas = runas_path()
+    if runas is not None and _own_file(runas):
+        found.append(Spawner("runas", runas))
     # util-linux's setpriv (Debian: always installed, util-linux is Essential).  Only
     # these fixed locations: the service's own PATH is not trusted for this.
     setpriv = next((p for p in ("/usr/bin/setpriv", "/bin/setpriv") if _own_file(p)), None)
