@@ -31,6 +31,7 @@ from iservice.errors import ChannelError, SettingsError, StartupDataError
 from iservice.policy import requests as rq
 from iservice.policy.argv import quote_argv, split_command_line
 from iservice.policy.options import WHITELIST, validate_options
+from iservice.policy.ownership import MACHINE, Owners
 from iservice.settings import parse_settings
 from iservice.wire import msg as m
 from iservice.wire import startup as w
@@ -80,8 +81,13 @@ def _policy() -> rq.RequestPolicy:
 
     return rq.RequestPolicy(tun_ifindex=TUN_INDEX, tun_name=TUN_NAME,
                             limits=rq.Limits(8, 4, 2), records=records,
-                            default_route=default_route,
-                            shadows_other_session=lambda a: str(a).startswith("10.99."))
+                            default_route=default_route, owners=_OTHERS, session_id=1,
+                            uid=1000)
+
+
+# Another session holds 10.99.0.0/16: a route inside it is refused (ownership).
+_OTHERS = Owners()
+_OTHERS.add(MACHINE, 2, 1001, ip_network("10.99.0.0/16"))
 
 
 def _own(iface: m.Interface) -> bool:

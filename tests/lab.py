@@ -160,6 +160,13 @@ def _pids_of_uids(uids: Iterable[int]) -> list[int]:
     return found
 
 
+def _remove_cgroup(name: str) -> None:
+    """End every process of the lab's cgroup (the services' sessions included) and remove
+    it; in a private mount namespace with its own cgroup2 mount (the host may have none)."""
+    run(["unshare", "--mount", "--propagation", "private", "sh", "-c", _CGROUP_CLEANUP,
+         "lab-cgroup-cleanup", name], check=True)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:
@@ -390,7 +397,24 @@ class ServerHandle(OpenVPNHandle):
 
 # --------------------------------------------------------------------------- the lab
 
-_SERVICE_WRAPPER = 'mount --bind "$1" /dev/net/tun && shift && exec "$@"'
+# The service wrapper: the 0666 tun node over /dev/net/tun, a cgroup v2 hierarchy
+# (`ip netns exec` remounts /sys without one) and the lab's own cgroup, under which the
+# service makes its session cgroups (removed with the lab: _CGROUP_CLEANUP).
+_SERVICE_WRAPPER = """mount --bind "$1" /dev/net/tun || exit 1
+cg=$(awk '/ - cgroup2 / {print $5; exit}' /proc/self/mountinfo)
+if [ -z "$cg" ]; then mount -t cgroup2 none /sys/fs/cgroup || exit 1; cg=/sys/fs/cgroup; fi
+mkdir -p "$cg/$2" && echo $$ > "$cg/$2/cgroup.procs" || exit 1
+shift 2
+exec "$@"
+"""
+_CGROUP_CLEANUP = """mount -t cgroup2 none /sys/fs/cgroup || exit 1
+d=/sys/fs/cgroup/$1
+[ -d "$d" ] || exit 0
+echo 1 > "$d/cgroup.kill"
+i=0
+while grep -q "populated 1" "$d/cgroup.events" && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+find "$d" -depth -type d -exec rmdir {} +
+"""
 _BIND = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
 
 
@@ -423,6 +447,7 @@ class Lab:
             raise ValueError(f"tag must be 1-8 alphanumerics, got {self.tag!r}")
         self.server_ns = f"isv-s-{self.tag}"
         self.client_ns = f"isv-c-{self.tag}"
+        self.cgroup_name = f"isv-lab-{self.tag}"  # the services' cgroup (cgroup v2)
         self._own_base = base_dir is None
         self._base_arg = base_dir
         self.base_dir = Path("/nonexistent")  # set in open()
@@ -541,6 +566,7 @@ class Lab:
             step(f"end {proc.label} (pid {proc.pid})", partial(self._end, proc))
         step("end lab users' processes", self._kill_user_processes)
         step("end processes left in the namespaces", self._kill_namespace_processes)
+        step("remove the lab's cgroups", partial(_remove_cgroup, self.cgroup_name))
         for ns in reversed(self._namespaces):
             step(f"delete netns {ns}", partial(self._delete_ns, ns))
         self._namespaces.clear()
@@ -632,6 +658,7 @@ class Lab:
                 with contextlib.suppress(KeyError):
                     uids.append(pwd.getpwnam(name).pw_uid)
             _kill_pids(_pids_of_uids(uids), why="stale lab user")
+            _remove_cgroup(f"isv-lab-{data.get('tag')}")
             for ns in data.get("namespaces", []):
                 if ns in run(["ip", "netns", "list"]).stdout.split():
                     run(["ip", "netns", "delete", ns], check=False)
@@ -743,7 +770,7 @@ class Lab:
                  for x in ("sh", "-c", _BIND, "lab-bind", str(src), dst)]
         wrapped = ["unshare", "--mount", "--propagation", "private", *binds,
                    "sh", "-c", _SERVICE_WRAPPER, "lab-service", str(self.tun_node),
-                   *self._as_user(argv, user, env)]
+                   self.cgroup_name, *self._as_user(argv, user, env)]
         if self.service_prefix is not None:
             return [*self.service_prefix, *wrapped]
         return self.ns_cmd(self.client_ns, wrapped)

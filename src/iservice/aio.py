@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 async def readable(fd: int, *, until: asyncio.Future[Any] | None = None) -> None:
@@ -25,3 +29,17 @@ async def readable(fd: int, *, until: asyncio.Future[Any] | None = None) -> None
         loop.remove_reader(fd)
         if until is not None:
             until.remove_done_callback(wake)
+
+
+async def shielded(aw: Awaitable[T]) -> T:
+    """Await ``aw`` to its end even if the caller is cancelled meanwhile (cleanup, and
+    work whose result must be known: what a start made must be undone); the caller's
+    cancellation is raised once ``aw`` is done, whose result is then in the future."""
+    fut = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        while not fut.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([fut])
+        raise

@@ -8,6 +8,9 @@ Whose fault an error is decides its type (the h11 habit):
   sent a bad message; each carries the ack it implies (error number, message id).
 * ``SettingsError`` -- the *administrator's* settings file is wrong; it names the
   file, the line and the key.
+* ``JournalError`` -- the *state directory* cannot take a record (full, read-only,
+  damaged); it names the directory, and a change that cannot be journaled is never
+  made.  ``JournalDataError``: a record read back is not one iservice writes.
 * Anything else escaping a codec or a policy function is a bug in iservice.
 """
 
@@ -29,6 +32,8 @@ ERROR_GEN_FAILURE = 31  # a DNS or firewall backend failed
 ERROR_NOT_FOUND = 1168
 ERROR_NOT_ENOUGH_QUOTA = 1816
 ERROR_OBJECT_ALREADY_EXISTS = 5010  # openvpn reads this as "route exists"
+ERROR_WRITE_PROTECT = 19  # the state directory is read-only: nothing can be journaled
+ERROR_DISK_FULL = 112  # the state directory is full: nothing can be journaled
 
 
 class IServiceError(Exception):
@@ -99,3 +104,17 @@ class SettingsError(IServiceError):
         self.key = key
         self.line = line
         self.path = path
+
+
+class JournalError(IServiceError):
+    """The journal cannot record a change (``ack_error`` says why, as the channel's ack
+    and the start reply carry it): the change is not made."""
+
+    def __init__(self, reason: str, ack_error: int = ERROR_DISK_FULL) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.ack_error = ack_error
+
+
+class JournalDataError(IServiceError):
+    """A journal row is not a record iservice writes (a damaged or foreign file)."""

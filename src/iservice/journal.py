@@ -10,17 +10,31 @@ Durability: WAL mode with ``synchronous=NORMAL`` survives the service being kill
 (the case we must handle) without an fsync per change; a batch of thousands of
 routes is one transaction.  ``AUTOINCREMENT`` keeps session ids (and so tun names)
 unique for the life of the file, even across crashes.
+
+What each record holds is declared by its effect module (``iservice/effects``); the
+journal stores and returns ``kind`` + JSON and knows no record's fields.
+
+Failures say whose they are: a state directory that cannot take a write (full,
+read-only) raises ``JournalError`` with the ack error it implies, and the change is not
+made; a file that is not a journal (damaged, truncated, foreign) raises
+``JournalDataError`` at open, and the service moves it aside (``open_journal``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from iservice import errors
+from iservice.errors import JournalDataError, JournalError
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -59,16 +73,59 @@ class SessionRecord:
     info: dict[str, Any]
 
 
+def _storage_error(exc: sqlite3.Error, directory: str) -> JournalError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_READONLY or (code is None and "readonly" in str(exc)):
+        return JournalError(f"the state directory {directory} is read-only ({exc})",
+                            errors.ERROR_WRITE_PROTECT)
+    return JournalError(f"the journal in {directory} cannot be written ({exc})",
+                        errors.ERROR_DISK_FULL)
+
+
 class Journal:
     """Thread-confined: use it from one thread (the service's monitor thread)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        os.chmod(path, 0o600)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self.directory = os.path.dirname(os.path.abspath(path))
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, self.directory) from None
+        try:
+            os.chmod(path, 0o600)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._check()
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            if isinstance(exc, sqlite3.OperationalError) and getattr(
+                    exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_FULL,
+                                                       sqlite3.SQLITE_READONLY,
+                                                       sqlite3.SQLITE_IOERR,
+                                                       sqlite3.SQLITE_CANTOPEN):
+                raise _storage_error(exc, self.directory) from None
+            raise JournalDataError(f"{path} is not a usable journal ({exc})") from None
+        except OSError as exc:
+            self._db.close()
+            raise JournalError(f"the journal {path} cannot be opened ({exc.strerror})") from None
+
+    def _check(self) -> None:
+        """A file that is not iservice's journal is refused, never half-used."""
+        ok = self._db.execute("PRAGMA quick_check").fetchone()
+        if not ok or ok[0] != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {ok[0] if ok else 'no answer'}")
+        tables = {r[0] for r in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and not {"sessions", "changes"} <= tables:
+            raise sqlite3.DatabaseError(f"not an iservice journal (tables {sorted(tables)})")
+
+    def _write(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            raise _storage_error(exc, self.directory) from None
 
     def close(self) -> None:
         self._db.close()
@@ -76,19 +133,28 @@ class Journal:
     # -- sessions -------------------------------------------------------------
 
     def new_session(self, uid: int, client_pid: int, info: dict[str, Any] | None = None) -> int:
-        cur = self._db.execute(
+        cur = self._write(lambda: self._db.execute(
             "INSERT INTO sessions(uid, client_pid, service_pid, created, info) VALUES (?,?,?,?,?)",
-            (uid, client_pid, os.getpid(), time.time(), json.dumps(info or {})))
+            (uid, client_pid, os.getpid(), time.time(), json.dumps(info or {}))))
         assert cur.lastrowid is not None
         return cur.lastrowid
 
     def update_session_info(self, session_id: int, info: dict[str, Any]) -> None:
-        self._db.execute("UPDATE sessions SET info=? WHERE id=?", (json.dumps(info), session_id))
+        self._write(lambda: self._db.execute("UPDATE sessions SET info=? WHERE id=?",
+                                             (json.dumps(info), session_id)))
 
     def sessions(self) -> list[SessionRecord]:
         rows = self._db.execute(
             "SELECT id, uid, client_pid, service_pid, created, info FROM sessions ORDER BY id")
-        return [SessionRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        out = []
+        for r in rows:
+            try:
+                info = json.loads(r[5])
+            except ValueError:
+                info = {}
+            out.append(SessionRecord(r[0], r[1], r[2], r[3], r[4],
+                                     info if isinstance(info, dict) else {}))
+        return out
 
     def end_session(self, session_id: int) -> None:
         """Drop the session and whatever undo records remain (call after undo)."""
@@ -99,8 +165,9 @@ class Journal:
     # -- changes --------------------------------------------------------------
 
     def record(self, session_id: int, kind: str, data: dict[str, Any]) -> int:
-        cur = self._db.execute("INSERT INTO changes(session_id, kind, data) VALUES (?,?,?)",
-                               (session_id, kind, json.dumps(data, separators=(",", ":"))))
+        cur = self._write(lambda: self._db.execute(
+            "INSERT INTO changes(session_id, kind, data) VALUES (?,?,?)",
+            (session_id, kind, json.dumps(data, separators=(",", ":")))))
         assert cur.lastrowid is not None
         return cur.lastrowid
 
@@ -126,8 +193,9 @@ class Journal:
         return list(range(first, first + len(texts)))
 
     def update(self, change_id: int, data: dict[str, Any]) -> None:
-        self._db.execute("UPDATE changes SET data=? WHERE id=?",
-                         (json.dumps(data, separators=(",", ":")), change_id))
+        self._write(lambda: self._db.execute(
+            "UPDATE changes SET data=? WHERE id=?",
+            (json.dumps(data, separators=(",", ":")), change_id)))
 
     def forget(self, change_ids: Iterable[int]) -> None:
         """Remove records of changes that were undone, or never happened."""
@@ -141,30 +209,35 @@ class Journal:
         rows = self._db.execute(
             "SELECT id, session_id, kind, data FROM changes WHERE session_id=? ORDER BY id DESC",
             (session_id,))
-        return [Change(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+        return [_change(r) for r in rows]
 
-    def undo_changes(self, session_id: int) -> list[Change]:
-        """``changes``, less what goes with the session's tun device when it is deleted:
-        its addresses and the routes through it (not bypass routes).  Filtered by SQLite:
-        reading and parsing 30,000 route records only to skip them took ~80 ms of the
-        undo (the figure of the teardown benchmark at 30,000 routes was 110 ms)."""
+    def changes_except(self, session_id: int, skip_sql: str) -> list[Change]:
+        """``changes``, less the rows matching ``skip_sql`` (an SQL condition over the row,
+        ``?1`` = the session; the effect modules give it: e.g. what goes with the
+        session's tun).  Filtered by SQLite, not parsed to be skipped."""
         rows = self._db.execute(
             "SELECT id, session_id, kind, data FROM changes WHERE session_id = ?1 "
-            f"AND kind != 'addr' AND NOT ({_THROUGH_TUN}) ORDER BY id DESC", (session_id,))
-        return [Change(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+            f"AND NOT ({skip_sql}) ORDER BY id DESC", (session_id,))
+        return [_change(r) for r in rows]
 
-    def tun_routes6(self, session_id: int) -> list[dict[str, Any]]:
-        """The session's IPv6 routes through its tun (the ones ``undo_changes`` leaves
-        out), for deleting them before the tun (see ``Monitor.undo_session``)."""
-        rows = self._db.execute(
-            "SELECT data FROM changes WHERE session_id = ?1 "
-            f"AND instr(json_extract(data, '$.dst'), ':') > 0 AND {_THROUGH_TUN}", (session_id,))
-        return [json.loads(r[0]) for r in rows]
+    def data_where(self, session_id: int, sql: str) -> list[dict[str, Any]]:
+        """The data of the session's rows matching ``sql`` (as for ``changes_except``)."""
+        rows = self._db.execute(f"SELECT data FROM changes WHERE session_id = ?1 AND ({sql})",
+                                (session_id,))
+        out = []
+        for r in rows:
+            try:
+                d = json.loads(r[0])
+            except ValueError:
+                continue
+            if isinstance(d, dict):
+                out.append(d)
+        return out
 
     def get(self, change_id: int) -> Change | None:
         r = self._db.execute("SELECT id, session_id, kind, data FROM changes WHERE id=?",
                              (change_id,)).fetchone()
-        return None if r is None else Change(r[0], r[1], r[2], json.loads(r[3]))
+        return None if r is None else _change(r)
 
     def count(self, session_id: int | None = None) -> int:
         if session_id is None:
@@ -183,7 +256,7 @@ class Journal:
         return int(row[0]) + 1
 
     def _tx(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self.directory)
 
     def transaction(self) -> _Transaction:
         """Several statements, one commit (``with journal.transaction(): ...``).
@@ -192,22 +265,43 @@ class Journal:
         each instead of ~15 µs per statement (measured; each commit appends to the WAL).
         Do not nest, nor call ``record_many``/``forget``/``end_session`` inside.
         """
-        return _Transaction(self._db)
+        return _Transaction(self._db, self.directory)
 
 
-# A route record of session ?1 through one of the session's tuns (not a bypass route):
-# such routes go with the tun when it is deleted.
-_THROUGH_TUN = ("kind = 'route' AND json_extract(data, '$.bypass') = 0 "
-                "AND json_extract(data, '$.oif') IN (SELECT json_extract(data, '$.ifindex') "
-                "FROM changes WHERE session_id = ?1 AND kind = 'tun')")
+def _change(r: tuple[Any, ...]) -> Change:
+    try:
+        data = json.loads(r[3])
+    except ValueError:
+        raise JournalDataError(f"journal record {r[0]} is not JSON") from None
+    if not isinstance(data, dict):
+        raise JournalDataError(f"journal record {r[0]} is not a JSON object")
+    return Change(r[0], r[1], r[2], data)
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on an error); a write the state
+    directory cannot take becomes ``JournalError``."""
+
+    def __init__(self, db: sqlite3.Connection, directory: str) -> None:
         self._db = db
+        self._directory = directory
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _storage_error(exc, self._directory) from None
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as err:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise _storage_error(err, self._directory) from None
+            return
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError):
+            raise _storage_error(exc, self._directory) from None

@@ -1,44 +1,58 @@
-"""The privileged part: a closed set of typed operations, journaled, in one thread.
+"""The privileged part: a closed set of typed jobs, journaled, served fairly, in one thread.
 
-Like OpenSSH's monitor, this is the only code that changes the system.  Every
-public method is one row of the allowed vocabulary; each takes values the
-request policy already checked (ifindexes, ``ipaddress`` objects, ranged ints),
-never wire bytes or user-supplied interface names.  All methods run in a single
-worker thread (``Monitor.call``), which owns the netlink socket and the journal,
-so changes are serialized and the journal is always written *before* the change.
+Like OpenSSH's monitor, this is the only code that changes the system.  It runs the jobs
+below and nothing else — there is no way to hand it a function — each through one row
+of ``Monitor._run`` (a ``match`` that mypy checks for exhaustiveness with
+``assert_never``).  A job carries values the request policy already checked (ifindexes,
+``ipaddress`` objects, ranged ints), never wire bytes or names a client supplied; the
+effect modules (``iservice/effects``) journal each change *before* making it and undo it
+from the journal alone.
 
-Undo reads only the journal, newest first.  Routes and addresses on a session's
-tun die with the tun, so undo deletes those implicitly by deleting the tun last;
-everything else (bypass routes, later DNS and firewall state) is undone
-explicitly.  Routes carry our own ``rtm_protocol``, and are deleted with it, so
-undo can never remove a route the session did not add.
+* ``StartSession``: journal the session, its cgroup and tun; make them; spawn openvpn
+  into the cgroup; journal its pid; send the PID reply → ``Started`` (or ``StartFailed``);
+* ``Apply``: a session's decided operations, in order (routes in netlink batches) → one
+  ``Applied`` per operation;
+* ``SetInfo``: the session's journaled details (openvpn's start time) → ``None``;
+* ``SetServers``: a session's VPN servers, which every kill switch lets through → ``None``;
+* ``Undo``: end the session's processes, undo every record newest first → the problems;
+* ``Recover``: at start, ``Undo`` every session a killed service left → ``Recovered``s;
+* ``QueryDefaultRoute``: the default route of a family (bypass-route decisions).
 
-DNS (``SetDns``) goes to the backend chosen at start (``linux.dns``): one ``dns``
-record per session, written before its first change, undone with the backend
-named in the record (the setting may have changed across a crash).  The kill
-switch (``SetBlock``) is one nftables table per session (``linux.firewall``), a
-``nft`` record naming it.  Both are undone before the tun is deleted (newest first).
+**Fairness.**  Jobs are queued per *lane* (one per session, one per pending connection,
+one for the service's own jobs) and served round robin, one *turn* per lane: a turn is
+one job, or at most ``TURN_OPS`` operations of a large ``Apply`` (a flood of 100,000
+routes is served 512 at a time, another session's start or ack gets the next turn), or
+one backend operation (``nft``, DNS), which is the slow kind.  Nothing a session sends can
+make the thread work for it longer than a turn while another lane waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
-import contextlib
 import errno
 import logging
+import os
 import socket
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from ipaddress import ip_address, ip_network
-from typing import Any, TypeVar
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, assert_never
 
-from iservice import errors
-from iservice.journal import Journal, SessionRecord
+from iservice import audit, errors
+from iservice.effects import address, cgroup, decode_record, route, tun
+from iservice.effects import dns as dns_effect
+from iservice.effects import firewall as fw_effect
+from iservice.effects.cgroup import CgroupRecord
+from iservice.effects.tun import TunRecord
+from iservice.errors import JournalDataError, JournalError
+from iservice.journal import Change, Journal, SessionRecord
 from iservice.linux import firewall, launch
-from iservice.linux import tun as tundev
-from iservice.linux.dns import DnsBackend, DnsError, FileDns, NoDns, ResolvconfDns, ResolvedDns
-from iservice.linux.netlink import NetlinkError, Route, RouteSpec, Rtnl
+from iservice.linux.cgroup import Cgroups
+from iservice.linux.dns import DnsBackend, DnsError, NoDns
+from iservice.linux.identity import UserIdentity
+from iservice.linux.netlink import Rtnl
 from iservice.policy.requests import (
     AddAddress,
     AddRoute,
@@ -54,57 +68,117 @@ from iservice.policy.requests import (
     SetDns,
     SetMtu,
 )
+from iservice.wire import startup as w
 
 log = logging.getLogger("iservice.monitor")
-T = TypeVar("T")
 
-TUN_NAME_ATTEMPTS = 10
+TURN_OPS = 512  # operations of one Apply per turn (~3-4 ms of netlink and journal)
 
-# Kernel errnos that mean "already gone" when undoing.
-_GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
+# What goes with a session's tun when the device is deleted: its addresses and the
+# routes through it (the undo query leaves them out; their records go with the tun's).
+GOES_WITH_TUN_SQL = f"kind = 'addr' OR ({route.THROUGH_TUN_SQL})"
+TUN_ROUTES6_SQL = f"({route.THROUGH_TUN_SQL}) AND instr(json_extract(data, '$.dst'), ':') > 0"
 
 
 def errno_to_ack(err: int) -> int:
     """The ack's error_number for a kernel errno (openvpn reads 5010 as "exists")."""
-    if err == errno.EEXIST:
-        return errors.ERROR_OBJECT_ALREADY_EXISTS
-    if err in (errno.ENOENT, errno.ESRCH):
-        return errors.ERROR_NOT_FOUND
-    if err in (errno.EPERM, errno.EACCES):
-        return errors.ERROR_ACCESS_DENIED
-    return err
+    return route.ack_error(err)
 
 
-DnsFactory = Callable[[Callable[[int, dict[str, Any]], None]], DnsBackend]
+# -- the jobs -----------------------------------------------------------------------
 
 
-@dataclass
-class _Block:
-    table: str
-    flags: int
-    change_id: int
-    scope_uid: int | None = None
-    unscoped: int = 0
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything the monitor needs to spawn a session's openvpn (all checked values)."""
+    exe: str
+    user_argv: tuple[str, ...]  # the approved options, before the service's own
+    hook_kind: str  # "plugin" | "script"
+    hook_path: str
+    user: UserIdentity
+    workdir: str
+    nice: int
+    stdin: bytes
+    channel_fd: int  # openvpn's end of the session channel
+    output_fd: int  # the write end of the session's output pipe
+    facts_fd: int | None
+
+    def argv(self, tun_name: str) -> list[str]:
+        return [*self.user_argv, *launch.service_options(
+            self.hook_kind, self.hook_path, tun_name, self.channel_fd, self.facts_fd)]
+
+
+@dataclass(frozen=True)
+class StartSession:
+    uid: int
+    gid: int
+    client_pid: int
+    info: dict[str, Any] = field(hash=False)
+    launch: LaunchSpec = field(hash=False)
+    reply_to: socket.socket | None = field(hash=False)  # the client: the PID reply
+    who: dict[str, Any] = field(hash=False)  # the audit line's who-fields
+
+
+@dataclass(frozen=True)
+class Apply:
+    session_id: int
+    tun_ifindex: int
+    ops: tuple[Operation, ...]
+
+
+@dataclass(frozen=True)
+class SetInfo:
+    session_id: int
+    info: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class SetServers:
+    session_id: int
+    uid: int
+    servers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Undo:
+    session_id: int
+
+
+@dataclass(frozen=True)
+class Recover:
+    """Undo the sessions a killed service left in the journal."""
+
+
+@dataclass(frozen=True)
+class QueryDefaultRoute:
+    family: int
+
+
+Job = StartSession | Apply | SetInfo | SetServers | Undo | Recover | QueryDefaultRoute
 
 
 @dataclass(frozen=True)
 class Started:
-    """What ``Monitor.start_session`` made: the journaled session, its tun, openvpn."""
+    """What ``StartSession`` made: the journaled session, its tun, openvpn."""
     session_id: int
     tun_name: str
     tun_ifindex: int
     child: launch.Child
     info: dict[str, Any]  # as journaled; "start_time" still None
+    argv: tuple[str, ...]  # openvpn's full command line
+    replied: bool  # the PID reply went out from the monitor thread
 
 
 class StartFailed(Exception):
-    """``start_session`` failed at ``stage`` (``"tun"``, ``"spawn"`` or ``"journal"``).
+    """``StartSession`` failed at ``stage`` (``"journal"``, ``"cgroup"``, ``"tun"`` or
+    ``"spawn"``).
 
-    The session exists in the journal (``session_id``) with whatever was made, and
-    ``child`` is openvpn if it was started: the caller's undo ends and removes them.
+    ``session_id`` is the journaled session (None if even that failed), with whatever
+    was made, and ``child`` is openvpn if it was started: the caller's undo ends and
+    removes them.
     """
 
-    def __init__(self, session_id: int, stage: str, error: BaseException,
+    def __init__(self, session_id: int | None, stage: str, error: BaseException,
                  child: launch.Child | None = None) -> None:
         super().__init__(session_id, stage, error)
         self.session_id = session_id
@@ -120,476 +194,473 @@ class Applied:
     change_id: int | None = None
 
 
-def _route_json(op: AddRoute) -> str:
-    """The journal record of a route add: JSON text built directly (json.dumps of a dict
-    was ~1.9 µs a route, this ~0.7; tests/unit/test_journal.py checks it is the JSON of
-    the same values).  Addresses and networks format as plain ASCII: nothing to escape."""
-    k = op.key
-    gw = "null" if op.gateway is None else f'"{op.gateway}"'
-    return (f'{{"dst":"{k.dst_text}","oif":{op.oif},"metric":{k.metric},"gw":{gw},'
-            f'"bypass":{"true" if k.bypass else "false"}}}')
+@dataclass(frozen=True)
+class Recovered:
+    session_id: int
+    uid: int
+    pid: object
+    killed: bool
+    problems: tuple[str, ...]
 
 
-def _route_of(op: AddRoute) -> RouteSpec:
-    """The kernel route of a decided add (the same route ``_route_json`` records), as
-    values: the policy has checked them (netlink's fast path, ``RouteSpec``)."""
-    metric = op.key.metric
-    return RouteSpec(op.key.dst, op.oif, op.gateway, None if metric < 0 else metric)
+# -- the scheduler ------------------------------------------------------------------
 
 
-def _route_spec(d: dict[str, Any]) -> RouteSpec:
-    """A journaled route as netlink's fast-path values."""
-    return RouteSpec(ip_network(d["dst"]), d["oif"],
-                     None if d["gw"] is None else ip_address(d["gw"]),
-                     None if d["metric"] < 0 else d["metric"])
+@dataclass
+class _Task:
+    job: Job
+    future: concurrent.futures.Future[Any]
+    pos: int = 0  # Apply: the next operation
+    results: list[Applied] = field(default_factory=list)
 
 
-def _route_from_data(d: dict[str, Any]) -> Route:
-    """A journaled route, checked (it comes back from the state file)."""
-    return _route_spec(d).route()
+class _Lanes:
+    """Round robin over lanes, each a FIFO of tasks (module docstring: fairness)."""
+
+    def __init__(self) -> None:
+        self._lanes: dict[Hashable, collections.deque[_Task]] = {}
+        self._ready: collections.deque[Hashable] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, lane: Hashable, task: _Task) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the monitor is closed")
+            q = self._lanes.get(lane)
+            if q is None:
+                self._lanes[lane] = q = collections.deque()
+                self._ready.append(lane)
+            q.append(task)
+            self._cond.notify()
+
+    def take(self) -> tuple[Hashable, _Task] | None:
+        """The next lane's first task (it stays queued until ``turn_done``)."""
+        with self._cond:
+            while not self._ready:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            lane = self._ready.popleft()
+            return lane, self._lanes[lane][0]
+
+    def turn_done(self, lane: Hashable, finished: bool) -> None:
+        with self._cond:
+            q = self._lanes[lane]
+            if finished:
+                q.popleft()
+            if q:
+                self._ready.append(lane)  # to the back: the others go first
+            else:
+                del self._lanes[lane]
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+DnsFactory = Callable[[Callable[[int, dict[str, Any]], None]], DnsBackend]
 
 
 class Monitor:
-    def __init__(self, journal_path: str, *, rtnl_factory: Callable[[], Rtnl] = Rtnl,
-                 dns_factory: DnsFactory | None = None) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="monitor")
-        self._journal_path = journal_path
-        self._rtnl_factory = rtnl_factory
-        self._dns_factory = dns_factory
+    """The privileged thread.  ``journal_path``'s journal must open (``JournalError``,
+    ``JournalDataError`` otherwise, raised here)."""
+
+    def __init__(self, journal_path: str, *, cgroups: Cgroups | None,
+                 rtnl_factory: Callable[[], Rtnl] = Rtnl,
+                 dns_factory: DnsFactory | None = None, instance: str = "") -> None:
+        self._lanes = _Lanes()
+        self.cgroups = cgroups
+        self.instance = instance
         self.journal: Journal
         self.rtnl: Rtnl
-        self.dns: DnsBackend
-        self._dns_changes: dict[int, int] = {}  # session id → its "dns" journal record
-        self._blocks: dict[int, _Block] = {}  # session id → its kill-switch table
-        # session id → (its user, its VPN servers): every kill switch lets them through
-        self._servers: dict[int, tuple[int, tuple[str, ...]]] = {}
-        self._pool.submit(self._open).result()
-        # tun ifindex of each live session: their tun routes die with the tun.
-        self._tuns: dict[int, int] = {}
+        self.dns: dns_effect.Dns
+        self.firewall: fw_effect.Firewall
+        self._tuns: dict[int, int] = {}  # tun ifindex of each live session
+        opened: concurrent.futures.Future[None] = concurrent.futures.Future()
 
-    def _open(self) -> None:
-        self.journal = Journal(self._journal_path)
-        self.rtnl = self._rtnl_factory()
-        self.dns = NoDns() if self._dns_factory is None else self._dns_factory(self.journal.update)
+        def main() -> None:
+            try:
+                self.journal = Journal(journal_path)
+                self.rtnl = rtnl_factory()
+                backend = NoDns() if dns_factory is None else dns_factory(self.journal.update)
+                self.dns = dns_effect.Dns(self.journal, backend)
+                self.firewall = fw_effect.Firewall(self.journal)
+            except BaseException as exc:
+                opened.set_exception(exc)
+                return
+            opened.set_result(None)
+            self._serve()
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self.submit(fn, *args)
+        self._thread = threading.Thread(target=main, name="monitor", daemon=True)
+        self._thread.start()
+        opened.result()
 
-    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Queue ``fn(*args)`` for the monitor thread now (not at the caller's next await,
-        as a coroutine would), so it runs while the caller goes on."""
-        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+    @property
+    def dns_backend(self) -> DnsBackend:
+        return self.dns.backend
+
+    # -- the loop's side ------------------------------------------------------
+
+    def submit(self, lane: Hashable, job: Job) -> asyncio.Future[Any]:
+        """Queue ``job`` in ``lane`` now (not at the caller's next await, as a coroutine
+        would), so it runs while the caller goes on; the result comes as a future."""
+        return asyncio.wrap_future(self.submit_sync(lane, job))
+
+    def submit_sync(self, lane: Hashable, job: Job) -> concurrent.futures.Future[Any]:
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._lanes.put(lane, _Task(job, fut))
+        return fut
+
+    async def call(self, lane: Hashable, job: Job) -> Any:
+        return await self.submit(lane, job)
 
     def close(self) -> None:
-        def _close() -> None:
-            self.dns.close()
-            self.rtnl.close()
-            self.journal.close()
-        self._pool.submit(_close).result()
-        self._pool.shutdown()
+        self._lanes.close()
+        self._thread.join()
+        self.dns.backend.close()
+        self.rtnl.close()
+        self.journal.close()
 
-    # -- rows of the vocabulary (run in the monitor thread) -------------------
+    # -- the thread -----------------------------------------------------------
 
-    def begin_session(self, uid: int, client_pid: int, info: dict[str, Any]) -> int:
-        session_id: int = self.journal.new_session(uid, client_pid, info)
-        return session_id
-
-    def set_session_info(self, session_id: int, info: dict[str, Any]) -> None:
-        self.journal.update_session_info(session_id, info)
-
-    def create_tun(self, session_id: int, uid: int, gid: int) -> tuple[str, int]:
-        """Create the session's tun ``istun<id>``; returns (name, ifindex).
-
-        Session ids are unique per journal, but another service instance (or
-        something else) in the same network namespace may already own that name:
-        then ``istun<id>.<k>`` is tried.  An existing device is never taken over.
-        """
-        name, ifindex, change = self._make_tun(session_id, uid, gid, None)
-        self.journal.update(change, {"name": name, "ifindex": ifindex})
-        return name, ifindex
-
-    def _make_tun(self, session_id: int, uid: int, gid: int,
-                  change: int | None) -> tuple[str, int, int]:
-        """``create_tun`` without the ifindex update: (name, ifindex, its journal record).
-
-        ``change``, if given, is the record of the first name, already written.
-        """
-        for k in range(TUN_NAME_ATTEMPTS):
-            name = f"istun{session_id}" + (f".{k}" if k else "")
-            if change is None:
-                change = self.journal.record(session_id, "tun", {"name": name, "ifindex": None})
+    def _serve(self) -> None:
+        while True:
+            taken = self._lanes.take()
+            if taken is None:
+                return
+            lane, task = taken
+            finished = True
             try:
-                ifindex = tundev.create_tun(name, uid, gid)
+                if isinstance(task.job, Apply):
+                    finished = self._apply_turn(task)
+                    if finished:
+                        task.future.set_result(task.results)
+                else:
+                    task.future.set_result(self._run(task.job))
+            except BaseException as exc:  # the caller gets it; the thread goes on
+                task.future.set_exception(exc)
+                finished = True
+            self._lanes.turn_done(lane, finished)
+
+    def _run(self, job: Job) -> Any:
+        """The closed dispatch table: one row per job type."""
+        match job:
+            case StartSession():
+                return self._start(job)
+            case Apply():
+                task = _Task(job, concurrent.futures.Future())
+                while not self._apply_turn(task):
+                    pass
+                return task.results
+            case SetInfo():
+                self.journal.update_session_info(job.session_id, job.info)
+                return None
+            case SetServers():
+                self.firewall.set_servers(job.session_id, job.uid, job.servers)
+                return None
+            case Undo():
+                return self._undo(job.session_id)
+            case Recover():
+                return self._recover()
+            case QueryDefaultRoute():
+                return self._default_route(job.family)
+            case _:
+                assert_never(job)
+
+    # -- start ----------------------------------------------------------------
+
+    def _start(self, job: StartSession) -> Started:
+        """A session's whole start in one turn: journal, cgroup, tun, openvpn, its pid.
+
+        Journal order: the session, its cgroup's path and its tun's name and mark are
+        committed *before* anything exists, so a crash at any later moment leaves
+        records that find everything (the cgroup holds openvpn and all it forks, from
+        before it runs as the user; the tun carries the mark).  openvpn's pid is
+        journaled right after the spawn, before the client learns it; the PID reply is
+        sent from this thread (waking the event loop first cost 0.1-1.6 ms).
+        """
+        try:
+            with self.journal.transaction():
+                session_id: int = self.journal.new_session(job.uid, job.client_pid, job.info)
+                group = None
+                if self.cgroups is not None:
+                    group = CgroupRecord(self.cgroups.path_for(session_id))
+                    self.journal.record(session_id, group.KIND, group.to_data())
+                first = TunRecord(tun.names(session_id)[0], None,
+                                  tun.alias_for(self.instance, session_id))
+                change = self.journal.record(session_id, first.KIND, first.to_data())
+        except Exception as exc:
+            raise StartFailed(None, "journal", exc) from None
+        procs_fd: int | None = None
+        try:
+            if group is not None:
+                assert self.cgroups is not None
+                self.cgroups.create(group.path)
+                procs_fd = self.cgroups.open_procs(group.path)
+        except Exception as exc:
+            raise StartFailed(session_id, "cgroup", exc) from None
+        try:
+            try:
+                rec, ifindex, change = self._make_tun(session_id, job.uid, job.gid, first,
+                                                      change)
+            except Exception as exc:
+                raise StartFailed(session_id, "tun", exc) from None
+            spec = job.launch
+            argv = spec.argv(rec.name)
+            try:
+                child = launch.start_openvpn(
+                    spec.exe, argv, user=spec.user, workdir=spec.workdir, nice=spec.nice,
+                    stdin=spec.stdin, channel_fd=spec.channel_fd, output_fd=spec.output_fd,
+                    extra_fds=() if spec.facts_fd is None else (spec.facts_fd,),
+                    cgroup_fd=procs_fd)
+            except Exception as exc:
+                raise StartFailed(session_id, "spawn", exc) from None
+        finally:
+            if procs_fd is not None:
+                os.close(procs_fd)
+        full = {**job.info, "tun": rec.name, "pid": child.pid, "start_time": None}
+        try:
+            with self.journal.transaction():
+                done = TunRecord(rec.name, ifindex, rec.alias)
+                self.journal.update(change, done.to_data())
+                self.journal.update_session_info(session_id, full)
+        except Exception as exc:
+            raise StartFailed(session_id, "journal", exc, child) from None
+        self._tuns[session_id] = ifindex
+        audit.record(logging.INFO, "started", **job.who, session=session_id, pid=child.pid,
+                     verdict="allowed", tun=rec.name, argv=" ".join(argv))
+        replied = False
+        if job.reply_to is not None:
+            try:
+                # Non-blocking; a first small message on a fresh connection fits.
+                job.reply_to.send(w.encode_reply(w.PidReply(child.pid)))
+                replied = True
+            except BlockingIOError:
+                pass  # the loop sends it
+            except OSError:
+                replied = True  # the client is gone: nothing to send
+        return Started(session_id, rec.name, ifindex, child, full, tuple(argv), replied)
+
+    def _make_tun(self, session_id: int, uid: int, gid: int, first: TunRecord,
+                  change: int) -> tuple[TunRecord, int, int]:
+        """The session's tun under the first free name; (record, ifindex, record id).
+        ``change`` is the record of the first name, already written."""
+        rec = first
+        for k, name in enumerate(tun.names(session_id)):
+            if k:
+                rec = TunRecord(name, None, tun.alias_for(self.instance, session_id))
+                change = self.journal.record(session_id, rec.KIND, rec.to_data())
+            try:
+                return rec, tun.create(self.rtnl, rec, uid, gid), change
             except FileExistsError:
                 self.journal.forget([change])
-                change = None
                 continue
             except OSError:
                 self.journal.forget([change])
                 raise
-            self._tuns[session_id] = ifindex
-            self.rtnl.link_set(ifindex, up=True)
-            return name, ifindex, change
         raise FileExistsError(errno.EEXIST, f"istun{session_id} and its variants all exist")
 
-    def start_session(self, uid: int, gid: int, client_pid: int, info: dict[str, Any],
-                      spawn: Callable[[str], launch.Child],
-                      announce: Callable[[Started], None] | None = None) -> Started:
-        """A session's whole start in one call: journal, tun, openvpn, its pid journaled.
-
-        One call instead of three (``begin_session``, ``create_tun``,
-        ``set_session_info``) and the spawn here rather than on the event loop: each
-        thread switch cost ~50 µs, and concurrent starts no longer wait behind each
-        other's steps in this thread's queue (P3, docs/performance.md).  ``spawn(tun)``
-        starts openvpn for the tun; it may raise OSError.  ``announce(started)``, once
-        all is journaled, tells the client (the PID reply) from this thread: waking the
-        event loop first cost 0.1 ms on a quiet machine and up to 1.6 ms on a busy one
-        (the new child takes a CPU meanwhile).  Raises ``StartFailed``.
-
-        Journal order and crash recovery: the session and its tun's name are committed
-        *before* the tun exists (undo deletes it by name even without the ifindex), and
-        openvpn's pid right after the spawn, in this thread, before the client learns
-        it.  Its start time comes later (``Started.info`` + ``set_session_info``, from
-        the session, after the reply): reading ``/proc/PID/stat`` right after the spawn
-        blocks until the child is through its ``exec`` (0.2-1.2 ms measured, most of
-        what was left of P1).  Recovery (``server._recover``) ends a leftover openvpn
-        only if its pid *and* start time match (``launch.kill_if_same``), never a
-        recycled pid; so if the service is killed in the ~1 ms before the start time is
-        journaled (or in the ~20 µs between spawn and the pid's commit) that openvpn is
-        not ended, but its tun is still deleted and its channel to the service is gone
-        with the service, so it can change nothing (before this change the same window
-        was two thread switches and a ``/proc`` read long).
-        """
-        with self.journal.transaction():
-            session_id: int = self.journal.new_session(uid, client_pid, info)
-            first = self.journal.record(session_id, "tun",
-                                        {"name": f"istun{session_id}", "ifindex": None})
-        # Any failure (a bug too) says which session it leaves, so that it is undone.
-        try:
-            name, ifindex, change = self._make_tun(session_id, uid, gid, first)
-        except Exception as exc:
-            raise StartFailed(session_id, "tun", exc) from None
-        try:
-            child = spawn(name)
-        except Exception as exc:
-            raise StartFailed(session_id, "spawn", exc) from None
-        full = {**info, "tun": name, "pid": child.pid, "start_time": None}
-        try:
-            with self.journal.transaction():
-                self.journal.update(change, {"name": name, "ifindex": ifindex})
-                self.journal.update_session_info(session_id, full)
-        except Exception as exc:
-            raise StartFailed(session_id, "journal", exc, child) from None
-        started = Started(session_id, name, ifindex, child, full)
-        if announce is not None:
-            try:
-                announce(started)
-            except Exception:  # the session replies from the loop instead
-                log.exception("event=announce-failed session=%d", session_id)
-        return started
-
-    def default_route(self, family: int) -> DefaultRoute | None:
+    def _default_route(self, family: int) -> DefaultRoute | None:
         r = self.rtnl.default_route(family)
         if r is None or r.gateway is None or r.oif is None:
             return None
         return DefaultRoute(gateway=r.gateway, oif=r.oif)
 
-    def apply(self, session_id: int, tun_ifindex: int,
-              ops: Sequence[Operation]) -> list[Applied]:
-        """Apply decided operations in order; consecutive route ops go as one batch."""
-        results: list[Applied] = []
-        i = 0
-        while i < len(ops):
+    # -- apply ----------------------------------------------------------------
+
+    def _apply_turn(self, task: _Task) -> bool:
+        """Up to ``TURN_OPS`` operations of an Apply (or one backend operation); True
+        when the job is done."""
+        job = task.job
+        assert isinstance(job, Apply)
+        ops, sid, tun_ifindex = job.ops, job.session_id, job.tun_ifindex
+        budget = TURN_OPS
+        i = task.pos
+        while i < len(ops) and budget > 0:
             op = ops[i]
             if isinstance(op, AddRoute | DelRoute):
                 j = i
-                while j < len(ops) and isinstance(ops[j], AddRoute | DelRoute):
+                while j < len(ops) and j - i < budget and isinstance(ops[j], AddRoute | DelRoute):
                     j += 1
-                results.extend(self._routes(session_id, tun_ifindex, ops[i:j]))
+                task.results.extend(self._guarded(self._routes, j - i, sid, ops[i:j]))
+                budget -= j - i
                 i = j
                 continue
             if isinstance(op, DelTunRoutes):
-                done = self._routes(session_id, tun_ifindex, op.routes) if op.routes else []
-                results.append(Applied(next((r.error for r in done if r.error), 0)))
+                done = self._guarded(self._routes, len(op.routes), sid, op.routes) \
+                    if op.routes else []
+                task.results.append(Applied(next((r.error for r in done if r.error), 0)))
+                budget -= max(1, len(op.routes))
             else:
-                results.append(self._one(session_id, tun_ifindex, op))
+                task.results.append(self._guarded(self._one, 1, sid, tun_ifindex, op)[0])
+                budget -= TURN_OPS if isinstance(op, SetDns | SetBlock | FlushDns) else 1
             i += 1
-        return results
+        task.pos = i
+        return i >= len(ops)
 
-    def _one(self, session_id: int, tun_ifindex: int, op: Operation) -> Applied:
+    @staticmethod
+    def _guarded(fn: Callable[..., list[Applied]], count: int, *args: Any) -> list[Applied]:
+        """A change that cannot be journaled is not made: its ack carries why."""
         try:
-            if isinstance(op, AddAddress):
-                if op.existing is not None:  # already journaled: put it in again
-                    try:
-                        self.rtnl.addr_add(tun_ifindex, op.key.address, op.key.prefix_len)
-                    except OSError as exc:
-                        if exc.errno != errno.EEXIST:
-                            raise
-                    return Applied(0, op.existing)
-                data = {"address": str(op.key.address), "prefix_len": op.key.prefix_len,
-                        "ifindex": tun_ifindex}
-                change = self.journal.record(session_id, "addr", data)
-                try:
-                    self.rtnl.addr_add(tun_ifindex, op.key.address, op.key.prefix_len)
-                except OSError:
-                    self.journal.forget([change])
-                    raise
-                return Applied(0, change)
-            if isinstance(op, DelAddress):
-                try:
-                    self.rtnl.addr_del(tun_ifindex, op.key.address, op.key.prefix_len)
-                except OSError as exc:
-                    if exc.errno not in _GONE:
-                        raise
-                self.journal.forget([op.change_id])
-                return Applied(0)
-            if isinstance(op, SetMtu):
-                # Not journaled: the tun is ours and is deleted at the end.
-                self.rtnl.link_set(tun_ifindex, mtu=op.mtu)
-                return Applied(0)
-            if isinstance(op, FlushNeighbors):
-                self.rtnl.neigh_flush(tun_ifindex, op.family)
-                return Applied(0)
-            if isinstance(op, Nothing):
-                return Applied(0)
-            if isinstance(op, SetDns):
-                return self._set_dns(session_id, tun_ifindex, op)
-            if isinstance(op, FlushDns):
-                self.dns.flush()
-                return Applied(0)
-            if isinstance(op, SetBlock):
-                return self._set_block(session_id, op)
+            return fn(*args)
+        except JournalError as exc:
+            log.error("event=journal-failed reason=%r", exc.reason)
+            return [Applied(exc.ack_error)] * count
+
+    def _routes(self, session_id: int, ops: Sequence[Operation]) -> list[Applied]:
+        return [Applied(err, cid) for err, cid in route.apply(self.journal, self.rtnl,
+                                                               session_id, ops)]
+
+    def _one(self, session_id: int, tun_ifindex: int, op: Operation) -> list[Applied]:
+        return [self._one_op(session_id, tun_ifindex, op)]
+
+    def _one_op(self, session_id: int, tun_ifindex: int, op: Operation) -> Applied:
+        try:
+            match op:
+                case AddAddress():
+                    return Applied(0, address.add(self.journal, self.rtnl, session_id,
+                                                  tun_ifindex, op))
+                case DelAddress():
+                    address.delete(self.journal, self.rtnl, tun_ifindex, op)
+                    return Applied(0)
+                case SetMtu():
+                    # Not journaled: the tun is ours and is deleted at the end.
+                    self.rtnl.link_set(tun_ifindex, mtu=op.mtu)
+                    return Applied(0)
+                case FlushNeighbors():
+                    self.rtnl.neigh_flush(tun_ifindex, op.family)
+                    return Applied(0)
+                case Nothing():
+                    return Applied(0)
+                case SetDns():
+                    return Applied(0, self.dns.set(session_id, tun_ifindex, op))
+                case FlushDns():
+                    self.dns.flush()
+                    return Applied(0)
+                case SetBlock():
+                    return Applied(0, self.firewall.set_block(session_id, op))
+                case AddRoute() | DelRoute() | DelTunRoutes():
+                    raise AssertionError("routes are applied in batches")
+                case _:
+                    assert_never(op)
         except (firewall.NftError, DnsError) as exc:
             log.warning("event=backend-failed session=%d error=%r", session_id, str(exc))
             return Applied(errors.ERROR_GEN_FAILURE)
         except OSError as exc:
             return Applied(errno_to_ack(exc.errno or errno.EIO))
-        raise TypeError(f"not an operation: {op!r}")
 
-    def _routes(self, session_id: int, tun_ifindex: int,
-                ops: Sequence[Operation]) -> list[Applied]:
-        fresh = [op for op in ops if isinstance(op, AddRoute) and op.existing is None]
-        ids = iter(self.journal.record_many_json(session_id, "route",
-                                                 [_route_json(a) for a in fresh]))
-        batch: list[tuple[bool, Route | RouteSpec]] = []
-        change_ids: list[int | None] = []
-        again: set[int] = set()  # batch positions re-adding an already journaled route
-        for op in ops:
-            if isinstance(op, AddRoute):
-                batch.append((True, _route_of(op)))  # no text round trip (profiled)
-                if op.existing is None:
-                    change_ids.append(next(ids))
-                else:
-                    again.add(len(change_ids))
-                    change_ids.append(op.existing)
-            else:
-                assert isinstance(op, DelRoute)
-                recorded = self.journal.get(op.change_id)
-                if recorded is None:  # cannot happen: the policy matched the record
-                    raise LookupError(f"journal record {op.change_id} is missing")
-                batch.append((False, _route_from_data(recorded.data)))
-                change_ids.append(op.change_id)
-        errs = self.rtnl.routes_apply(batch)
-        forget: list[int] = []
-        out: list[Applied] = []
-        for pos, ((is_add, _route), cid, err) in enumerate(
-                zip(batch, change_ids, errs, strict=True)):
-            if not is_add and err in _GONE:
-                err = 0  # already gone: the delete's intent holds
-            if pos in again:
-                if err == errno.EEXIST:
-                    err = 0  # still there: nothing to do
-                out.append(Applied(errno_to_ack(err) if err else 0, cid))
-                continue
-            # A failed add and a done delete both leave nothing to undo.
-            if cid is not None and (bool(err) == is_add):
-                forget.append(cid)
-            out.append(Applied(errno_to_ack(err) if err else 0, cid if is_add else None))
-        self.journal.forget(forget)
-        return out
+    # -- undo -----------------------------------------------------------------
 
-    # -- DNS -----------------------------------------------------------------------
-
-    def _set_dns(self, session_id: int, tun_ifindex: int, op: SetDns) -> Applied:
-        change = self._dns_changes.get(session_id)
-        if op.state.empty:
-            if change is not None:
-                self._revert_dns(session_id, change)
-            return Applied(0)
-        ifname = socket.if_indextoname(tun_ifindex)
-        fresh = change is None
-        if change is None:
-            change = self.journal.record(session_id, "dns",
-                                         self.dns.undo_data(session_id, tun_ifindex, ifname))
-            self._dns_changes[session_id] = change
-        try:
-            self.dns.apply(session_id, tun_ifindex, ifname, op.state.link(), change)
-        except OSError:
-            if fresh:
-                with contextlib.suppress(OSError):
-                    self._revert_dns(session_id, change)
-            raise
-        return Applied(0, change)
-
-    def _revert_dns(self, session_id: int, change: int) -> None:
-        rec = self.journal.get(change)
-        if rec is not None:
-            self._dns_backend(rec.data).revert(session_id, rec.data)
-        self.journal.forget([change])
-        self._dns_changes.pop(session_id, None)
-
-    def _dns_backend(self, data: dict[str, Any]) -> DnsBackend:
-        """The backend that made a record: the current one, or one made for the undo."""
-        name = data.get("backend")
-        if name == self.dns.name and (name != "file" or
-                                      data.get("path") == getattr(self.dns, "path", None)):
-            return self.dns
-        if name == "resolved":
-            return ResolvedDns()
-        if name == "resolvconf":
-            return ResolvconfDns(str(data["exe"]))
-        if name == "file":
-            return FileDns(str(data["path"]), self.journal.update)
-        return NoDns()
-
-    # -- the kill switch ------------------------------------------------------------
-
-    def _all_servers(self) -> dict[int, list[str]]:
-        out: dict[int, list[str]] = {}
-        for uid, addrs in self._servers.values():
-            out.setdefault(uid, [])
-            out[uid] += [a for a in addrs if a not in out[uid]]
-        return out
-
-    def _set_block(self, session_id: int, op: SetBlock) -> Applied:
-        cur = self._blocks.get(session_id)
-        if op.flags == 0:
-            if cur is not None:
-                firewall.delete_table(cur.table)
-                self.journal.forget([cur.change_id])
-                del self._blocks[session_id]
-            return Applied(0)
-        if cur is not None:
-            firewall.replace_table(cur.table, op.flags, self._all_servers(),
-                                   scope_uid=op.scope_uid, unscoped=op.unscoped)
-            cur.flags, cur.scope_uid, cur.unscoped = op.flags, op.scope_uid, op.unscoped
-            return Applied(0, cur.change_id)
-        for k in range(firewall.TABLE_ATTEMPTS):
-            name = firewall.table_name(session_id, k)
-            change = self.journal.record(session_id, "nft", {"table": name})
-            try:
-                firewall.create_table(name, op.flags, self._all_servers(),
-                                      scope_uid=op.scope_uid, unscoped=op.unscoped)
-            except OSError as exc:
-                self.journal.forget([change])
-                if exc.errno == errno.EEXIST:
-                    continue
-                raise
-            self._blocks[session_id] = _Block(name, op.flags, change, op.scope_uid, op.unscoped)
-            return Applied(0, change)
-        raise firewall.NftError(errno.EEXIST, f"iservice_{session_id} and its variants exist")
-
-    def set_servers(self, session_id: int, uid: int, servers: Sequence[str]) -> None:
-        """The VPN server addresses of a session: every kill switch lets the user's
-        packets to them through (the tunnel's own connection)."""
-        before = self._all_servers()
-        if servers:
-            self._servers[session_id] = (uid, tuple(servers))
-        else:
-            self._servers.pop(session_id, None)
-        if self._all_servers() != before:
-            self._sync_blocks()
-
-    def _sync_blocks(self) -> None:
-        servers = self._all_servers()
-        for sid, block in self._blocks.items():
-            try:
-                firewall.replace_table(block.table, block.flags, servers,
-                                       scope_uid=block.scope_uid, unscoped=block.unscoped)
-            except OSError as exc:
-                log.error("event=block-sync-failed session=%d table=%s error=%r", sid,
-                          block.table, str(exc))
-
-    def forget(self, change_ids: Sequence[int]) -> None:
-        self.journal.forget(change_ids)
-
-    def undo_session(self, session_id: int) -> list[str]:
+    def _undo(self, session_id: int) -> list[str]:
         """Undo everything the journal holds for the session; returns problems seen.
 
-        A change whose undo failed stays in the journal with its session, so the
-        next start of the service tries it again; everything else is forgotten.
+        First every process of the session ends (its cgroup), so nothing of it runs
+        while its state goes.  Then the records, newest first, each by its own
+        effect module; a record goes only once its undo succeeded or its object is
+        verifiably gone; one whose undo failed stays in the journal with its session,
+        and the next start tries it again.  What goes with the tun (its addresses and
+        routes) goes when the tun is verifiably gone.
         """
         problems: list[str] = []
-        # Addresses and routes through the session's tun go with the tun (in the kernel,
-        # at once): the journal does not even hand them out (Journal.undo_changes).
-        changes = self.journal.undo_changes(session_id)
-        owner = next((s.uid for s in self.journal.sessions() if s.id == session_id), None)
-        kept: set[int] = set()
+        try:
+            changes = self.journal.changes_except(session_id, GOES_WITH_TUN_SQL)
+        except JournalDataError as exc:
+            return [f"journal: {exc}"]
+        records = []
         for c in changes:
+            try:
+                records.append((c, decode_record(c.kind, c.data)))
+            except JournalDataError as exc:
+                problems.append(f"record {c.id}: {exc}")
+        for _c, rec in records:  # the processes first
+            if isinstance(rec, CgroupRecord) and self.cgroups is not None:
+                try:
+                    cgroup.end(self.cgroups, rec)
+                except OSError as exc:
+                    problems.append(f"cgroup {rec.path}: {exc}")
+        kept: set[int] = {c.id for c in changes} - {c.id for c, _ in records}
+        tun_gone = True
+        for c, rec in records:
             seen = len(problems)
             try:
-                if c.kind == "route":
-                    err = self.rtnl.routes_apply([(False, _route_from_data(c.data))])[0]
-                    if err and err not in _GONE:
-                        problems.append(f"route {c.data['dst']}: {errno.errorcode.get(err, err)}")
-                elif c.kind == "dns":
-                    self._dns_backend(c.data).revert(session_id, c.data)
-                elif c.kind == "nft":
-                    firewall.delete_table(str(c.data["table"]))
-                elif c.kind == "tun":
-                    self._drop_tun_routes6(session_id)
-                    self._delete_tun(c.data, owner)
-                else:
-                    problems.append(f"unknown journal record kind {c.kind!r}")
+                problem = self._undo_record(session_id, rec)
+                if problem is not None:
+                    problems.append(problem)
             except OSError as exc:
-                if exc.errno not in _GONE:
+                if exc.errno not in route.GONE:
                     problems.append(f"{c.kind} {c.data}: {exc}")
             if len(problems) > seen:
                 kept.add(c.id)
-        if kept:
-            # What went with the tun stays journaled while the tun does (if its delete
-            # failed, the next start tries it again, and then they go too).
-            self.journal.forget(c.id for c in changes if c.id not in kept)
-            problems.append(f"{len(kept)} change(s) kept in the journal for the next start")
-        else:
-            self.journal.end_session(session_id)
+                if isinstance(rec, TunRecord):
+                    tun_gone = False
         self._tuns.pop(session_id, None)
-        self._dns_changes.pop(session_id, None)
-        self._blocks.pop(session_id, None)
-        if self._servers.pop(session_id, None) and self._blocks:
-            self._sync_blocks()
+        self.dns.session_ended(session_id)
+        self.firewall.session_ended(session_id)
+        try:
+            if kept or not tun_gone:
+                # What went with the tun stays journaled while the tun does.
+                self.journal.forget(c.id for c in changes if c.id not in kept)
+                problems.append(f"{len(kept)} change(s) kept in the journal for the next start")
+            else:
+                self.journal.end_session(session_id)
+        except JournalError as exc:
+            problems.append(f"journal: {exc.reason} (the undone records are removed at the "
+                            "next start)")
         return problems
 
-    def _drop_tun_routes6(self, session_id: int) -> None:
-        """Delete the tun's IPv6 routes in one batch before the tun: the kernel's flush of
-        a deleted link's IPv6 routes is slower (1,000 routes: teardown 32 ms against 18 ms
-        for openvpn as root, which deletes them first).  Best effort: whatever is left
-        goes with the tun anyway."""
-        specs = [(False, _route_spec(d)) for d in self.journal.tun_routes6(session_id)]
-        if specs:
-            with contextlib.suppress(OSError, ValueError):
-                self.rtnl.routes_apply(specs)
+    def _undo_record(self, session_id: int, rec: Any) -> str | None:
+        match rec:
+            case route.RouteRecord():
+                return route.undo(self.rtnl, rec)
+            case dns_effect.DnsRecord():
+                self.dns.undo(session_id, rec)
+            case fw_effect.TableRecord():
+                self.firewall.undo(rec)
+            case TunRecord():
+                route.drop_tun_routes6(self.rtnl,
+                                       self.journal.data_where(session_id, TUN_ROUTES6_SQL))
+                tun.undo(self.rtnl, rec)
+            case CgroupRecord():
+                if self.cgroups is None:
+                    return f"cgroup {rec.path}: no cgroup hierarchy to remove it from"
+                cgroup.undo(self.cgroups, rec)
+            case address.AddressRecord():
+                pass  # goes with the tun
+            case _:
+                return f"unexpected record {rec!r}"
+        return None
 
-    def _delete_tun(self, data: dict[str, Any], owner: int | None) -> None:
-        # Found by name whether or not its ifindex was recorded (the service may have
-        # been killed in between).  The name was recorded before the device was made,
-        # so after a crash in that window it may name a device someone else created
-        # (another instance in this network namespace): a tun owned by another uid
-        # is left alone.  delete_tun refuses a device that is not a tun.
-        name = str(data["name"])
-        found = tundev.tun_owner(name)
-        if owner is not None and found is not None and found != owner:
-            log.warning("event=tun-not-ours name=%s owner=%d expected=%d", name, found, owner)
-            return
-        tundev.delete_tun(name, rtnl=self.rtnl)
+    # -- recovery -------------------------------------------------------------
 
-    def leftover_sessions(self) -> list[SessionRecord]:
-        return self.journal.sessions()
+    def _recover(self) -> list[Recovered]:
+        out = []
+        for rec in self.journal.sessions():
+            pid, start = rec.info.get("pid"), rec.info.get("start_time")
+            # Sessions of a version without cgroups: end the openvpn it started, only if
+            # it is the very process (pid and start time), never a recycled pid.
+            grouped = self._has_cgroup(rec)
+            killed = (not grouped and isinstance(pid, int)
+                      and isinstance(start, int) and launch.kill_if_same(pid, start))
+            problems = self._undo(rec.id)
+            out.append(Recovered(rec.id, rec.uid, pid, killed or grouped, tuple(problems)))
+        return out
+
+    def _has_cgroup(self, rec: SessionRecord) -> bool:
+        return any(c.kind == CgroupRecord.KIND for c in self._changes(rec.id))
+
+    def _changes(self, session_id: int) -> list[Change]:
+        try:
+            return self.journal.changes(session_id)
+        except JournalDataError:
+            return []
 
 
 def family_name(family: int) -> str:
     return "IPv4" if family == socket.AF_INET else "IPv6"
 
 
-__all__ = ["Applied", "Monitor", "NetlinkError", "StartFailed", "Started", "errno_to_ack",
-           "family_name"]
+__all__ = ["Applied", "Apply", "LaunchSpec", "Monitor", "QueryDefaultRoute", "Recover",
+           "Recovered", "SetInfo", "SetServers", "StartFailed", "StartSession", "Started",
+           "Undo", "errno_to_ack", "family_name"]

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import fcntl
 import gc
 import grp
 import logging
@@ -26,21 +27,19 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from iservice import audit, errors
 from iservice.aio import readable
 from iservice.control import ControlServer
-from iservice.errors import StartupDataError
+from iservice.errors import JournalDataError, JournalError, StartupDataError
 from iservice.linux import launch
+from iservice.linux.cgroup import CgroupError, Cgroups
 from iservice.linux.dns import DnsBackend, DnsError, make_backend
 from iservice.linux.identity import peer_credentials
-from iservice.linux.netlink import Rtnl
-from iservice.monitor import Monitor
+from iservice.monitor import Monitor, Recover, Recovered
 from iservice.plugin import plugin_path
-from iservice.policy.redirect import FACTS_ENV
-from iservice.policy.requests import DefaultRoute
+from iservice.policy.ownership import Owners
 from iservice.session import Phase, Session
 from iservice.settings import Settings
 from iservice.wire import startup as w
@@ -48,6 +47,7 @@ from iservice.wire import startup as w
 log = logging.getLogger("iservice.server")
 
 _MAX_DRAINING = 64  # see Server._too_many
+SERVICE_LANE = ("service", 0)  # the monitor lane of the service's own jobs
 
 # Errors from accept() that mean "out of resources now", not "listener broken".
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -230,10 +230,10 @@ class Server:
         self.hook = select_hook(settings)
         self.sessions: set[Session] = set()
         self._conns_by_uid: Counter[int] = Counter()
-        self._conn_count = 0
         self._stopping = False
         self._draining = 0  # refused connections whose request is being taken (bounded)
-        self._query_rtnl: Rtnl | None = None
+        self._pending: set[Session] = set()  # connections not (yet) a running session
+        self.owners = Owners()  # every live session's routes (policy/ownership.py)
         self._trim: asyncio.TimerHandle | None = None  # memory give-back once idle
         self.monitor: Monitor
         self._control_listener: socket.socket
@@ -243,17 +243,8 @@ class Server:
     def service_options(self, tun: str, channel_fd: int,
                         facts_fd: int | None = None) -> list[str]:
         """Appended last, so they win over the user's options (SPEC §4)."""
-        facts = [] if facts_fd is None else ["--setenv", FACTS_ENV, str(facts_fd)]
-        if self.hook.kind == "plugin":
-            # In-process: no script, so no --script-security 2; openvpn calls the plugin
-            # at up, route-up, route-pre-down and down, as it would run the scripts.
-            hooks = ["--plugin", self.hook.path, str(channel_fd)]
-        else:
-            cmd = f"{self.hook.path} {channel_fd}"
-            hooks = ["--script-security", "2", "--up", cmd, "--route-up", cmd,
-                     "--route-pre-down", cmd, "--down", cmd]
-        return ["--dev", tun, "--dev-type", "tun", "--disable-dco",
-                "--ifconfig-noexec", "--route-noexec", *hooks, "--up-restart", *facts]
+        return launch.service_options(self.hook.kind, self.hook.path, tun, channel_fd,
+                                      facts_fd)
 
     def session_log_path(self, session_id: int) -> str | None:
         if self.settings.log_dir is None:
@@ -271,29 +262,21 @@ class Server:
                                    f"at most {self.settings.max_sessions_per_user} at a time",
                                    code=errors.ERROR_CANT_WAIT)
 
-    def default_route(self, family: int) -> DefaultRoute | None:
-        if self._query_rtnl is None:
-            self._query_rtnl = Rtnl()
-        r = self._query_rtnl.default_route(family)
-        if r is None or r.gateway is None or r.oif is None:
-            return None
-        return DefaultRoute(gateway=r.gateway, oif=r.oif)
+    def session_running(self, session: Session) -> None:
+        """The session's openvpn runs: its connection no longer counts as pending."""
+        self._unpend(session)
 
-    def shadows(self, asking: Session, addr: IPv4Address | IPv6Address) -> bool:
-        """Would a host route to ``addr`` shadow a route another live session owns?"""
-        for s in self.sessions:
-            if s is asking:
-                continue
-            for key in s.records.routes:
-                if not key.bypass and key.dst.version == addr.version and addr in key.dst:
-                    return True
-            for akey in s.records.addresses:
-                if akey.address == addr:
-                    return True
-        return False
+    def _unpend(self, session: Session) -> None:
+        if session in self._pending:
+            self._pending.discard(session)
+            uid = session.creds.uid
+            self._conns_by_uid[uid] -= 1
+            if not self._conns_by_uid[uid]:
+                del self._conns_by_uid[uid]
 
     def forget(self, session: Session) -> None:
         self.sessions.discard(session)
+        self._unpend(session)
         if not self.sessions and self._trim is None:
             # Not at once: a full collection blocks the loop for a few ms, and a user
             # who starts sessions one after another would wait for it every time.
@@ -317,6 +300,16 @@ class Server:
         d = self.settings.state_dir
         os.makedirs(d, mode=0o700, exist_ok=True)
         check_private_dir(d, "state_dir")
+        # One service per state directory: a second one (same settings, started by hand)
+        # would take the first's live sessions for a crash's leftovers and undo them.
+        try:
+            self._lock_fd = os.open(os.path.join(d, "lock"),
+                                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartupError(f"another service uses the state directory {d}") from None
+        except OSError as exc:
+            raise StartupError(f"state_dir {d}: {exc.strerror}") from None
         if self.settings.log_dir:
             os.makedirs(self.settings.log_dir, mode=0o750, exist_ok=True)
         return os.path.join(d, "journal.sqlite3")
@@ -374,16 +367,10 @@ class Server:
         return sock
 
     async def _recover(self) -> None:
-        mon = self.monitor
-        for rec in await mon.call(mon.leftover_sessions):
-            # The openvpn of a session whose service died still runs as the user;
-            # end it first (only if it is the very process we started).
-            pid, start = rec.info.get("pid"), rec.info.get("start_time")
-            killed = isinstance(pid, int) and isinstance(start, int) and \
-                launch.kill_if_same(pid, start)
-            problems = await mon.call(mon.undo_session, rec.id)
+        done: list[Recovered] = await self.monitor.call(SERVICE_LANE, Recover())
+        for r in done:
             log.warning("event=recovered session=%d uid=%d pid=%s killed=%s problems=%r",
-                        rec.id, rec.uid, pid, killed, "; ".join(problems) or "none")
+                        r.session_id, r.uid, r.pid, r.killed, "; ".join(r.problems) or "none")
 
     # -- run ------------------------------------------------------------------
 
@@ -395,11 +382,22 @@ class Server:
             audit.record(logging.WARNING, "insecure-config-dir",
                          config_dir=self.settings.config_dir, reason=problem)
         try:
-            self.monitor = Monitor(journal_path, dns_factory=self._dns_backend)
+            cgroups = Cgroups.find(self.settings.state_dir)
+        except (CgroupError, OSError) as exc:
+            raise StartupError(f"session cgroups: {exc.strerror or exc}") from None
+        try:
+            self.monitor = Monitor(journal_path, cgroups=cgroups, dns_factory=self._dns_backend,
+                                   instance=self.settings.instance)
         except DnsError as exc:
             raise StartupError(f"DNS: {exc.strerror}") from None
+        except JournalError as exc:
+            raise StartupError(f"journal: {exc.reason}") from None
+        except JournalDataError as exc:
+            raise StartupError(f"journal: {exc}") from None
         log.info("event=dns-backend setting=%s backend=%s block_dns=%s",
-                 self.settings.dns_backend, self.monitor.dns.name, self.settings.block_dns)
+                 self.settings.dns_backend, self.monitor.dns_backend.name,
+                 self.settings.block_dns)
+        log.info("event=cgroups base=%s", cgroups.base)
         try:
             await self._recover()
             listener = self._listen()
@@ -420,8 +418,6 @@ class Server:
                         os.unlink(self.settings.socket_path)
         finally:
             self.monitor.close()
-            if self._query_rtnl is not None:
-                self._query_rtnl.close()
 
     async def _serve(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -463,14 +459,16 @@ class Server:
                 conn.setblocking(False)
                 creds = peer_credentials(conn)
                 session = Session(self, conn, creds, number)
-                if self._conn_count >= self.settings.max_clients or \
+                if len(self._pending) >= self.settings.max_clients or \
                         self._conns_by_uid[creds.uid] >= self.settings.max_clients_per_user:
                     tg.create_task(self._too_many(session))
                     continue
                 self.sessions.add(session)
                 # Counted at admission, not when the task first runs: a burst of
-                # connections is accepted before any session task starts.
-                self._conn_count += 1
+                # connections is accepted before any session task starts.  Counted
+                # while pending only: live sessions have their own limit, so users with
+                # sessions never fill max_clients for everybody else.
+                self._pending.add(session)
                 self._conns_by_uid[creds.uid] += 1
                 tg.create_task(self._run_session(session))
             except Exception:
@@ -479,14 +477,10 @@ class Server:
                 conn.close()
 
     async def _run_session(self, session: Session) -> None:
-        uid = session.creds.uid
         try:
             await session.run()
         finally:
-            self._conn_count -= 1
-            self._conns_by_uid[uid] -= 1
-            if not self._conns_by_uid[uid]:
-                del self._conns_by_uid[uid]
+            self._unpend(session)
 
     async def _too_many(self, session: Session) -> None:
         audit.record(logging.WARNING, "too-many-clients", uid=session.creds.uid,

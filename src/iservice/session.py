@@ -17,14 +17,13 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from iservice import audit, errors
-from iservice.aio import readable
+from iservice.aio import readable, shielded
 from iservice.control import VpnState
-from iservice.errors import ChannelError, MessageTooLargeError, StartupDataError
+from iservice.errors import StartupDataError
 from iservice.facts import SessionFacts, read_option_facts
 from iservice.linux import launch, mmsg
 from iservice.linux.identity import (
@@ -35,24 +34,28 @@ from iservice.linux.identity import (
     user_identity,
 )
 from iservice.linux.netlink import SO_SNDBUFFORCE
-from iservice.monitor import Applied, Started, StartFailed
+from iservice.monitor import (
+    Applied,
+    Apply,
+    LaunchSpec,
+    QueryDefaultRoute,
+    SetInfo,
+    SetServers,
+    Started,
+    StartFailed,
+    StartSession,
+    Undo,
+)
 from iservice.output import SessionOutput
-from iservice.policy.dns import BlockState
+from iservice.pipeline import Batch, Pipeline
 from iservice.policy.options import Approved, OsPathResolver, validate_options
+from iservice.policy.ownership import scope_for
 from iservice.policy.redirect import OptionFacts
 from iservice.policy.requests import (
-    AddAddress,
-    AddRoute,
-    DelAddress,
-    DelRoute,
-    DelTunRoutes,
     Limits,
-    Operation,
-    Refused,
     RequestPolicy,
     SessionRecords,
     SetBlock,
-    SetDns,
 )
 from iservice.wire import msg as m
 from iservice.wire import startup as w
@@ -65,28 +68,7 @@ log = logging.getLogger("iservice.session")
 
 STARTUP_TIMEOUT = 2.0  # seconds for the startup message (the original's IO_TIMEOUT)
 STARTUP_BUFSIZE = w.MAX_STARTUP_UNITS * 2 + 2  # one unit more than allowed: "too long"
-CHANNEL_BATCH = 4096  # messages decided and applied together (one journal transaction)
 MAX_INFLIGHT = 2  # batches handed to the monitor and not yet answered
-
-Batch = list[tuple[int, int | Operation]]  # (message_id, ack error | decided operation)
-
-
-def _in_flight(op: Operation) -> bool:
-    """Does ``op`` name a record whose add is still in flight (reserved as -1)?  Its
-    outcome decides this op (a delete needs the record's id; a re-add of a failed add
-    would be a new route), so it waits until that add has settled."""
-    if isinstance(op, DelRoute | DelAddress):
-        return op.change_id == -1
-    if isinstance(op, AddRoute | AddAddress):
-        return op.existing == -1
-    if isinstance(op, DelTunRoutes):
-        return any(d.change_id == -1 for d in op.routes)
-    return False
-
-
-def _names_bypass(op: Operation) -> bool:
-    """Does ``op`` add or delete a bypass route (one of the kill switch's servers)?"""
-    return isinstance(op, AddRoute | DelRoute) and op.key.bypass
 
 
 class Phase(enum.Enum):
@@ -165,7 +147,9 @@ class Session:
     _option_facts: OptionFacts | None = None  # read while validating, used by _launch
     _servers: tuple[str, ...] = ()  # VPN server addresses the kill switch lets through
     _servers_stale = True  # not yet handed to the monitor since they may have changed
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _servers_job: asyncio.Future[Any] | None = None  # a SetServers in the monitor
+    _pipeline: Pipeline | None = None
+    _tasks: set[asyncio.Future[Any]] = field(default_factory=set)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- logging --------------------------------------------------------------
@@ -266,6 +250,11 @@ class Session:
         approved, self._option_facts = await as_fs_user(user, check)
         return approved
 
+    @property
+    def lane(self) -> tuple[str, int]:
+        """This session's lane in the monitor (one per connection: served fairly)."""
+        return ("conn", self.number)
+
     async def _launch(self, data: w.StartupData, approved: Approved) -> None:
         if self._stop.is_set():  # the service began to stop while we validated
             raise StartupDataError("The service is stopping", code=errors.ERROR_OPENVPN_STARTUP)
@@ -289,42 +278,20 @@ class Session:
         svc_end.setblocking(False)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         self._output_fd = out_r
-        stdin = data.stdin.encode("utf-8", "surrogatepass")
-        argv: list[str] = []
-
-        def spawn(tun_name: str) -> launch.Child:
-            # In the monitor thread, right after the tun exists (Monitor.start_session).
-            assert facts.child_fd is not None
-            argv[:] = [*approved.argv, *self.server.service_options(
-                tun_name, child_end.fileno(), facts.child_fd)]
-            return launch.start_openvpn(
-                settings.exe_path, argv, user=user, workdir=data.workdir,
-                nice=settings.priority, stdin=stdin, channel_fd=child_end.fileno(),
-                output_fd=out_w, extra_fds=(facts.child_fd,))
-
-        replied: list[bool] = []
-
-        def announce(started: Started) -> None:
-            # In the monitor thread, once the pid is journaled: the audit line, then the
-            # PID reply straight away (Monitor.start_session says why).  The loop does
-            # not touch these attributes nor the client socket until the call returns.
-            self.session_id, self.child = started.session_id, started.child
-            self.tun_name = started.tun_name
-            self._log(logging.INFO, "started", verdict="allowed", tun=started.tun_name,
-                      argv=" ".join(argv))
-            try:
-                # Non-blocking; a first small message on a fresh connection fits.
-                self.conn.send(w.encode_reply(w.PidReply(started.child.pid)))
-            except BlockingIOError:
-                return  # the loop sends it
-            except OSError:
-                self.client_connected = False
-            replied.append(True)
-
+        hook = self.server.hook
+        assert facts.child_fd is not None
+        spec = LaunchSpec(
+            exe=settings.exe_path, user_argv=tuple(approved.argv), hook_kind=hook.kind,
+            hook_path=hook.path, user=user, workdir=data.workdir, nice=settings.priority,
+            stdin=data.stdin.encode("utf-8", "surrogatepass"), channel_fd=child_end.fileno(),
+            output_fd=out_w, facts_fd=facts.child_fd)
+        job = StartSession(
+            uid=user.uid, gid=user.gid, client_pid=self.creds.pid,
+            info={"user": user.name, "argv": list(approved.argv), "workdir": data.workdir},
+            launch=spec, reply_to=self.conn,
+            who={"uid": self.creds.uid, "client_pid": self.creds.pid, "conn": self.number})
         try:
-            started = await self._start_in_monitor(
-                user, {"user": user.name, "argv": list(approved.argv),
-                       "workdir": data.workdir}, spawn, announce)
+            started = await self._start_in_monitor(job)
         finally:
             child_end.close()
             os.close(out_w)
@@ -332,14 +299,15 @@ class Session:
         self.session_id, self.tun_name = started.session_id, started.tun_name
         self.tun_ifindex, self.child = started.tun_ifindex, started.child
         self.phase = Phase.RUNNING
+        self.server.session_running(self)
         self.started_at = time.time()
-        if not replied:
+        if not started.replied:
             await self._reply(w.PidReply(self.child.pid))
         await self._after_reply(started, facts)
 
     async def _after_reply(self, started: Started, facts: SessionFacts) -> None:
         """What the PID reply need not wait for: the session's log file, and openvpn's
-        start time in the journal (see ``Monitor.start_session``).
+        start time in the journal (for sessions without a cgroup: see ``Monitor._recover``).
 
         Both in one executor thread, off the loop: creating the log file in
         ``log_dir`` took 0.1 ms alone and 0.8 ms of CPU per start in a burst of 100, and
@@ -360,9 +328,8 @@ class Session:
 
         job = loop.run_in_executor(None, work)
         try:
-            output, start, problem = await asyncio.shield(job)
+            output, start, problem = await shielded(job)
         except asyncio.CancelledError:  # the session ends: close the log file made
-            await asyncio.wait([job])
             if not job.cancelled() and job.exception() is None:
                 job.result()[0].close()
             raise
@@ -376,26 +343,24 @@ class Session:
         # one.  (None: it is gone already, there is nothing a recovery could end.)
         if start is None or started.child.proc.returncode is not None:
             return
-        mon = self.server.monitor
-        task = asyncio.ensure_future(mon.call(mon.set_session_info, started.session_id,
-                                              {**started.info, "start_time": start}))
-        self._tasks.add(task)  # _undo waits for it
-        task.add_done_callback(self._tasks.discard)
+        self._keep(self.server.monitor.submit(
+            self.lane, SetInfo(started.session_id, {**started.info, "start_time": start})))
 
-    async def _start_in_monitor(self, user: UserIdentity, info: dict[str, object],
-                                spawn: Callable[[str], launch.Child],
-                                announce: Callable[[Started], None]) -> Started:
-        """``Monitor.start_session``, with what it made kept for the undo even if it
-        failed or this task was cancelled meanwhile (the monitor thread goes on using
-        the descriptors ``spawn`` passes: they are closed only once it is done)."""
-        mon = self.server.monitor
-        call = asyncio.ensure_future(mon.call(mon.start_session, user.uid, user.gid,
-                                              self.creds.pid, info, spawn, announce))
+    def _keep(self, fut: asyncio.Future[Any]) -> None:
+        """A monitor job the session does not wait for now; ``_undo`` waits for it."""
+        self._tasks.add(fut)
+        fut.add_done_callback(self._tasks.discard)
+
+    async def _start_in_monitor(self, job: StartSession) -> Started:
+        """``StartSession``, with what it made kept for the undo even if it failed or this
+        task was cancelled meanwhile (the monitor thread goes on using the descriptors
+        it was given: they are closed only once it is done)."""
+        call = self.server.monitor.submit(self.lane, job)
         try:
             try:
-                return await asyncio.shield(call)
+                started: Started = await shielded(call)
+                return started
             except asyncio.CancelledError:
-                await asyncio.wait([call])
                 error = None if call.cancelled() else call.exception()
                 if error is None and not call.cancelled():
                     self.session_id, self.child = call.result().session_id, call.result().child
@@ -406,6 +371,10 @@ class Session:
             self.session_id = exc.session_id
             self.child = exc.child
             err = exc.error
+            if isinstance(err, errors.JournalError):
+                self._log(logging.ERROR, "journal-failed", reason=err.reason)
+                raise StartupDataError("Cannot record the session", err.reason,
+                                       code=err.ack_error) from None
             if not isinstance(err, OSError):
                 raise err from None  # a bug: logged as such; the undo still runs
             code = err.errno or 1
@@ -415,6 +384,9 @@ class Session:
             if exc.stage == "spawn":
                 raise StartupDataError("Cannot start openvpn", os.strerror(code),
                                        code=code) from None
+            if exc.stage == "cgroup":
+                raise StartupDataError("Cannot create the session's cgroup",
+                                       os.strerror(code), code=code) from None
             raise err from None
 
     async def _serve(self) -> None:
@@ -453,15 +425,21 @@ class Session:
 
     def _policy(self) -> RequestPolicy:
         assert self.tun_ifindex is not None and self.tun_name is not None
+        assert self.session_id is not None
         s = self.server.settings
         return RequestPolicy(
             tun_ifindex=self.tun_ifindex, tun_name=self.tun_name,
             limits=Limits(s.max_routes, s.max_addresses, s.max_bypass_routes,
-                          s.max_dns_servers),
-            records=self.records, default_route=self.server.default_route,
-            shadows_other_session=lambda a: self.server.shadows(self, a),
+                          s.max_dns_servers, s.max_routes_per_user, s.max_addresses_per_user),
+            records=self.records, owners=self.server.owners, scope=self.scope,
+            session_id=self.session_id, uid=self.creds.uid, admin=self.admin,
             forced_block=WFP_BLOCK_DNS if s.block_dns else 0,
             block_scope_uid=self._block_scope())
+
+    @property
+    def scope(self) -> object:
+        """The scope of this session's routes (``policy/ownership.py``)."""
+        return scope_for(self.creds.uid, self.admin, self.server.settings.route_scope)
 
     def _block_scope(self) -> int | None:
         """A non-admin's kill switch covers only that user's traffic (it must not cut
@@ -476,18 +454,19 @@ class Session:
             self.output.drain(self._output_fd)
 
     async def _serve_channel(self) -> None:
-        """Read, decide and apply openvpn's requests.  Batches go to the monitor as soon as
-        they are decided and are answered in order as they complete, so the monitor's
-        journal + rtnetlink work overlaps the reading and deciding of the next batch."""
+        """Move openvpn's requests through the pipeline (``pipeline.py``): read, decide,
+        hand each decided batch to the monitor as soon as it is decided, answer the
+        batches in order as they complete — so the monitor's journal + rtnetlink work
+        overlaps the reading and deciding of the next batch."""
         sock = self.channel
-        assert sock is not None
+        assert sock is not None and self.session_id is not None
         # Buffers for many requests per syscall (~150 KB) only once openvpn uses the channel:
         # a session that never does (a stand-in, openvpn waiting at a prompt) keeps none.
         await readable(sock.fileno())
         reader = mmsg.BatchReader(sock, m.MAX_MESSAGE_SIZE)
-        queued: collections.deque[tuple[int, bytes]] = collections.deque()  # read, undecided
-        policy = self._policy()
-        held: list[bytes] = []  # a message to decide again once nothing is in flight
+        pipe = self._pipeline = Pipeline(self._policy(), owners=self.server.owners,
+                                         scope=self.scope, session_id=self.session_id,
+                                         uid=self.creds.uid)
         inflight: collections.deque[tuple[Batch, asyncio.Future[list[Applied]]]] = \
             collections.deque()
         while True:
@@ -496,170 +475,63 @@ class Session:
             while inflight and (inflight[0][1].done() or len(inflight) >= MAX_INFLIGHT):
                 await self._settle_batch(*inflight.popleft())
             self._drain_output()
-            batch, eof, wait = self._read_batch(reader, queued, policy, held)
-            if batch:
-                inflight.append((batch, self._submit(batch)))
-            if wait:  # a held message: everything before it must have settled
+            if not pipe.queued:
+                pipe.feed(reader.read())
+            step = pipe.next_batch(time.monotonic())
+            self._audit_denials(pipe)
+            if step.batch.items:
+                inflight.append((step.batch, self._submit(step.batch)))
+            if step.abort is not None:
+                self._end_openvpn(step.abort)  # CVE-2024-27459: an oversize message
+            if step.need_default_route is not None:
+                mon = self.server.monitor
+                route = await mon.call(self.lane, QueryDefaultRoute(step.need_default_route))
+                pipe.set_default_route(step.need_default_route, route, time.monotonic())
+                continue
+            if step.wait:  # a held message: everything before it must have settled
                 while inflight:
                     await self._settle_batch(*inflight.popleft())
                 continue
-            if batch:
-                continue
-            if eof or self.channel is None:
+            if step.eof or self.channel is None:
                 while inflight:
                     await self._settle_batch(*inflight.popleft())
                 return
+            if step.batch.items or pipe.queued:
+                continue
             await readable(sock.fileno(), until=inflight[0][1] if inflight else None)
 
-    def _read_batch(self, reader: mmsg.BatchReader, queued: collections.deque[tuple[int, bytes]],
-                    policy: RequestPolicy, held: list[bytes]) -> tuple[Batch, bool, bool]:
-        """Decide what is queued, up to ``CHANNEL_BATCH`` messages.
-
-        Returns (batch, eof, wait).  ``wait``: a message names a change that is still in
-        flight (an add whose outcome the monitor has not reported yet); it is held back
-        and decided again once everything before it has been applied and settled.
-        """
-        batch: Batch = []  # (message_id, ack error | op)
-        while len(batch) < CHANNEL_BATCH:
-            retried = bool(held)
-            if held:
-                raw = held.pop()
-                n = len(raw)
-            else:
-                if not queued:
-                    queued.extend(reader.read())
-                    if not queued:
-                        return batch, False, False
-                n, raw = queued.popleft()
-                if n == 0:
-                    return batch, True, False
-            if not retried and n == len(raw):
-                fast = policy.decide_fast(raw)
-                if fast is not None:  # a new route through the tun: nothing in flight
-                    self._reserve(fast[1])
-                    batch.append(fast)
-                    continue
-            try:
-                if n > m.MAX_MESSAGE_SIZE:
-                    raise MessageTooLargeError(f"message of {n} bytes")
-                msg = m.decode_message(raw)
-            except MessageTooLargeError as exc:
-                # CVE-2024-27459: an oversize message ends the session.
-                self._end_openvpn(str(exc))
-                return batch, True, False
-            except ChannelError as exc:
-                self._log(logging.WARNING, "bad-message", what="channel message",
-                          verdict="malformed", reason=exc.reason, mid=exc.message_id,
-                          error=exc.error_number)
-                batch.append((exc.message_id, exc.error_number))
-                continue
-            try:
-                op = policy.decide(msg)
-            except Refused as exc:
-                self._log(logging.WARNING, "denied", what=audit.describe(msg),
-                          verdict="denied", reason=exc.reason, mid=msg.message_id,
-                          error=exc.error_number)
-                batch.append((msg.message_id, exc.error_number))
-                continue
-            if _in_flight(op):
-                if retried:  # nothing is in flight now: a bug, not openvpn's fault
-                    self._log(logging.ERROR, "session-bug", what=audit.describe(op),
-                              reason="still in flight after settling", mid=msg.message_id)
-                    batch.append((msg.message_id, errors.ERROR_GEN_FAILURE))
-                    continue
-                held.append(raw)
-                return batch, False, True
-            self._reserve(op)
-            batch.append((msg.message_id, op))
-        return batch, False, False
-
-    def _reserve(self, op: Operation) -> None:
-        """Mirror a decided op in the records now, so the rest of a batch sees it."""
-        if isinstance(op, AddRoute):
-            self.records.routes[op.key] = -1 if op.existing is None else op.existing
-        elif isinstance(op, DelRoute):
-            self.records.routes.pop(op.key, None)
-        elif isinstance(op, DelTunRoutes):
-            # What could not be deleted stays in the journal; undo retries it.
-            for d in op.routes:
-                self.records.routes.pop(d.key, None)
-        elif isinstance(op, AddAddress):
-            self.records.addresses[op.key] = -1 if op.existing is None else op.existing
-        elif isinstance(op, DelAddress):
-            self.records.addresses.pop(op.key, None)
-        elif isinstance(op, SetDns):
-            self.records.dns.dns = op.state
-        elif isinstance(op, SetBlock):
-            self.records.dns.block = BlockState(op.flags)
-
-    def _settle(self, op: Operation, result: Applied) -> None:
-        if isinstance(op, AddRoute):
-            if op.existing is not None:
-                pass  # the record stays whatever the kernel said
-            elif result.error or result.change_id is None:
-                self.records.routes.pop(op.key, None)
-            else:
-                self.records.routes[op.key] = result.change_id
-        elif isinstance(op, DelRoute) and result.error:
-            self.records.routes[op.key] = op.change_id
-        elif isinstance(op, AddAddress) and op.existing is None:
-            if result.error or result.change_id is None:
-                self.records.addresses.pop(op.key, None)
-            else:
-                self.records.addresses[op.key] = result.change_id
-        elif isinstance(op, DelAddress) and result.error:
-            self.records.addresses[op.key] = op.change_id
-        elif isinstance(op, SetDns) and result.error:
-            self.records.dns.dns = op.previous
-        elif isinstance(op, SetBlock) and result.error:
-            self.records.dns.block = BlockState(op.previous)
+    def _audit_denials(self, pipe: Pipeline) -> None:
+        for event, fields in pipe.denials:
+            level = logging.ERROR if event == "session-bug" else logging.WARNING
+            self._log(level, event, **fields)
+        pipe.denials.clear()
 
     def _submit(self, batch: Batch) -> asyncio.Future[list[Applied]]:
-        """Hand a batch's operations to the monitor (its queue keeps the order)."""
-        ops = [item for _, item in batch if not isinstance(item, int)]
-        mon = self.server.monitor
+        """Hand a batch's operations to the monitor (the session's lane keeps the order)."""
+        ops = batch.ops
         assert self.session_id is not None and self.tun_ifindex is not None
         if not ops:
             done: asyncio.Future[list[Applied]] = asyncio.get_running_loop().create_future()
             done.set_result([])
             return done
         # Queued now: the monitor works on it while the loop reads the next batch.
-        return mon.submit(mon.apply, self.session_id, self.tun_ifindex, ops)
+        return self.server.monitor.submit(
+            self.lane, Apply(self.session_id, self.tun_ifindex, tuple(ops)))
 
     async def _settle_batch(self, batch: Batch, applying: asyncio.Future[list[Applied]]) -> None:
         """Wait for a batch's results: settle the records, audit, answer every message."""
-        ops = [item for _, item in batch if not isinstance(item, int)]
-        results = iter(await applying)
-        acks = bytearray()
-        # The audit trail: one line per decided message (denials are logged where they
-        # are decided), written as one record per batch (audit.record_lines).
-        who = self._who()
-        applied: list[str] = []
-        failed: list[str] = []
-        for message_id, item in batch:
-            if isinstance(item, int):
-                error = item
-            else:
-                result = next(results)
-                self._settle(item, result)
-                error = result.error
-                what = audit.quote(audit.describe(item))
-                if error:
-                    failed.append(f"event=failed {who} what={what} verdict=failed "
-                                  f"mid={message_id} error={error}")
-                else:
-                    applied.append(f"event=applied {who} what={what} verdict=applied "
-                                   f"mid={message_id}")
-            acks += m.ack_bytes(message_id, error)
-        audit.record_lines(logging.INFO, applied)
-        audit.record_lines(logging.WARNING, failed)
-        await self._after_apply(ops)
+        assert self._pipeline is not None
+        settled = self._pipeline.settle(batch, await applying, self._who())
+        audit.record_lines(logging.INFO, settled.applied)
+        audit.record_lines(logging.WARNING, settled.failed)
+        await self._after_apply(settled.bypass_changed, settled.address_added)
         loop = asyncio.get_running_loop()
         assert self.channel is not None
         # SEQPACKET keeps boundaries: one datagram per ack, many per syscall (sendmmsg)
         # while the socket takes them; an await only when it is full (an await per ack
         # cost ~15 µs, one send() per ack ~2.4 µs of the loop's time at 10,000 routes).
         sock = self.channel
+        acks = settled.acks
         if self._acks is None:
             self._acks = mmsg.BatchSender(sock, m.ACK_SIZE)
         try:
@@ -669,58 +541,68 @@ class Session:
         except OSError:
             return
 
-    async def _after_apply(self, ops: list[Operation]) -> None:
+    async def _after_apply(self, bypass_changed: bool, address_added: bool) -> None:
         """The service's own part: the kill switch's server list, and ``block_dns``."""
         # Only when a bypass route came or went: the list is made from all the
         # session's routes, and remaking it after every batch was quadratic in the
         # routes (at 30,000: ~100 batches × up to 30,000 keys).
-        if self._servers_stale or any(_names_bypass(op) for op in ops):
+        if self._servers_stale or bypass_changed:
             self._sync_servers()
         forced = WFP_BLOCK_DNS if self.server.settings.block_dns else 0
         flags = self.records.dns.block.flags
-        if forced and not flags & forced and self.records.addresses and \
-                any(isinstance(op, AddAddress) for op in ops):
+        if forced and not flags & forced and self.records.addresses and address_added:
             # The tunnel is up: from now on DNS goes through it or nowhere.
-            mon = self.server.monitor
             assert self.session_id is not None and self.tun_ifindex is not None
+            assert self._pipeline is not None
             op = SetBlock(flags | forced, flags, self._block_scope(), forced)
-            self._reserve(op)
-            [result] = await mon.call(mon.apply, self.session_id, self.tun_ifindex, [op])
-            self._settle(op, result)
+            self._pipeline.reserve(op)
+            batch = Batch([(-1, op)])
+            [result] = await self.server.monitor.call(
+                self.lane, Apply(self.session_id, self.tun_ifindex, (op,)))
+            self._pipeline.settle(batch, [result], self._who())
             self._log(logging.INFO if not result.error else logging.ERROR, "block-dns",
                       what=audit.describe(op), verdict="failed" if result.error else "applied",
                       error=result.error or None)
 
     def _sync_servers(self) -> None:
         """Tell the monitor which VPN servers this session uses (openvpn's output and its
-        bypass routes): every kill switch must let the tunnels' own traffic through."""
+        bypass routes): every kill switch must let the tunnels' own traffic through.
+        Coalesced: at most one update of a session is in the monitor at a time; what
+        changes meanwhile goes with the next (a flood of output lines costs one ``nft``
+        run per turn at most, not one per line)."""
         if self.session_id is None or self.facts is None:
             self._servers_stale = True  # the next applied batch sends them
             return
         self._servers_stale = False
+        if self._servers_job is not None:
+            self._servers_stale = True  # sent when the pending one is done
+            return
         servers = tuple(dict.fromkeys(
             [*self.facts.watcher.servers,
              *(str(k.dst.network_address) for k in self.records.routes if k.bypass)]))
         if servers == self._servers:
             return
         self._servers = servers
-        mon = self.server.monitor
-        task = asyncio.ensure_future(mon.call(mon.set_servers, self.session_id,
-                                              self.creds.uid, servers))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        job = self.server.monitor.submit(self.lane,
+                                         SetServers(self.session_id, self.creds.uid, servers))
+        self._servers_job = job
+        self._keep(job)
+
+        def done(_: asyncio.Future[Any]) -> None:
+            self._servers_job = None
+            if self._servers_stale and self.facts is not None and \
+                    self.facts.on_servers is not None:
+                self._sync_servers()
+
+        job.add_done_callback(done)
 
     # -- the end --------------------------------------------------------------
 
     async def _finish(self) -> None:
         """Runs exactly once per session, shielded: stop openvpn, undo, close."""
         self.phase = Phase.UNDOING
-        task = asyncio.ensure_future(self._undo())
         try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            await task
-            raise
+            await shielded(self._undo())
         finally:
             self.phase = Phase.DONE
 
@@ -737,14 +619,15 @@ class Session:
             with contextlib.suppress(Exception):
                 await task
         if self.session_id is not None:
-            mon = self.server.monitor
             try:
-                problems = await mon.call(mon.undo_session, self.session_id)
+                problems = await self.server.monitor.call(self.lane, Undo(self.session_id))
             except Exception:
                 log.exception("undo failed")
                 problems = ["undo raised"]
             self._log(logging.INFO if not problems else logging.ERROR, "undone",
                       problems="; ".join(problems) or "none")
+        if self._pipeline is not None:
+            self._pipeline.release()
         if self.facts is not None:
             self.facts.close()
         if self.channel is not None:
@@ -755,4 +638,3 @@ class Session:
             os.close(self._output_fd)
         self.conn.close()
         self.server.forget(self)
-

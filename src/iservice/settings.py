@@ -101,6 +101,7 @@ PRIORITIES: Mapping[str, int] = types.MappingProxyType(
     }
 )
 DNS_BACKENDS: frozenset[str] = frozenset({"auto", "resolved", "resolvconf", "file", "none"})
+ROUTE_SCOPES: frozenset[str] = frozenset({"machine", "user"})
 HOOK_KINDS: frozenset[str] = frozenset({"auto", "plugin", "script"})
 
 _INSTANCE_RE = re.compile(r"[A-Za-z0-9_.$@+-]{1,64}")
@@ -193,6 +194,17 @@ def _check_dns_backend(value: str) -> None:
         raise _Invalid(f"unknown backend {value!r}; valid: {', '.join(sorted(DNS_BACKENDS))}")
 
 
+def _check_route_scope(value: str) -> None:
+    if value not in ROUTE_SCOPES:
+        raise _Invalid(f"unknown route scope {value!r}; valid: machine, user")
+
+
+def _parse_route_scope(text: str) -> object:
+    value = text.lower() if text.isascii() else text
+    _check_route_scope(value)
+    return value
+
+
 def _check_hook(value: str) -> None:
     if value not in HOOK_KINDS:
         raise _Invalid(f"unknown hook {value!r}; valid: {', '.join(sorted(HOOK_KINDS))}")
@@ -234,13 +246,16 @@ class Settings:
     resolv_conf: str = "/etc/resolv.conf"
     resolvconf_path: str | None = None
     block_dns: bool = False
+    route_scope: str = "machine"
     hook: str = "auto"
     hook_path: str | None = None
-    max_clients: int = 64
-    max_clients_per_user: int = 32
+    max_clients: int = 64  # connections not (yet) a running session, all users
+    max_clients_per_user: int = 8  # the same, per user: one user cannot fill max_clients
     max_sessions_per_user: int = 16
     max_routes: int = 100000
+    max_routes_per_user: int = 200000  # summed over the user's sessions
     max_addresses: int = 16
+    max_addresses_per_user: int = 64
     max_dns_servers: int = 8
     max_bypass_routes: int = 4
     stop_grace: float = 5.0
@@ -289,13 +304,16 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     "resolv_conf": _check_abs_path,
     "resolvconf_path": _check_abs_path,
     "block_dns": lambda value: None,
+    "route_scope": _check_route_scope,
     "hook": _check_hook,
     "hook_path": _check_abs_path,
     "max_clients": _check_limit,
     "max_clients_per_user": _check_limit,
     "max_sessions_per_user": _check_limit,
     "max_routes": _check_limit,
+    "max_routes_per_user": _check_limit,
     "max_addresses": _check_limit,
+    "max_addresses_per_user": _check_limit,
     "max_dns_servers": _check_limit,
     "max_bypass_routes": _check_limit,
     "stop_grace": _check_grace,
@@ -386,13 +404,16 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "resolv_conf": _parse_str(_check_abs_path),
     "resolvconf_path": _parse_str(_check_abs_path),
     "block_dns": _parse_bool,
+    "route_scope": _parse_route_scope,
     "hook": _parse_hook,
     "hook_path": _parse_str(_check_abs_path),
     "max_clients": _parse_limit,
     "max_clients_per_user": _parse_limit,
     "max_sessions_per_user": _parse_limit,
     "max_routes": _parse_limit,
+    "max_routes_per_user": _parse_limit,
     "max_addresses": _parse_limit,
+    "max_addresses_per_user": _parse_limit,
     "max_dns_servers": _parse_limit,
     "max_bypass_routes": _parse_limit,
     "stop_grace": _parse_grace,

@@ -231,12 +231,24 @@ def test_recovery_leaves_alone_a_tun_it_did_not_make(
     assert svc.stop() == 0
 
 
-def test_second_service_on_the_same_socket_refuses_to_start(lab: Lab, svc: Service) -> None:
+def test_second_service_on_the_same_socket_refuses_to_start(
+        lab: Lab, svc: Service, user: User) -> None:
+    # The same settings: refused before it looks at the journal, whose live sessions it
+    # would otherwise take for a crash's leftovers and undo.
+    pid = started_pid(svc.start_as(user, "--config", "approved.ovpn"))
+    tunnel_up(lab, svc, pid)
     cp = lab.run_service([ISERVICE, "serve", "--settings",
                           str(svc.settings_path)], timeout=20)
     assert cp.returncode != 0
+    assert "another service uses the state directory" in cp.stderr
+    assert alive(pid) and svc.tuns() and svc.journal()["sessions"]
+    # Another state directory, the same socket: refused at the socket.
+    other = lab.write_file("other.conf", svc.settings_path.read_text().replace(
+        str(svc.state_dir), str(svc.state_dir) + "-other"), mode=0o644)
+    cp = lab.run_service([ISERVICE, "serve", "--settings", str(other)], timeout=20)
+    assert cp.returncode != 0
     assert "another service already listens" in cp.stderr
-    assert svc.connectable()
+    assert svc.connectable() and alive(pid)
 
 
 # -- refusals ------------------------------------------------------------------

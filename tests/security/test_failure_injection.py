@@ -12,7 +12,7 @@ test_kernel_refusal_half_way_leaves_nothing.)
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from ipaddress import IPv4Address, ip_network
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +21,7 @@ import pytest
 
 from iservice.linux import dns as dnsmod
 from iservice.linux import firewall
-from iservice.monitor import Monitor
+from iservice.monitor import Apply, Monitor, Undo
 from iservice.policy import requests as rq
 
 T = TypeVar("T")
@@ -83,19 +83,39 @@ class FailingDns:
 def monitor(tmp_path: Path) -> Any:
     rtnl = FakeRtnl()
     dns = FailingDns()
-    mon = Monitor(str(tmp_path / "journal.sqlite3"), rtnl_factory=lambda: rtnl,  # type: ignore[arg-type,return-value]
+    mon = Monitor(str(tmp_path / "journal.sqlite3"), cgroups=None,
+                  rtnl_factory=lambda: rtnl,  # type: ignore[arg-type,return-value]
                   dns_factory=lambda update: dns)  # type: ignore[arg-type,return-value]
     mon.test_rtnl, mon.test_dns = rtnl, dns  # type: ignore[attr-defined]
     yield mon
     mon.close()
 
 
-def call(mon: Monitor, fn: Callable[..., T], *args: Any) -> T:
-    return mon._pool.submit(fn, *args).result()
+LANE = ("test", 0)
+
+
+def begin(mon: Monitor) -> int:
+    # The monitor thread is idle between the jobs these tests wait for: the journal may
+    # be read and written from the test's thread meanwhile.
+    return mon.journal.new_session(1000, 1, {})
+
+
+def apply(mon: Monitor, sid: int, tun: int, ops: Sequence[rq.Operation]) -> list[Any]:
+    result: list[Any] = mon.submit_sync(LANE, Apply(sid, tun, tuple(ops))).result()
+    return result
+
+
+def undo(mon: Monitor, sid: int) -> list[str]:
+    result: list[str] = mon.submit_sync(LANE, Undo(sid)).result()
+    return result
+
+
+def leftovers(mon: Monitor) -> list[Any]:
+    return mon.journal.sessions()
 
 
 def kinds(mon: Monitor, session: int) -> list[str]:
-    return [c.kind for c in call(mon, mon.journal.changes, session)]
+    return [c.kind for c in mon.journal.changes(session)]
 
 
 def test_firewall_create_failure_leaves_nothing_and_is_not_undone_twice(
@@ -108,13 +128,13 @@ def test_firewall_create_failure_leaves_nothing_and_is_not_undone_twice(
             raise firewall.NftError(errno.EIO, "nft: injected failure")
 
     monkeypatch.setattr(firewall, "run_nft", nft)
-    sid = call(monitor, monitor.begin_session, 1000, 1, {})
-    [res] = call(monitor, monitor.apply, sid, TUN, [rq.SetBlock(flags=1, previous=0)])
+    sid = begin(monitor)
+    [res] = apply(monitor, sid, TUN, [rq.SetBlock(flags=1, previous=0)])
     assert res.error != 0 and res.change_id is None
     assert "nft" not in kinds(monitor, sid)
-    assert call(monitor, monitor.undo_session, sid) == []
+    assert undo(monitor, sid) == []
     assert not any(s.startswith("delete table") for s in scripts)  # nothing to free twice
-    assert call(monitor, monitor.leftover_sessions) == []
+    assert leftovers(monitor) == []
 
 
 def test_firewall_replace_failure_keeps_the_record_and_undo_deletes_once(
@@ -127,14 +147,14 @@ def test_firewall_replace_failure_keeps_the_record_and_undo_deletes_once(
             raise firewall.NftError(errno.EIO, "nft: injected failure on replace")
 
     monkeypatch.setattr(firewall, "run_nft", nft)
-    sid = call(monitor, monitor.begin_session, 1000, 1, {})
-    [ok] = call(monitor, monitor.apply, sid, TUN, [rq.SetBlock(flags=1, previous=0)])
+    sid = begin(monitor)
+    [ok] = apply(monitor, sid, TUN, [rq.SetBlock(flags=1, previous=0)])
     assert ok.error == 0
-    [bad] = call(monitor, monitor.apply, sid, TUN, [rq.SetBlock(flags=3, previous=1)])
+    [bad] = apply(monitor, sid, TUN, [rq.SetBlock(flags=3, previous=1)])
     assert bad.error != 0
     assert kinds(monitor, sid).count("nft") == 1
     scripts.clear()
-    assert call(monitor, monitor.undo_session, sid) == []
+    assert undo(monitor, sid) == []
     assert scripts == [f"delete table inet {firewall.table_name(sid)}\n"]
 
 
@@ -142,41 +162,35 @@ def test_dns_backend_failure_half_way_is_reverted_once(monitor: Monitor) -> None
     from iservice.policy.dns import DnsState
 
     dns: FailingDns = monitor.test_dns  # type: ignore[attr-defined]
-    sid = call(monitor, monitor.begin_session, 1000, 1, {})
+    sid = begin(monitor)
     state = DnsState(servers4=(IPv4Address("10.8.0.1"),), domains=("corp.example",))
-    old = monitor._tuns
-    monitor._tuns = {sid: 1}
-    try:
-        [res] = call(monitor, monitor.apply, sid, 1, [rq.SetDns(state=state,
-                                                                 previous=DnsState())])
-    finally:
-        monitor._tuns = old
+    [res] = apply(monitor, sid, 1, [rq.SetDns(state=state, previous=DnsState())])
     assert res.error != 0
     assert dns.applied == 1 and len(dns.reverted) == 1  # what it half did is reverted
     assert "dns" not in kinds(monitor, sid)
-    assert call(monitor, monitor.undo_session, sid) == []
+    assert undo(monitor, sid) == []
     assert len(dns.reverted) == 1  # and not a second time
 
 
 def test_netlink_batch_failing_half_way_journals_only_what_was_made(monitor: Monitor) -> None:
     rtnl: FakeRtnl = monitor.test_rtnl  # type: ignore[attr-defined]
     rtnl.fail_dst = {"192.0.2.2/32"}
-    sid = call(monitor, monitor.begin_session, 1000, 1, {})
+    sid = begin(monitor)
     gw = IPv4Address("198.18.0.1")
     ops = [rq.AddRoute(rq.RouteKey(ip_network(f"192.0.2.{i}/32"), True, -1), 3, gw)
            for i in (1, 2, 3)]
-    results = call(monitor, monitor.apply, sid, TUN, ops)
+    results = apply(monitor, sid, TUN, ops)
     assert [r.error for r in results] == [0, 5010, 0]
     assert kinds(monitor, sid) == ["route", "route"]
     rtnl.routes.clear()
-    assert call(monitor, monitor.undo_session, sid) == []
+    assert undo(monitor, sid) == []
     assert sorted(rtnl.routes) == [(False, "192.0.2.1/32"), (False, "192.0.2.3/32")]
 
 
 def test_an_undo_that_fails_is_kept_for_the_next_start(monitor: Monitor) -> None:
     """A change whose undo fails stays journaled (with its session) and is retried."""
-    sid = call(monitor, monitor.begin_session, 1000, 1, {})
-    call(monitor, monitor.journal.record, sid, "nft", {"table": "iservice_x"})
+    sid = begin(monitor)
+    monitor.journal.record(sid, "nft", {"table": "iservice_99"})
     calls: list[str] = []
     real = firewall.delete_table
 
@@ -186,17 +200,17 @@ def test_an_undo_that_fails_is_kept_for_the_next_start(monitor: Monitor) -> None
 
     firewall.delete_table = failing  # type: ignore[assignment]
     try:
-        problems = call(monitor, monitor.undo_session, sid)
+        problems = undo(monitor, sid)
     finally:
         firewall.delete_table = real  # type: ignore[assignment]
-    assert calls == ["iservice_x"] and any("kept" in p for p in problems)
-    assert [c.kind for c in call(monitor, monitor.journal.changes, sid)] == ["nft"]
-    assert [s.id for s in call(monitor, monitor.leftover_sessions)] == [sid]
+    assert calls == ["iservice_99"] and any("kept" in p for p in problems)
+    assert kinds(monitor, sid) == ["nft"]
+    assert [s.id for s in leftovers(monitor)] == [sid]
     # the next start: the retry works, and the session is gone
     retried: list[str] = []
     firewall.delete_table = retried.append  # type: ignore[assignment]
     try:
-        assert call(monitor, monitor.undo_session, sid) == []
+        assert undo(monitor, sid) == []
     finally:
         firewall.delete_table = real  # type: ignore[assignment]
-    assert retried == ["iservice_x"] and call(monitor, monitor.leftover_sessions) == []
+    assert retried == ["iservice_99"] and leftovers(monitor) == []

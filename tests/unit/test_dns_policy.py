@@ -24,6 +24,7 @@ from iservice.policy.requests import (
     DefaultRoute,
     FlushDns,
     Limits,
+    Nothing,
     Refused,
     RequestPolicy,
     SessionRecords,
@@ -43,8 +44,7 @@ def policy(records: SessionRecords | None = None, *, forced: int = 0,
     return RequestPolicy(
         tun_ifindex=7, tun_name="istun3", limits=Limits(100, 4, 2, max_dns),
         records=records or SessionRecords({}, {}),
-        default_route=lambda fam: DefaultRoute(IPv4Address("192.0.2.1"), 2),
-        shadows_other_session=lambda addr: False, forced_block=forced)
+        default_route=lambda fam: DefaultRoute(IPv4Address("192.0.2.1"), 2), forced_block=forced)
 
 
 def dns(addrs: tuple[str, ...] = ("10.8.0.1",), domains: str = "",
@@ -205,7 +205,10 @@ def test_block_add_replace_del_and_the_admins_block_stays() -> None:
     assert policy(rec).decide(block(0, add=False)) == SetBlock(0, 2)
     # block_dns = true: flag 2 cannot be taken away by the channel
     assert policy(rec, forced=2).decide(block(1)) == SetBlock(3, 2, None, 2)
-    assert policy(rec, forced=2).decide(block(0, add=False)) == SetBlock(2, 2, None, 2)
+    # ... and a del that leaves only it changes nothing: nft is not run
+    assert policy(rec, forced=2).decide(block(0, add=False)) == Nothing()
+    # the same block again changes nothing either (a flood of them costs no nft run)
+    assert policy(rec).decide(block(2)) == Nothing()
     rec.dns.block = BlockState(0)
     with pytest.raises(Refused) as exc:
         policy(rec).decide(block(0, add=False))

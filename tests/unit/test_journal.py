@@ -61,14 +61,15 @@ def test_file_is_private(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o077 == 0
 
 
-# -- the route record's fast JSON (monitor._route_json) ------------------------------
+# -- the route record's fast JSON (effects.route.record_json) -------------------------
 
 from ipaddress import IPv4Network, IPv6Network, ip_address  # noqa: E402
 
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from iservice.monitor import _route_from_data, _route_json, _route_of  # noqa: E402
+from iservice.effects.route import RouteRecord, record_json, spec_of  # noqa: E402
+from iservice.monitor import GOES_WITH_TUN_SQL, TUN_ROUTES6_SQL  # noqa: E402
 from iservice.policy.requests import AddRoute, RouteKey  # noqa: E402
 
 _nets = st.one_of(
@@ -85,15 +86,17 @@ def test_route_record_is_the_json_of_its_values(dst: IPv4Network | IPv6Network, 
                                                 ) -> None:
     gw = data_.draw(st.one_of(st.none(), st.ip_addresses(v=dst.version)))
     op = AddRoute(RouteKey(dst, bypass, metric), oif, gw)  # type: ignore[arg-type]
-    data = json.loads(_route_json(op))
+    data = json.loads(record_json(op))
     assert data == {"dst": str(dst), "oif": oif, "metric": metric,
                     "gw": None if gw is None else str(gw), "bypass": bypass}
-    assert _route_from_data(data) == _route_of(op).route()  # undo deletes the route added
+    rec = RouteRecord.from_data(data)
+    assert rec.to_data() == data
+    assert rec.spec().route() == spec_of(op).route()  # undo deletes the route added
 
 
 def test_route_record_example() -> None:
     op = AddRoute(RouteKey(IPv4Network("100.64.0.0/26"), True, -1), 3, ip_address("192.0.2.1"))
-    assert _route_json(op) == ('{"dst":"100.64.0.0/26","oif":3,"metric":-1,'
+    assert record_json(op) == ('{"dst":"100.64.0.0/26","oif":3,"metric":-1,'
                                '"gw":"192.0.2.1","bypass":true}')
 
 
@@ -111,7 +114,7 @@ def test_undo_changes_leave_out_what_goes_with_the_tun(tmp_path: Path) -> None:
     foreign = j.record(s, "route", {"dst": "10.200.0.0/16", "oif": 9, "metric": -1,
                                     "gw": None, "bypass": False})
     dns = j.record(s, "dns", {"backend": "none"})
-    assert [c.id for c in j.undo_changes(s)] == [dns, foreign, bypass, tun]
+    assert [c.id for c in j.changes_except(s, GOES_WITH_TUN_SQL)] == [dns, foreign, bypass, tun]
     assert j.count(s) == 105  # nothing was removed by asking
 
 
@@ -125,4 +128,4 @@ def test_tun_routes6_are_the_ipv6_routes_through_the_tun(tmp_path: Path) -> None
                                {**route, "dst": "fd11::/56", "oif": 9},
                                {**route, "dst": "2001:db8::1/128", "oif": 3, "bypass": True,
                                 "gw": "fe80::1"}])
-    assert [d["dst"] for d in j.tun_routes6(s)] == ["fd10::/56"]
+    assert [d["dst"] for d in j.data_where(s, TUN_ROUTES6_SQL)] == ["fd10::/56"]

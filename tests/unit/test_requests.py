@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iservice import errors
+from iservice.policy.ownership import MACHINE, Owners
 from iservice.policy.requests import (
     AddAddress,
     AddressKey,
@@ -39,13 +40,21 @@ GW = IPv4Address("192.0.2.1")
 DEFAULT_LIMITS = Limits(100, 4, 2)
 
 
-def policy(records: SessionRecords | None = None, *, shadows: bool = False,
-           limits: Limits = DEFAULT_LIMITS) -> RequestPolicy:
+def policy(records: SessionRecords | None = None, *, owners: Owners | None = None,
+           limits: Limits = DEFAULT_LIMITS, admin: bool = False) -> RequestPolicy:
     return RequestPolicy(
         tun_ifindex=7, tun_name="istun3", limits=limits,
         records=records or SessionRecords({}, {}),
         default_route=lambda fam: DefaultRoute(GW, 2) if fam == socket.AF_INET else None,
-        shadows_other_session=lambda addr: shadows)
+        owners=owners, session_id=1, uid=1000, admin=admin)
+
+
+def others(*routes: str, session: int = 2, uid: int = 1001) -> Owners:
+    """Owners where another session (``session`` of ``uid``) holds ``routes``."""
+    o = Owners()
+    for r in routes:
+        o.add(MACHINE, session, uid, ip_network(r))
+    return o
 
 
 def route(prefix: str, plen: int, iface: m.Interface = TUN, *, gw: str = "0.0.0.0",
@@ -165,8 +174,8 @@ class TestRoutes:
             errors.ERROR_NOT_ENOUGH_QUOTA
 
     def test_bypass_may_not_shadow_another_session(self) -> None:
-        assert refused(policy(shadows=True), route("198.51.100.7", 32, UNSET, gw=str(GW))) == \
-            errors.ERROR_ACCESS_DENIED
+        assert refused(policy(owners=others("198.51.100.0/24")),
+                       route("198.51.100.7", 32, UNSET, gw=str(GW))) == errors.ERROR_ACCESS_DENIED
 
     def test_route_limit_and_duplicates(self) -> None:
         recs = SessionRecords({RouteKey(ip_network("10.9.0.0/16"), False, -1): 1}, {})
@@ -243,9 +252,9 @@ def test_route_network_fast_path_is_ip_network_strict(data: st.DataObject) -> No
 
 
 def test_only_bypass_route_ops_change_the_kill_switch_server_list() -> None:
-    # session._after_apply remakes the server list only after these (linear, not
+    # the session remakes the server list only after these (linear, not
     # quadratic in the routes); every other op leaves the bypass routes as they were.
-    from iservice.session import _names_bypass
+    from iservice.pipeline import names_bypass as _names_bypass
     tun_key = RouteKey(ip_network("10.9.0.0/16"), False, -1)
     host_key = RouteKey(ip_network("198.51.100.7/32"), True, -1)
     assert _names_bypass(AddRoute(host_key, 2, GW))

@@ -42,7 +42,7 @@ def test_defaults() -> None:
     assert s.block_dns is False
     assert s.hook_path is None
     assert s.hook == "auto"
-    assert (s.max_clients, s.max_clients_per_user, s.max_sessions_per_user) == (64, 32, 16)
+    assert (s.max_clients, s.max_clients_per_user, s.max_sessions_per_user) == (64, 8, 16)
     assert (s.max_routes, s.max_addresses, s.max_dns_servers, s.max_bypass_routes) == (
         100000, 16, 8, 4,
     )

@@ -46,8 +46,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from iservice.aio import readable
+from iservice.linux.cgroup import move_self
 from iservice.linux.identity import UserIdentity
 from iservice.plugin import runas_path
+from iservice.policy.redirect import FACTS_ENV
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -74,6 +76,24 @@ def raise_stack_limit(want: int = OPENVPN_STACK_LIMIT) -> None:
             want = min(want, hard)
         if soft != resource.RLIM_INFINITY and soft < want:
             resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
+
+
+def service_options(hook_kind: str, hook_path: str, tun: str, channel_fd: int,
+                    facts_fd: int | None = None) -> list[str]:
+    """The options the service appends to openvpn's command line; last, so they win over
+    the user's (SPEC §4).  ``hook_kind`` "plugin": openvpn loads iservice's plugin
+    in-process (no script, so no ``--script-security 2``), which it calls at up,
+    route-up, route-pre-down and down, as it would run the scripts; "script": the hook
+    executable as those four scripts."""
+    facts = [] if facts_fd is None else ["--setenv", FACTS_ENV, str(facts_fd)]
+    if hook_kind == "plugin":
+        hooks = ["--plugin", hook_path, str(channel_fd)]
+    else:
+        cmd = f"{hook_path} {channel_fd}"
+        hooks = ["--script-security", "2", "--up", cmd, "--route-up", cmd,
+                 "--route-pre-down", cmd, "--down", cmd]
+    return ["--dev", tun, "--dev-type", "tun", "--disable-dco",
+            "--ifconfig-noexec", "--route-noexec", *hooks, "--up-restart", *facts]
 
 
 def clean_environment(user: UserIdentity) -> dict[str, str]:
@@ -189,20 +209,21 @@ SPAWNER = SPAWNERS[0] if SPAWNERS else None
 
 
 def spawn_argv(exe: str, argv: Sequence[str], user: UserIdentity, *, nice: int = 0,
-               spawner: Spawner | None = SPAWNER) -> list[str]:
+               spawner: Spawner | None = SPAWNER, cgroup_fd: int | None = None) -> list[str]:
     """The command that runs ``exe argv`` as ``user`` (through ``spawner`` if given).
 
     Everything after ``--`` is openvpn's: neither program parses its own options past
     it, so no user-chosen option can reach them; they ``exec`` ``exe`` (an absolute
     path, no PATH search) once they are the user.  ``iservice-runas`` also sets the
-    nice value, as root before it drops privileges; for the others the caller does.
+    nice value, as root before it drops privileges, and joins the session's cgroup
+    through ``cgroup_fd``; for the others the caller does both.
     """
     if spawner is None:
         return [exe, *argv]
     if spawner.kind == "runas":
         groups = ",".join(str(g) for g in user.groups) or "-"
-        return [spawner.path, str(user.uid), str(user.gid), groups, str(nice), "--",
-                exe, *argv]
+        return [spawner.path, str(user.uid), str(user.gid), groups, str(nice),
+                "-" if cgroup_fd is None else str(cgroup_fd), "--", exe, *argv]
     groups = ",".join(str(g) for g in user.groups)
     return [spawner.path, f"--reuid={user.uid}", f"--regid={user.gid}",
             f"--groups={groups}" if groups else "--clear-groups", "--inh-caps=-all",
@@ -211,16 +232,31 @@ def spawn_argv(exe: str, argv: Sequence[str], user: UserIdentity, *, nice: int =
 
 def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir: str,
                   nice: int, stdin: bytes, channel_fd: int, output_fd: int,
-                  extra_fds: Sequence[int] = (), spawner: Spawner | None = SPAWNER) -> Child:
+                  extra_fds: Sequence[int] = (), spawner: Spawner | None = SPAWNER,
+                  cgroup_fd: int | None = None) -> Child:
     """Start openvpn; its stdout and stderr go to ``output_fd`` (the session's log pipe).
 
-    Raises OSError when it cannot be started (``exe`` not executable, spawn failed).
+    ``cgroup_fd``: the session cgroup's ``cgroup.procs`` (``linux/cgroup.py``); the
+    process joins it before it becomes the user, so it and everything it ever forks
+    are in it.  Raises OSError when it cannot be started (``exe`` not executable,
+    spawn failed).
     """
     raise_stack_limit()  # openvpn's hooks get up to 6 MiB of environment
-    full = spawn_argv(exe, ["--cd", workdir, *argv], user, nice=nice, spawner=spawner)
+    via_runas = spawner is not None and spawner.kind == "runas"
+    full = spawn_argv(exe, ["--cd", workdir, *argv], user, nice=nice, spawner=spawner,
+                      cgroup_fd=cgroup_fd if via_runas else None)
     ids: dict[str, Any] = {}
+    passed: tuple[int, ...] = (channel_fd, *extra_fds)
+    if cgroup_fd is not None:
+        if via_runas:
+            passed += (cgroup_fd,)  # runas writes and closes it before anything else
+        else:
+            # The fallbacks join in the child before exec: CPython then forks instead
+            # of vforking (slower, ~1.5 ms), which is why runas is preferred.
+            fd = cgroup_fd
+            ids["preexec_fn"] = lambda: move_self(fd)
     if spawner is None:
-        ids = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
+        ids.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
     elif not os.access(exe, os.X_OK):
         # The spawner would report this only as an exit status, after the PID reply; the
         # client gets the original's "cannot start" error instead (as with Popen).
@@ -232,7 +268,7 @@ def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir:
         stdin=subprocess.PIPE,
         stdout=output_fd,
         stderr=subprocess.STDOUT,
-        pass_fds=(channel_fd, *extra_fds),
+        pass_fds=passed,
         cwd="/",
         env=clean_environment(user),
         start_new_session=True,  # no signals from the service's terminal

@@ -77,6 +77,7 @@ IFF_UP = 0x1
 IFLA_IFNAME = 3
 IFLA_MTU = 4
 IFLA_LINKINFO = 18
+IFLA_IFALIAS = 20
 IFLA_INFO_KIND = 1
 IFLA_EXT_MASK = 29
 RTEXT_FILTER_SKIP_STATS = 1 << 3
@@ -384,6 +385,7 @@ class LinkInfo:
     flags: int
     kind: str | None  # IFLA_INFO_KIND ("tun", "veth", ...), None for e.g. lo
     link_type: int  # ARPHRD_* (65534 = ARPHRD_NONE for a tun)
+    alias: str | None = None  # IFLA_IFALIAS: iservice marks its tuns with it
 
     @property
     def up(self) -> bool:
@@ -421,7 +423,8 @@ def decode_link(body: memoryview) -> LinkInfo:
             kind = _text(info[IFLA_INFO_KIND])
     return LinkInfo(index=index, name=_text(a[IFLA_IFNAME]) if IFLA_IFNAME in a else "",
                     mtu=_u32(a[IFLA_MTU]) if IFLA_MTU in a else 0, flags=flags, kind=kind,
-                    link_type=ltype)
+                    link_type=ltype,
+                    alias=_text(a[IFLA_IFALIAS]) if IFLA_IFALIAS in a else None)
 
 
 def decode_addr(body: memoryview) -> AddrInfo:
@@ -813,12 +816,23 @@ class Rtnl:
             raise NetlinkDecodeError("expected one link message")
         return decode_link(replies[0][1])
 
-    def link_set(self, ifindex: int, *, up: bool | None = None, mtu: int | None = None) -> None:
+    def link_list(self) -> list[LinkInfo]:
+        """Every link of this network namespace."""
+        replies = self._request(RTM_GETLINK, NLM_F_DUMP,
+                                nla_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS))
+        return [decode_link(body) for t, body in replies if t == RTM_NEWLINK]
+
+    def link_set(self, ifindex: int, *, up: bool | None = None, mtu: int | None = None,
+                 alias: str | None = None) -> None:
         attrs = b""
         if mtu is not None:
             if type(mtu) is not int or not 68 <= mtu <= 0xFFFF:
                 raise ValueError(f"bad MTU {mtu!r}")
             attrs = nla_u32(IFLA_MTU, mtu)
+        if alias is not None:
+            if not 0 < len(alias.encode()) < 256 or "\0" in alias:
+                raise ValueError(f"bad link alias {alias!r}")
+            attrs += nla_str(IFLA_IFALIAS, alias)
         self._request(RTM_SETLINK, 0, attrs, index=_check_ifindex(ifindex),
                       flags=IFF_UP if up else 0, change=IFF_UP if up is not None else 0)
 

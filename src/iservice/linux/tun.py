@@ -4,19 +4,27 @@ The service (root) creates the device; openvpn, running as the user, later attac
 to it with ``--dev <name> --dev-type tun``.  The kernel lets a non-root process attach
 only when its euid is the device's owner and it is in the device's group.
 
+What the owner of a tun can change without any capability (``TUNSETOWNER``,
+``TUNSETGROUP``, ``TUNSETPERSIST``, attaching more processes) decides nothing here:
+the service marks each device it makes with an interface alias (``IFLA_IFALIAS``, which
+only CAP_NET_ADMIN can change) *before* the device becomes persistent, and undo finds
+the device by its journaled ifindex, name and alias — never by its owner.  A device
+without the mark was never iservice's: if the service dies before the mark is set, the
+device is not persistent yet and vanishes with the service's descriptor.
+
 A tun is created in the network namespace of the thread doing the ioctl, so
 ``netns_path`` runs the whole creation in a thread inside that namespace.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
 import re
 import socket
 import struct
+from collections.abc import Callable
 
 from iservice.linux.netlink import NetlinkError, Rtnl, rtnl_in_netns, run_in_netns
 
@@ -54,7 +62,7 @@ def _c_int(value: int) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
-def _create(name: str, uid: int, gid: int) -> int:
+def _create(name: str, uid: int, gid: int, mark: Callable[[int], None] | None) -> int:
     try:
         socket.if_nametoindex(name)
     except OSError:
@@ -62,26 +70,26 @@ def _create(name: str, uid: int, gid: int) -> int:
     else:
         raise FileExistsError(errno.EEXIST, f"network device {name} already exists")
     fd = os.open(_TUN_DEV, os.O_RDWR | os.O_CLOEXEC)
-    persistent = False
     try:
         # EXCL closes the race with the check above: never take over someone's device.
         fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), IFF_TUN | IFF_NO_PI | IFF_TUN_EXCL))
         fcntl.ioctl(fd, TUNSETOWNER, _c_int(uid))
         fcntl.ioctl(fd, TUNSETGROUP, _c_int(gid))
-        fcntl.ioctl(fd, TUNSETPERSIST, 1)
-        persistent = True
         index = socket.if_nametoindex(name)
-        persistent = False  # success: the device stays
+        if mark is not None:
+            mark(index)  # while only our descriptor keeps the device
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
         return index
     finally:
-        if persistent:  # failed after TUNSETPERSIST: undo it so close() destroys the device
-            with contextlib.suppress(OSError):
-                fcntl.ioctl(fd, TUNSETPERSIST, 0)
-        os.close(fd)  # without TUNSETPERSIST (an earlier failure) this removes the device
+        os.close(fd)  # without TUNSETPERSIST (any failure before it) this removes the device
 
 
-def create_tun(name: str, uid: int, gid: int, *, netns_path: str | None = None) -> int:
+def create_tun(name: str, uid: int, gid: int, *, netns_path: str | None = None,
+               mark: Callable[[int], None] | None = None) -> int:
     """Create the persistent tun ``name`` owned by ``uid``/``gid``; return its ifindex.
+
+    ``mark(ifindex)`` runs before the device is made persistent (the module docstring
+    says why); if it raises, the device is gone again.
 
     Raises FileExistsError (EEXIST) if a device of that name exists, OSError (EBUSY)
     if one appeared meanwhile, ValueError for a bad name or id.
@@ -90,8 +98,8 @@ def create_tun(name: str, uid: int, gid: int, *, netns_path: str | None = None) 
     _check_id(uid, "uid")
     _check_id(gid, "gid")
     if netns_path is None:
-        return _create(name, uid, gid)
-    return run_in_netns(netns_path, lambda: _create(name, uid, gid))
+        return _create(name, uid, gid, mark)
+    return run_in_netns(netns_path, lambda: _create(name, uid, gid, mark))
 
 
 def tun_owner(name: str) -> int | None:

@@ -1,9 +1,12 @@
 /* iservice-runas: become a user, then exec a program in place (same PID).
  *
- *   iservice-runas UID GID GROUPS NICE -- EXE [ARG...]
+ *   iservice-runas UID GID GROUPS NICE CGROUP -- EXE [ARG...]
  *
  * UID, GID and NICE are decimal; GROUPS is a comma-separated list of decimal gids or
- * "-" for none.  EXE is an absolute path, executed with argv[0] = EXE and the rest as
+ * "-" for none; CGROUP is "-" or the decimal number of an open descriptor of the
+ * session cgroup's cgroup.procs (written "0" = this process, then closed: the program
+ * never inherits it; iservice/linux/cgroup.py says why).  EXE is an absolute path,
+ * executed with argv[0] = EXE and the rest as
  * given; the environment and descriptors pass through unchanged.
  *
  * The service (iservice/linux/launch.py) starts openvpn through this helper, as root,
@@ -13,7 +16,9 @@
  * docs/performance.md).  It never parses a user-chosen value: the service builds the
  * four numbers; everything after "--" is openvpn's and only passed on.
  *
- * Order: nice (while still root, so any value of `priority` works), ambient
+ * Order: into the session's cgroup (as root, before anything else: from here on
+ * every process of the session is in it), nice (while still root, so any value of
+ * `priority` works), ambient
  * capabilities cleared, supplementary groups, gid, uid (all three ids of each: a
  * saved root id would let the program take root back), inheritable capabilities
  * cleared (setresuid to a non-zero uid already emptied the permitted and effective
@@ -83,8 +88,8 @@ static size_t parse_groups(char *list, gid_t *out)
 
 int main(int argc, char **argv)
 {
-    if (argc < 7 || strcmp(argv[5], "--") != 0 || argv[6][0] != '/')
-        die("usage: iservice-runas UID GID GROUPS NICE -- /ABSOLUTE/EXE [ARG...]", 0);
+    if (argc < 8 || strcmp(argv[6], "--") != 0 || argv[7][0] != '/')
+        die("usage: iservice-runas UID GID GROUPS NICE CGROUP -- /ABSOLUTE/EXE [ARG...]", 0);
     uid_t uid = (uid_t)number(argv[1], 0, 4294967294L, "bad uid");
     gid_t gid = (gid_t)number(argv[2], 0, 4294967294L, "bad gid");
     gid_t *groups = calloc(MAX_GROUPS, sizeof *groups);
@@ -92,6 +97,16 @@ int main(int argc, char **argv)
         die("out of memory", errno);
     size_t ngroups = parse_groups(argv[3], groups);
     int nice = (int)number(argv[4], -20, 19, "bad nice value");
+    int cgroup_fd = -1;
+    if (strcmp(argv[5], "-") != 0)
+        cgroup_fd = (int)number(argv[5], 3, INT_MAX, "bad cgroup descriptor");
+
+    if (cgroup_fd >= 0) {
+        if (write(cgroup_fd, "0", 1) != 1)
+            die("joining the session's cgroup", errno);
+        if (close(cgroup_fd) != 0)
+            die("closing the cgroup descriptor", errno);
+    }
 
     if (nice && setpriority(PRIO_PROCESS, 0, nice) != 0)
         die("setpriority", errno);
@@ -121,7 +136,7 @@ int main(int argc, char **argv)
         die("the ids did not change", 0);
     free(groups);
 
-    execv(argv[6], argv + 6); /* argv[0] = the program's path, as setpriv gives it */
-    fprintf(stderr, "iservice-runas: cannot run %s: %s\n", argv[6], strerror(errno));
+    execv(argv[7], argv + 7); /* argv[0] = the program's path, as setpriv gives it */
+    fprintf(stderr, "iservice-runas: cannot run %s: %s\n", argv[7], strerror(errno));
     return 127;
 }

@@ -13,13 +13,19 @@ Rules:
   Anything naming another interface → access denied (5).
 * A route not through the tun is a *bypass* route: only a host route (/32, /128)
   via the current default gateway of its family, on that gateway's interface (or
-  with the interface left unset), at most ``max_bypass_routes`` per session, and
-  never for a destination that lies inside a route another live session owns
-  (it would shadow that route).
+  with the interface left unset), at most ``max_bypass_routes`` per session.
+* Routes belong to whoever was acknowledged first (``policy/ownership.py``): a
+  non-admin session's new route (through the tun or bypass) that is equal to or
+  inside another live session's route in the same scope is refused — equal with
+  ``ERROR_OBJECT_ALREADY_EXISTS`` (5010, what the kernel answers for a duplicate),
+  inside with access denied (5).  Root's and admins' adds are not checked.
+* A request that changes nothing (the same block flags, the same DNS state) is
+  acknowledged without touching a backend (``Nothing``).
 * Ranges: prefix lengths 0…32 / 0…128 for routes (1… for addresses), no host bits
   set, metric -1 (unset) or ≥ 0, MTU 576…65535 (IPv4) / 1280…65535 (IPv6), no
   multicast/loopback/unspecified addresses.
-* Limits per session: routes, addresses.
+* Limits per session (routes, addresses) and per user, summed over the user's
+  sessions (``max_routes_per_user``, ``max_addresses_per_user``).
 * A delete must match something this session added (the journal's key), else
   ``ERROR_NOT_FOUND`` and nothing is touched.  Adding what the session already
   added is not an error: after a restart with ``persist-tun`` openvpn re-sends its
@@ -51,12 +57,26 @@ from iservice.policy.dns import (
     parse_domains,
     parse_server,
 )
+from iservice.policy.ownership import MACHINE, Owners, Scope
 from iservice.wire import msg as m
 
 IPAddress = IPv4Address | IPv6Address
 _NETWORK_OF: dict[type, type[IPv4Network] | type[IPv6Network]] = {
     IPv4Address: IPv4Network, IPv6Address: IPv6Network}
 IPNetwork = IPv4Network | IPv6Network
+
+
+class NeedDefaultRoute(Exception):
+    """Deciding a bypass route needs the default route of ``family``, and the policy's
+    copy is missing or older than ``DEFAULT_ROUTE_TTL``: ask the monitor, give it with
+    ``set_default_route``, decide again (the routing table is not read on the loop)."""
+
+    def __init__(self, family: int) -> None:
+        super().__init__(family)
+        self.family = family
+
+
+DEFAULT_ROUTE_TTL = 1.0  # seconds a default route read from the kernel is trusted
 
 
 class Refused(Exception):
@@ -209,6 +229,8 @@ class Limits:
     max_addresses: int
     max_bypass_routes: int
     max_dns_servers: int = 8
+    max_routes_per_user: int = 2**31 - 1
+    max_addresses_per_user: int = 2**31 - 1
 
 
 @dataclass
@@ -236,8 +258,9 @@ class RequestPolicy:
 
     def __init__(self, *, tun_ifindex: int, tun_name: str, limits: Limits,
                  records: SessionRecords,
-                 default_route: Callable[[int], DefaultRoute | None],
-                 shadows_other_session: Callable[[IPAddress], bool],
+                 default_route: Callable[[int], DefaultRoute | None] | None = None,
+                 owners: Owners | None = None, scope: Scope = MACHINE,
+                 session_id: int = 0, uid: int = 0, admin: bool = False,
                  forced_block: int = 0, block_scope_uid: int | None = None) -> None:
         self.tun_ifindex = tun_ifindex
         self.forced_block = forced_block  # block flags the admin wants (block_dns)
@@ -245,8 +268,44 @@ class RequestPolicy:
         self.tun_name = tun_name
         self.limits = limits
         self.records = records
+        # None: the default route comes through set_default_route (NeedDefaultRoute)
         self._default_route = default_route
-        self._shadows = shadows_other_session
+        self._defaults: dict[int, tuple[DefaultRoute | None, float]] = {}
+        self._now = 0.0
+        self.owners = Owners() if owners is None else owners
+        self.scope = scope
+        self.session_id = session_id
+        self.uid = uid
+        self.admin = admin
+
+    def set_default_route(self, family: int, route: DefaultRoute | None, now: float) -> None:
+        self._defaults[family] = (route, now)
+
+    def _default(self, family: int) -> DefaultRoute | None:
+        if self._default_route is not None:
+            return self._default_route(family)
+        known = self._defaults.get(family)
+        if known is None or not 0 <= self._now - known[1] <= DEFAULT_ROUTE_TTL:
+            raise NeedDefaultRoute(family)
+        return known[0]
+
+    def _check_taking(self, key: RouteKey) -> None:
+        """Refuse a non-admin's route that takes part of another session's (ownership)."""
+        if self.admin:
+            return
+        owner = self.owners.taken_from(self.scope, self.session_id, key.dst)
+        if owner is None:
+            return
+        if self.owners.exact(self.scope, key.dst, but=self.session_id):
+            raise Refused(errors.ERROR_OBJECT_ALREADY_EXISTS,
+                          f"{key.dst} is a route of session {owner}")
+        raise Refused(errors.ERROR_ACCESS_DENIED,
+                      f"{key.dst} would take part of a route of session {owner}")
+
+    def _check_user_routes(self) -> None:
+        if self.owners.routes_of_user[self.uid] >= self.limits.max_routes_per_user:
+            raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
+                          f"more than {self.limits.max_routes_per_user} routes for this user")
 
     # -- helpers ------------------------------------------------------------
 
@@ -282,7 +341,10 @@ class RequestPolicy:
 
     # -- the table ----------------------------------------------------------
 
-    def decide(self, msg: m.Message) -> Operation:
+    def decide(self, msg: m.Message, now: float = 0.0) -> Operation:
+        """The operation for ``msg``; ``now`` (a monotonic clock) dates the default routes
+        given with ``set_default_route``.  Raises ``Refused`` or ``NeedDefaultRoute``."""
+        self._now = now
         handler = _TABLE.get(msg.type)
         if handler is None:
             raise Refused(errors.ERROR_NOT_SUPPORTED,
@@ -305,6 +367,11 @@ class RequestPolicy:
             return None
         key = RouteKey(IPv4Network((value, prefix_len)), bypass=False, metric=metric)
         if key in self.records.routes or len(self.records.routes) >= self.limits.max_routes:
+            return None
+        owners = self.owners
+        if owners.routes_of_user[self.uid] >= self.limits.max_routes_per_user or (
+                not self.admin and owners.taken_from(self.scope, self.session_id, key.dst)
+                is not None):
             return None
         return mid, AddRoute(key, self.tun_ifindex, None)
 
@@ -329,6 +396,10 @@ class RequestPolicy:
         if len(self.records.addresses) >= self.limits.max_addresses:
             raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
                           f"more than {self.limits.max_addresses} addresses")
+        if self.owners.addresses_of_user[self.uid] >= self.limits.max_addresses_per_user:
+            raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
+                          f"more than {self.limits.max_addresses_per_user} addresses for "
+                          "this user")
         return AddAddress(key)
 
     def _route(self, msg: m.Message) -> Operation:
@@ -351,8 +422,10 @@ class RequestPolicy:
         if len(self.records.routes) >= self.limits.max_routes:
             raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
                           f"more than {self.limits.max_routes} routes")
+        self._check_user_routes()
         if key.bypass:
             return self._bypass(msg, key)
+        self._check_taking(key)
         return AddRoute(key, self.tun_ifindex, None)
 
     def _bypass(self, msg: m.RouteMsg, key: RouteKey) -> Operation:
@@ -360,7 +433,7 @@ class RequestPolicy:
         if key.dst.prefixlen != _family_bits(family):
             raise Refused(errors.ERROR_ACCESS_DENIED,
                           f"{key.dst} is not a host route and not via this session's tun")
-        default = self._default_route(family)
+        default = self._default(family)
         if default is None:
             raise Refused(errors.ERROR_ACCESS_DENIED, "no default gateway to bypass the tunnel")
         if msg.gateway != default.gateway:
@@ -373,9 +446,7 @@ class RequestPolicy:
         if self.records.bypass_count >= self.limits.max_bypass_routes:
             raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
                           f"more than {self.limits.max_bypass_routes} bypass routes")
-        if self._shadows(key.dst.network_address):
-            raise Refused(errors.ERROR_ACCESS_DENIED,
-                          f"{key.dst} would shadow a route of another session")
+        self._check_taking(key)
         return AddRoute(key, default.oif, default.gateway)
 
     def _mtu(self, msg: m.Message) -> Operation:
@@ -400,6 +471,8 @@ class RequestPolicy:
         if new.server_count() > self.limits.max_dns_servers:
             raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
                           f"more than {self.limits.max_dns_servers} DNS servers")
+        if new == old:
+            return Nothing()  # the same state again: the backend is not touched
         return SetDns(new, old)
 
     def _dns_cfg(self, msg: m.Message) -> Operation:
@@ -453,13 +526,17 @@ class RequestPolicy:
             if not old:
                 raise Refused(errors.ERROR_NOT_FOUND, "no block here")
             # What the admin wants (block_dns) stays until the session ends.
+            if old & self.forced_block == old:
+                return Nothing()
             return SetBlock(old & self.forced_block, old, self.block_scope_uid,
                             self.forced_block)
         allowed = m.WFP_BLOCK_LOCAL | m.WFP_BLOCK_DNS
         if not msg.flags or msg.flags & ~allowed:
             raise Refused(errors.ERROR_INVALID_PARAMETER, f"block flags {msg.flags:#x}")
-        return SetBlock(msg.flags | (old & self.forced_block), old, self.block_scope_uid,
-                        self.forced_block)
+        flags = msg.flags | (old & self.forced_block)
+        if flags == old:
+            return Nothing()  # the same block again: nft is not run
+        return SetBlock(flags, old, self.block_scope_uid, self.forced_block)
 
     def _register_dns(self, msg: m.Message) -> Operation:
         return FlushDns()

@@ -1,0 +1,299 @@
+"""A session's channel pipeline without I/O: decode → decide → reserve → settle → ack.
+
+Like h11's ``Connection``, this holds the state and makes every decision; the session
+(``session.py``) only moves bytes and time through it:
+
+1. ``feed`` the raw messages read from the channel (``(true length, data)``; a true
+   length above the data means the message was cut: oversize);
+2. ``next_batch`` decodes and decides what is queued, up to ``CHANNEL_BATCH``
+   messages, reserving each decided operation in the session's records (so the rest
+   of the batch, and other sessions through ``Owners``, see it at once) — the caller
+   hands ``Step.batch``'s operations to the monitor;
+3. ``settle`` takes the monitor's results for a batch, in order: it fixes the records
+   where the kernel refused, and gives the acks (bytes for the channel) and the audit
+   lines.
+
+``Step.wait``: a message names a change that is still in flight (an add whose outcome
+the monitor has not reported yet); it is held and decided again once everything before
+it has settled.  ``Step.need_default_route``: a bypass route needs a fresh default
+route; the caller asks the monitor and calls ``set_default_route``, then
+``next_batch`` again.  ``Step.abort``: an oversize message (CVE-2024-27459): the
+session must end.  ``Step.eof``: openvpn closed its end.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from iservice import audit, errors
+from iservice.errors import ChannelError, MessageTooLargeError
+from iservice.policy.dns import BlockState
+from iservice.policy.ownership import Owners, Scope
+from iservice.policy.requests import (
+    AddAddress,
+    AddRoute,
+    DefaultRoute,
+    DelAddress,
+    DelRoute,
+    DelTunRoutes,
+    NeedDefaultRoute,
+    Operation,
+    Refused,
+    RequestPolicy,
+    SessionRecords,
+    SetBlock,
+    SetDns,
+)
+from iservice.wire import msg as m
+
+CHANNEL_BATCH = 4096  # messages decided and applied together (one journal transaction)
+
+Item = tuple[int, "int | Operation"]  # (message_id, ack error | decided operation)
+
+
+@dataclass
+class Batch:
+    items: list[tuple[int, int | Operation]] = field(default_factory=list)
+
+    @property
+    def ops(self) -> list[Operation]:
+        return [item for _, item in self.items if not isinstance(item, int)]
+
+
+@dataclass(frozen=True)
+class Step:
+    batch: Batch
+    eof: bool = False
+    wait: bool = False
+    abort: str | None = None  # why the session must end
+    need_default_route: int | None = None  # the family
+
+
+@dataclass(frozen=True)
+class Settled:
+    acks: bytes
+    applied: list[str]  # audit lines (info)
+    failed: list[str]  # audit lines (warning)
+    bypass_changed: bool  # a bypass route came or went: the kill switch's servers
+    address_added: bool
+
+
+class Result(Protocol):
+    """The monitor's answer for one operation (``monitor.Applied`` has this shape)."""
+
+    @property
+    def error(self) -> int: ...
+
+    @property
+    def change_id(self) -> int | None: ...
+
+
+def in_flight(op: Operation) -> bool:
+    """Does ``op`` name a record whose add is still in flight (reserved as -1)?  Its
+    outcome decides this op (a delete needs the record's id; a re-add of a failed add
+    would be a new route), so it waits until that add has settled."""
+    if isinstance(op, DelRoute | DelAddress):
+        return op.change_id == -1
+    if isinstance(op, AddRoute | AddAddress):
+        return op.existing == -1
+    if isinstance(op, DelTunRoutes):
+        return any(d.change_id == -1 for d in op.routes)
+    return False
+
+
+def names_bypass(op: Operation) -> bool:
+    """Does ``op`` add or delete a bypass route (one of the kill switch's servers)?"""
+    return isinstance(op, AddRoute | DelRoute) and op.key.bypass
+
+
+class Pipeline:
+    """One session's channel state: what is queued, held and reserved."""
+
+    def __init__(self, policy: RequestPolicy, *, owners: Owners, scope: Scope,
+                 session_id: int, uid: int) -> None:
+        self.policy = policy
+        self.records: SessionRecords = policy.records
+        self.owners = owners
+        self.scope = scope
+        self.session_id = session_id
+        self.uid = uid
+        self._queued: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._held: bytes | None = None
+        self.denials: list[tuple[str, dict[str, object]]] = []  # (event, fields) to audit
+
+    # -- input ------------------------------------------------------------------
+
+    def feed(self, messages: Iterable[tuple[int, bytes]]) -> None:
+        self._queued.extend(messages)
+
+    @property
+    def queued(self) -> bool:
+        return bool(self._queued) or self._held is not None
+
+    def set_default_route(self, family: int, route: DefaultRoute | None, now: float) -> None:
+        self.policy.set_default_route(family, route, now)
+
+    # -- deciding ---------------------------------------------------------------
+
+    def next_batch(self, now: float) -> Step:
+        """Decide what is queued, up to ``CHANNEL_BATCH`` messages (module docstring)."""
+        batch = Batch()
+        items = batch.items
+        policy = self.policy
+        while len(items) < CHANNEL_BATCH:
+            retried = self._held is not None
+            if self._held is not None:
+                raw, self._held = self._held, None
+                n = len(raw)
+            else:
+                if not self._queued:
+                    return Step(batch)
+                n, raw = self._queued.popleft()
+                if n == 0:
+                    return Step(batch, eof=True)
+            if not retried and n == len(raw):
+                fast = policy.decide_fast(raw)
+                if fast is not None:  # a new route through the tun: nothing in flight
+                    self.reserve(fast[1])
+                    items.append(fast)
+                    continue
+            try:
+                if n > m.MAX_MESSAGE_SIZE:
+                    raise MessageTooLargeError(f"message of {n} bytes")
+                msg = m.decode_message(raw)
+            except MessageTooLargeError as exc:
+                return Step(batch, eof=True, abort=str(exc))
+            except ChannelError as exc:
+                self.denials.append(("bad-message", {
+                    "what": "channel message", "verdict": "malformed", "reason": exc.reason,
+                    "mid": exc.message_id, "error": exc.error_number}))
+                items.append((exc.message_id, exc.error_number))
+                continue
+            try:
+                op = policy.decide(msg, now)
+            except NeedDefaultRoute as need:
+                self._held = raw
+                return Step(batch, need_default_route=need.family)
+            except Refused as exc:
+                self.denials.append(("denied", {
+                    "what": audit.describe(msg), "verdict": "denied", "reason": exc.reason,
+                    "mid": msg.message_id, "error": exc.error_number}))
+                items.append((msg.message_id, exc.error_number))
+                continue
+            if in_flight(op):
+                if retried:  # nothing is in flight now: a bug, not openvpn's fault
+                    self.denials.append(("session-bug", {
+                        "what": audit.describe(op), "reason": "still in flight after settling",
+                        "mid": msg.message_id}))
+                    items.append((msg.message_id, errors.ERROR_GEN_FAILURE))
+                    continue
+                self._held = raw
+                return Step(batch, wait=True)
+            self.reserve(op)
+            items.append((msg.message_id, op))
+        return Step(batch)
+
+    def reserve(self, op: Operation) -> None:
+        """Mirror a decided op in the records (and the owners) now."""
+        rec = self.records
+        if isinstance(op, AddRoute):
+            if op.existing is None:
+                rec.routes[op.key] = -1
+                self.owners.add(self.scope, self.session_id, self.uid, op.key.dst)
+            else:
+                rec.routes[op.key] = op.existing
+        elif isinstance(op, DelRoute):
+            if rec.routes.pop(op.key, None) is not None:
+                self.owners.remove(self.scope, self.session_id, self.uid, op.key.dst)
+        elif isinstance(op, DelTunRoutes):
+            # What could not be deleted stays in the journal; undo retries it.
+            for d in op.routes:
+                if rec.routes.pop(d.key, None) is not None:
+                    self.owners.remove(self.scope, self.session_id, self.uid, d.key.dst)
+        elif isinstance(op, AddAddress):
+            if op.existing is None:
+                rec.addresses[op.key] = -1
+                self.owners.addresses_of_user[self.uid] += 1
+            else:
+                rec.addresses[op.key] = op.existing
+        elif isinstance(op, DelAddress):
+            if rec.addresses.pop(op.key, None) is not None:
+                self._addresses_less(1)
+        elif isinstance(op, SetDns):
+            rec.dns.dns = op.state
+        elif isinstance(op, SetBlock):
+            rec.dns.block = BlockState(op.flags)
+
+    def _addresses_less(self, n: int) -> None:
+        counts = self.owners.addresses_of_user
+        counts[self.uid] -= n
+        if counts[self.uid] <= 0:
+            del counts[self.uid]
+
+    # -- settling ---------------------------------------------------------------
+
+    def _settle_one(self, op: Operation, result: Result) -> None:
+        rec = self.records
+        if isinstance(op, AddRoute):
+            if op.existing is not None:
+                pass  # the record stays whatever the kernel said
+            elif result.error or result.change_id is None:
+                if rec.routes.pop(op.key, None) is not None:
+                    self.owners.remove(self.scope, self.session_id, self.uid, op.key.dst)
+            else:
+                rec.routes[op.key] = result.change_id
+        elif isinstance(op, DelRoute) and result.error:
+            rec.routes[op.key] = op.change_id
+            self.owners.add(self.scope, self.session_id, self.uid, op.key.dst)
+        elif isinstance(op, AddAddress) and op.existing is None:
+            if result.error or result.change_id is None:
+                if rec.addresses.pop(op.key, None) is not None:
+                    self._addresses_less(1)
+            else:
+                rec.addresses[op.key] = result.change_id
+        elif isinstance(op, DelAddress) and result.error:
+            rec.addresses[op.key] = op.change_id
+            self.owners.addresses_of_user[self.uid] += 1
+        elif isinstance(op, SetDns) and result.error:
+            rec.dns.dns = op.previous
+        elif isinstance(op, SetBlock) and result.error:
+            rec.dns.block = BlockState(op.previous)
+
+    def settle(self, batch: Batch, results: Iterable[Result], who: str) -> Settled:
+        """The monitor's results for ``batch`` (one per operation, in order): records
+        settled, one ack per message, one audit line per decided message (denials were
+        audited when they were decided)."""
+        out = iter(results)
+        acks = bytearray()
+        applied: list[str] = []
+        failed: list[str] = []
+        bypass = added = False
+        for message_id, item in batch.items:
+            if isinstance(item, int):
+                error = item
+            else:
+                result = next(out)
+                self._settle_one(item, result)
+                error = result.error
+                bypass = bypass or names_bypass(item)
+                added = added or isinstance(item, AddAddress)
+                what = audit.quote(audit.describe(item))
+                if error:
+                    failed.append(f"event=failed {who} what={what} verdict=failed "
+                                  f"mid={message_id} error={error}")
+                else:
+                    applied.append(f"event=applied {who} what={what} verdict=applied "
+                                   f"mid={message_id}")
+            acks += m.ack_bytes(message_id, error)
+        return Settled(bytes(acks), applied, failed, bypass, added)
+
+    def release(self) -> None:
+        """The session ended: its routes and addresses no longer count for anybody."""
+        for key in self.records.routes:
+            self.owners.remove(self.scope, self.session_id, self.uid, key.dst)
+        self._addresses_less(len(self.records.addresses))
+        self.records.routes.clear()
+        self.records.addresses.clear()
