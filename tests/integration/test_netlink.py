@@ -354,8 +354,9 @@ def test_batch_of_10000_routes(ns: Netns, family: int) -> None:
     assert rt.routes_apply([(False, r) for r in routes]) == [0] * n
     t_del = time.perf_counter() - t0
     assert ours(rt, family) == []
+    # Rates are printed, not asserted: speed is the benchmark's (bench/), a shared CI
+    # machine's load must not fail a test.
     print(f"\n{n} routes family {family}: add {n / t_add:.0f}/s, delete {n / t_del:.0f}/s")
-    assert t_add < 0.25 and t_del < 0.25, (t_add, t_del)
 
 
 @pytest.mark.parametrize(("prefix", "flag"), [("10.50.0.0/24", "-4"),

@@ -174,11 +174,15 @@ def test_every_spawn_path_makes_the_same_process(reporter: Path, grouped_user: U
         chan_b.close()
 
 
-BAD_RUNAS_ARGS = [
+BAD_RUNAS_ARGS = [[*a, "-"] for a in [
     ["x", "1000", "-", "0"], ["-1", "1000", "-", "0"], ["4294967295", "1000", "-", "0"],
     ["1000", "", "-", "0"], ["1000", "1e3", "-", "0"], ["1000", "1000", "", "0"],
     ["1000", "1000", "1,,2", "0"], ["1000", "1000", "1,", "0"], ["1000", "1000", ",", "0"],
     ["1000", "1000", "-", "20"], ["1000", "1000", "-", "-21"], ["1000", "1000", "-", "+1"],
+]] + [
+    # the cgroup descriptor: not a number, stdin/out/err, not open
+    ["1000", "1000", "-", "0", "x"], ["1000", "1000", "-", "0", "2"],
+    ["1000", "1000", "-", "0", "999"], ["1000", "1000", "-", "0", ""],
 ]
 
 
@@ -198,7 +202,7 @@ def test_the_helper_refuses_bad_numbers_before_running_anything(tmp_path: Path,
                          ids=["no-dashes", "no-exe", "not-dashes", "relative-exe"])
 def test_the_helper_refuses_a_malformed_command(tmp_path: Path, tail: list[str]) -> None:
     mark = tmp_path / "ran"
-    r = subprocess.run([launch.SPAWNERS[0].path, "1000", "1000", "-", "0",
+    r = subprocess.run([launch.SPAWNERS[0].path, "1000", "1000", "-", "0", "-",
                         *(t.format(mark=mark) for t in tail)],
                        capture_output=True, text=True, cwd="/usr/bin")
     assert r.returncode == 126 and "usage" in r.stderr, r
@@ -206,9 +210,32 @@ def test_the_helper_refuses_a_malformed_command(tmp_path: Path, tail: list[str])
 
 
 def test_the_helper_reports_an_exec_failure_as_127() -> None:
-    r = subprocess.run([launch.SPAWNERS[0].path, "1000", "1000", "-", "0", "--",
+    r = subprocess.run([launch.SPAWNERS[0].path, "1000", "1000", "-", "0", "-", "--",
                         "/nonexistent/openvpn"], capture_output=True, text=True)
     assert r.returncode == 127 and "cannot run /nonexistent/openvpn" in r.stderr, r
+
+
+JOIN = """mount -t cgroup2 none /sys/fs/cgroup || exit 1
+d=/sys/fs/cgroup/$1
+mkdir "$d" || exit 1
+"$2" 65534 65534 - 0 3 -- /bin/sh -c 'cat /proc/self/cgroup; ls -l /proc/$$/fd' \
+    3>"$d/cgroup.procs"
+rc=$?
+rmdir "$d"
+exit $rc
+"""
+
+
+def test_the_helper_joins_the_sessions_cgroup_and_closes_its_descriptor() -> None:
+    """Every process of a session is in its cgroup from before it runs as the user; the
+    descriptor that put it there (root's, writable) never reaches the program."""
+    name = f"isv-runas-{os.getpid()}"
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", JOIN,
+                        "join", name, launch.SPAWNERS[0].path],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r
+    assert f"0::/{name}" in r.stdout.split()
+    assert "cgroup.procs" not in r.stdout
 
 
 def test_a_helper_others_could_replace_is_not_used(tmp_path: Path) -> None:

@@ -96,8 +96,8 @@ def test_refuses_to_start_on_unsafe_directories(lab: Lab, make_service: Callable
 
 def test_second_listener_is_refused_and_the_first_keeps_serving(lab: Lab, svc: Service,
                                                                  user: User) -> None:
-    cp = _serve_once(lab, svc)
-    assert cp.returncode == 1 and "another service already listens" in cp.stderr
+    cp = _serve_once(lab, svc)  # the same settings: its state directory is taken
+    assert cp.returncode == 1 and "another service uses the state directory" in cp.stderr
     assert svc.connectable() and svc.socket_path.is_socket()
 
 
@@ -412,7 +412,8 @@ done(acks=acks)
         assert acks == [[0, 0], [1, 5010], [2, 0]]
         session_routes = [r for r in lab.routes(4) if r.get("protocol") == "158"]
         assert sorted(r["dst"] for r in session_routes) == ["10.87.0.0/16", "10.89.0.0/16"]
-        assert svc.journal()["changes"] == 1 + 2  # the tun and two routes, not the refused one
+        # the cgroup, the tun and two routes, not the refused one
+        assert svc.journal()["changes"] == 2 + 2
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: snapshot(lab, svc, user) == before, 5,
                  what=lambda: f"{snapshot(lab, svc, user)}\n{before}")
