@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, assert_never
 
 from iservice import audit, errors
-from iservice.effects import address, cgroup, decode_record, route, tun
+from iservice.effects import address, cgroup, decode_record, route, rule, tun
 from iservice.effects import dns as dns_effect
 from iservice.effects import firewall as fw_effect
 from iservice.effects.cgroup import CgroupRecord
@@ -49,6 +49,7 @@ from iservice.effects.tun import TunRecord
 from iservice.errors import JournalDataError, JournalError
 from iservice.journal import Change, Journal, SessionRecord
 from iservice.linux import firewall, launch
+from iservice.linux import tun as tundev
 from iservice.linux.cgroup import Cgroups
 from iservice.linux.dns import DnsBackend, DnsError, NoDns
 from iservice.linux.identity import UserIdentity
@@ -117,6 +118,7 @@ class StartSession:
     launch: LaunchSpec = field(hash=False)
     reply_to: socket.socket | None = field(hash=False)  # the client: the PID reply
     who: dict[str, Any] = field(hash=False)  # the audit line's who-fields
+    user_scope: bool = False  # route_scope = user, non-admin: a routing table of its own
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ class Started:
     info: dict[str, Any]  # as journaled; "start_time" still None
     argv: tuple[str, ...]  # openvpn's full command line
     replied: bool  # the PID reply went out from the monitor thread
+    table: int | None  # the session's own routing table (route_scope = user)
 
 
 class StartFailed(Exception):
@@ -278,6 +281,7 @@ class Monitor:
         self.dns: dns_effect.Dns
         self.firewall: fw_effect.Firewall
         self._tuns: dict[int, int] = {}  # tun ifindex of each live session
+        self._tun_names: dict[int, str] = {}
         opened: concurrent.futures.Future[None] = concurrent.futures.Future()
 
         def main() -> None:
@@ -405,6 +409,10 @@ class Monitor:
             try:
                 rec, ifindex, change = self._make_tun(session_id, job.uid, job.gid, first,
                                                       change)
+                table = None
+                if job.user_scope:
+                    table = rule.add(self.journal, self.rtnl, session_id, job.uid, ifindex)
+                    _route_localnet(rec.name)
             except Exception as exc:
                 raise StartFailed(session_id, "tun", exc) from None
             spec = job.launch
@@ -429,6 +437,7 @@ class Monitor:
         except Exception as exc:
             raise StartFailed(session_id, "journal", exc, child) from None
         self._tuns[session_id] = ifindex
+        self._tun_names[session_id] = rec.name
         audit.record(logging.INFO, "started", **job.who, session=session_id, pid=child.pid,
                      verdict="allowed", tun=rec.name, argv=" ".join(argv))
         replied = False
@@ -441,7 +450,7 @@ class Monitor:
                 pass  # the loop sends it
             except OSError:
                 replied = True  # the client is gone: nothing to send
-        return Started(session_id, rec.name, ifindex, child, full, tuple(argv), replied)
+        return Started(session_id, rec.name, ifindex, child, full, tuple(argv), replied, table)
 
     def _make_tun(self, session_id: int, uid: int, gid: int, first: TunRecord,
                   change: int) -> tuple[TunRecord, int, int]:
@@ -523,7 +532,7 @@ class Monitor:
                     return Applied(0, address.add(self.journal, self.rtnl, session_id,
                                                   tun_ifindex, op))
                 case DelAddress():
-                    address.delete(self.journal, self.rtnl, tun_ifindex, op)
+                    address.delete(self.journal, self.rtnl, tun_ifindex, op, op.table)
                     return Applied(0)
                 case SetMtu():
                     # Not journaled: the tun is ours and is deleted at the end.
@@ -534,6 +543,10 @@ class Monitor:
                     return Applied(0)
                 case Nothing():
                     return Applied(0)
+                case SetDns() if op.redirect_uid is not None:
+                    return Applied(0, self.firewall.set_dns_redirect(
+                        session_id, op.redirect_uid, self._tun_names[session_id],
+                        rule.table_for(tun_ifindex), op.state))
                 case SetDns():
                     return Applied(0, self.dns.set(session_id, tun_ifindex, op))
                 case FlushDns():
@@ -596,6 +609,7 @@ class Monitor:
                 if isinstance(rec, TunRecord):
                     tun_gone = False
         self._tuns.pop(session_id, None)
+        self._tun_names.pop(session_id, None)
         self.dns.session_ended(session_id)
         self.firewall.session_ended(session_id)
         try:
@@ -626,6 +640,8 @@ class Monitor:
                 if self.cgroups is None:
                     return f"cgroup {rec.path}: no cgroup hierarchy to remove it from"
                 cgroup.undo(self.cgroups, rec)
+            case rule.RuleRecord():
+                rule.undo(self.rtnl, rec)
             case address.AddressRecord():
                 pass  # goes with the tun
             case _:
@@ -655,6 +671,16 @@ class Monitor:
             return self.journal.changes(session_id)
         except JournalDataError:
             return []
+
+
+def _route_localnet(tun_name: str) -> None:
+    """Let the per-user tun carry loopback-sourced packets: the user's DNS queries to a
+    resolver on loopback, redirected into the tunnel (linux/firewall.py
+    ``dns_redirect_body``, whose guard chain keeps the far end off the loopback).  Goes
+    with the tun."""
+    tundev.check_tun_name(tun_name)
+    with open(f"/proc/sys/net/ipv4/conf/{tun_name}/route_localnet", "w") as f:
+        f.write("1")
 
 
 def family_name(family: int) -> str:

@@ -149,6 +149,7 @@ class Session:
     _servers_stale = True  # not yet handed to the monitor since they may have changed
     _servers_job: asyncio.Future[Any] | None = None  # a SetServers in the monitor
     _pipeline: Pipeline | None = None
+    route_table: int | None = None  # route_scope = user: the session's own routing table
     _tasks: set[asyncio.Future[Any]] = field(default_factory=set)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -289,7 +290,8 @@ class Session:
             uid=user.uid, gid=user.gid, client_pid=self.creds.pid,
             info={"user": user.name, "argv": list(approved.argv), "workdir": data.workdir},
             launch=spec, reply_to=self.conn,
-            who={"uid": self.creds.uid, "client_pid": self.creds.pid, "conn": self.number})
+            who={"uid": self.creds.uid, "client_pid": self.creds.pid, "conn": self.number},
+            user_scope=settings.route_scope == "user" and not self.admin)
         try:
             started = await self._start_in_monitor(job)
         finally:
@@ -298,6 +300,7 @@ class Session:
             facts.launched()
         self.session_id, self.tun_name = started.session_id, started.tun_name
         self.tun_ifindex, self.child = started.tun_ifindex, started.child
+        self.route_table = started.table
         self.phase = Phase.RUNNING
         self.server.session_running(self)
         self.started_at = time.time()
@@ -433,6 +436,7 @@ class Session:
                           s.max_dns_servers, s.max_routes_per_user, s.max_addresses_per_user),
             records=self.records, owners=self.server.owners, scope=self.scope,
             session_id=self.session_id, uid=self.creds.uid, admin=self.admin,
+            route_table=self.route_table,
             forced_block=WFP_BLOCK_DNS if s.block_dns else 0,
             block_scope_uid=self._block_scope())
 

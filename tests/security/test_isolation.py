@@ -362,3 +362,61 @@ def test_pending_connections_are_limited_per_user_not_by_live_sessions(
     for pid in [*pids, int(cp.stdout.split()[-1])]:
         os.kill(pid, signal.SIGKILL)
     wait_for(lambda: gone(svc), 10, what=svc.log_tail())
+
+
+# -- 3. route_scope = user: the far end of a tunnel cannot reach the machine's loopback --
+
+def test_per_user_dns_redirect_does_not_open_the_loopback_to_the_tunnel(
+        lab: Lab, hostile: Callable[..., Service], user: User) -> None:
+    """A per-user session's tun accepts loopback-sourced packets (the user's redirected
+    DNS queries to a resolver on 127.0.0.53 need it); a packet that *arrives* on the tun
+    for a loopback address (what a hostile VPN server could send) is dropped unless it
+    is the reply of such a query.  The stand-in writes both kinds into its tun."""
+    svc = hostile("route_scope = user\n")
+    listener = r"""
+import socket, sys
+socks = []
+for addr, port in (("127.0.0.1", 5555), ("0.0.0.0", 5556)):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, port))
+    s.settimeout(4)
+    socks.append((port, s))
+print("ready", flush=True)
+for port, s in socks:
+    try:
+        data, src = s.recvfrom(100)
+        print(port, data.decode(), flush=True)
+    except TimeoutError:
+        print(port, "nothing", flush=True)
+"""
+    heard = lab.popen_service([PYTHON, "-I", "-c", listener], label="loopback-listener")
+    wait_for(lambda: "ready" in Path(str(heard.stdout_path)).read_text(), 5, what="listener")
+    code = r'''
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xFFFF)
+    return ~(s + (s >> 16)) & 0xFFFF
+def udp(src, dst, port, payload):
+    body = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 1, 0, 64, 17, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst))
+    hdr = hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:]
+    return hdr + body
+r = dict(addr=send(addr("10.66.0.2", 24)),
+         dns=send(enc(m.DnsCfgMsg(T.ADD_DNS_CFG, 8, own, "", socket.AF_INET,
+                                  (IPv4Address("10.66.0.1"),)))))
+fd = attach()
+time.sleep(0.2)
+os.write(fd, udp("10.66.0.1", "127.0.0.1", 5555, b"to-loopback"))
+os.write(fd, udp("10.66.0.1", "10.66.0.2", 5556, b"to-the-tun"))
+done(**r)
+'''
+    pid = start_scenario(lab, svc, user, "guard.ovpn", code)
+    r = result(svc, user, "guard.ovpn", pid)
+    assert r["addr"] == [7, 0] and r["dns"] == [8, 0], svc.log_tail()
+    assert heard.wait(timeout=15) == 0
+    out = Path(str(heard.stdout_path)).read_text().split("\n")
+    assert "5555 nothing" in out, out  # dropped by the guard
+    assert "5556 to-the-tun" in out, out  # the way in works: the drop is the guard's
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: gone(svc), 5, what=svc.log_tail())

@@ -21,10 +21,11 @@ ids = st.one_of(st.none(), st.integers(-1, 2**62))
 gateways = st.one_of(st.none(), st.ip_addresses())
 
 
-@given(keys, st.integers(0, 2**32 - 1), gateways, ids)
+@given(keys, st.integers(0, 2**32 - 1), gateways, ids, st.one_of(st.none(),
+                                                                  st.integers(1, 2**32 - 1)))
 def test_add_route_text_is_the_generic_text(key: RouteKey, oif: int, gw: object,
-                                            existing: int | None) -> None:
-    op = AddRoute(key, oif, gw, existing)  # type: ignore[arg-type]
+                                            existing: int | None, table: int | None) -> None:
+    op = AddRoute(key, oif, gw, existing, table)  # type: ignore[arg-type]
     assert audit.describe(op) == audit.generic_describe(op)
 
 

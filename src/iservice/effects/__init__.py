@@ -19,6 +19,7 @@ module owns three things, and nothing else knows them:
 | ``tun`` | ``tun`` | the session's tun device (its addresses and routes go with it) |
 | ``address`` | ``addr`` | an address on the tun |
 | ``route`` | ``route`` | a route through the tun, or a bypass host route |
+| ``rule`` | ``rule`` | a policy-routing rule of a per-user session (``route_scope = user``) |
 | ``dns`` | ``dns`` | the session's DNS configuration (a backend's own undo data) |
 | ``firewall`` | ``nft`` | the session's nftables table (kill switch, per-user DNS) |
 
@@ -35,13 +36,15 @@ from iservice.effects.cgroup import CgroupRecord
 from iservice.effects.dns import DnsRecord
 from iservice.effects.firewall import TableRecord
 from iservice.effects.route import RouteRecord
+from iservice.effects.rule import RuleRecord
 from iservice.effects.tun import TunRecord
 from iservice.errors import JournalDataError
 
-Record = CgroupRecord | TunRecord | AddressRecord | RouteRecord | DnsRecord | TableRecord
+Record = (CgroupRecord | TunRecord | AddressRecord | RouteRecord | RuleRecord | DnsRecord
+          | TableRecord)
 
 _BY_KIND: dict[str, Any] = {cls.KIND: cls for cls in (
-    CgroupRecord, TunRecord, AddressRecord, RouteRecord, DnsRecord, TableRecord)}
+    CgroupRecord, TunRecord, AddressRecord, RouteRecord, RuleRecord, DnsRecord, TableRecord)}
 
 
 def decode_record(kind: str, data: dict[str, Any]) -> Record:
@@ -54,4 +57,4 @@ def decode_record(kind: str, data: dict[str, Any]) -> Record:
 
 
 __all__ = ["AddressRecord", "CgroupRecord", "DnsRecord", "Record", "RouteRecord",
-           "TableRecord", "TunRecord", "decode_record"]
+           "RuleRecord", "TableRecord", "TunRecord", "decode_record"]

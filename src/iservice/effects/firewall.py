@@ -19,11 +19,12 @@ from iservice.effects._records import text
 from iservice.errors import JournalDataError
 from iservice.journal import Journal
 from iservice.linux import firewall as nft
+from iservice.policy.dns import DnsState
 from iservice.policy.requests import SetBlock
 
 log = logging.getLogger("iservice.effects.firewall")
 
-_TABLE_RE = re.compile(r"iservice_\d+(_\d+)?")
+_TABLE_RE = re.compile(r"iservice_\d+(_\d+)?(_dns)?")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class TableRecord:
         return cls(table)
 
 
+def _nrpt(state: DnsState, version: int) -> list[object]:
+    if state.nrpt is None:
+        return []
+    return [a for a in state.nrpt.servers if getattr(a, "version", None) == version]
+
+
 @dataclass
 class _Block:
     table: str
@@ -57,6 +64,7 @@ class Firewall:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self._blocks: dict[int, _Block] = {}  # session id → its table
+        self._redirects: dict[int, tuple[str, int]] = {}  # session id → (DNS table, record)
         # session id → (its user, its VPN servers): every table lets them through
         self._servers: dict[int, tuple[int, tuple[str, ...]]] = {}
 
@@ -119,11 +127,45 @@ class Firewall:
                 log.error("event=block-sync-failed session=%d table=%s error=%r", sid,
                           block.table, str(exc))
 
+    # -- a per-user session's DNS (route_scope = user) ------------------------------
+
+    def set_dns_redirect(self, session_id: int, uid: int, tun: str, table: int,
+                         state: DnsState) -> int | None:
+        """Send ``uid``'s DNS packets to the state's first servers (none: stop); the
+        record's id.  linux/firewall.py ``dns_redirect_body`` says how."""
+        s4 = next((str(a) for a in (*state.servers4, *_nrpt(state, 4))), None)
+        s6 = next((str(a) for a in (*state.servers6, *_nrpt(state, 6))), None)
+        cur = self._redirects.get(session_id)
+        if s4 is None and s6 is None:
+            if cur is not None:
+                nft.delete_table(cur[0])
+                self.journal.forget([cur[1]])
+                del self._redirects[session_id]
+            return None
+        if cur is not None:
+            nft.replace_dns_redirect(cur[0], uid, tun, s4, s6, table)
+            return cur[1]
+        for k in range(nft.TABLE_ATTEMPTS):
+            name = nft.dns_redirect_table_name(session_id, k)
+            change = self.journal.record(session_id, TableRecord.KIND, {"table": name})
+            try:
+                nft.create_dns_redirect(name, uid, tun, s4, s6, table)
+            except OSError as exc:
+                self.journal.forget([change])
+                if exc.errno == errno.EEXIST:
+                    continue
+                raise
+            self._redirects[session_id] = (name, change)
+            return change
+        raise nft.NftError(errno.EEXIST, f"{nft.dns_redirect_table_name(session_id)} and its "
+                           "variants exist")
+
     @staticmethod
     def undo(rec: TableRecord) -> None:
         nft.delete_table(rec.table)
 
     def session_ended(self, session_id: int) -> None:
+        self._redirects.pop(session_id, None)
         self._blocks.pop(session_id, None)
         if self._servers.pop(session_id, None) and self._blocks:
             self._sync()

@@ -24,7 +24,7 @@ from iservice import errors
 from iservice.effects._records import flag, integer, text
 from iservice.errors import JournalDataError
 from iservice.journal import Journal
-from iservice.linux.netlink import Route, RouteSpec, Rtnl
+from iservice.linux.netlink import RT_TABLE_MAIN, Route, RouteSpec, Rtnl
 from iservice.policy.requests import AddRoute, DelRoute, Operation
 
 GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
@@ -45,11 +45,15 @@ class RouteRecord:
     metric: int  # -1: unset
     gateway: IPv4Address | IPv6Address | None
     bypass: bool
+    table: int = RT_TABLE_MAIN  # a per-user session's own table (route_scope = user)
 
     def to_data(self) -> dict[str, Any]:
-        return {"dst": str(self.dst), "oif": self.oif, "metric": self.metric,
-                "gw": None if self.gateway is None else str(self.gateway),
-                "bypass": self.bypass}
+        d: dict[str, Any] = {"dst": str(self.dst), "oif": self.oif, "metric": self.metric,
+                             "gw": None if self.gateway is None else str(self.gateway),
+                             "bypass": self.bypass}
+        if self.table != RT_TABLE_MAIN:
+            d["table"] = self.table
+        return d
 
     @classmethod
     def from_data(cls, d: dict[str, Any]) -> RouteRecord:
@@ -59,12 +63,14 @@ class RouteRecord:
             gateway = None if gw is None else ip_address(text(d, "gw"))
         except ValueError as exc:
             raise JournalDataError(f"journal record: bad route {d!r}: {exc}") from None
+        table = d.get("table", RT_TABLE_MAIN)
         return cls(dst, integer(d, "oif", low=1, high=2**31 - 1),
-                   integer(d, "metric", low=-1, high=2**32 - 1), gateway, flag(d, "bypass"))
+                   integer(d, "metric", low=-1, high=2**32 - 1), gateway, flag(d, "bypass"),
+                   integer({"table": table}, "table", low=1, high=2**32 - 2))
 
     def spec(self) -> RouteSpec:
         return RouteSpec(self.dst, self.oif, self.gateway,
-                         None if self.metric < 0 else self.metric)
+                         None if self.metric < 0 else self.metric, self.table)
 
 
 def record_json(op: AddRoute) -> str:
@@ -73,15 +79,17 @@ def record_json(op: AddRoute) -> str:
     JSON of ``RouteRecord.to_data``).  Addresses and networks format as plain ASCII."""
     k = op.key
     gw = "null" if op.gateway is None else f'"{op.gateway}"'
+    table = "" if op.table is None else f',"table":{op.table}'
     return (f'{{"dst":"{k.dst_text}","oif":{op.oif},"metric":{k.metric},"gw":{gw},'
-            f'"bypass":{"true" if k.bypass else "false"}}}')
+            f'"bypass":{"true" if k.bypass else "false"}{table}}}')
 
 
 def spec_of(op: AddRoute) -> RouteSpec:
     """The kernel route of a decided add (the same route ``record_json`` records), as
     values: the policy has checked them (netlink's fast path)."""
     metric = op.key.metric
-    return RouteSpec(op.key.dst, op.oif, op.gateway, None if metric < 0 else metric)
+    return RouteSpec(op.key.dst, op.oif, op.gateway, None if metric < 0 else metric,
+                     RT_TABLE_MAIN if op.table is None else op.table)
 
 
 def ack_error(err: int) -> int:

@@ -126,3 +126,78 @@ def delete_table(name: str) -> None:
     except NftError as exc:
         if exc.errno != errno.ENOENT:
             raise
+
+
+def dns_redirect_table_name(session_id: int, k: int = 0) -> str:
+    return table_name(session_id, k) + "_dns"
+
+
+def dns_redirect_body(name: str, uid: int, tun: str, server4: str | None,
+                      server6: str | None, mark: int) -> str:
+    """A per-user session's DNS (route_scope = user): the user's DNS packets (UDP and TCP
+    port 53, whatever resolver they were sent to) go to the tunnel's server instead,
+    through the tunnel (the user's routing table), with the tunnel's address as source;
+    nobody else's packets are touched.
+
+    The kernel routes a packet again after NAT changed its destination, with its mark
+    but without its uid: so the user's port-53 packets are marked (``mark``, which a
+    rule of the session sends to its table; effects/rule.py) in a ``route`` chain,
+    which also routes each of them again, first packet or not.
+
+    A resolver on loopback (127.0.0.53, a local dnsmasq) needs the tun to accept and
+    route loopback-sourced packets (``route_localnet``, set by the monitor on the
+    session's tun); the ``guard`` chain then drops anything that arrives on the tun for
+    a loopback address except the replies of these redirected queries, so the tunnel's
+    far end can reach nothing on the machine's loopback.
+    """
+    u = int(uid)
+    rules = []
+    if server4 is not None:
+        a = ip_address(server4)
+        assert a.version == 4
+        rules += [f"meta nfproto ipv4 meta skuid {u} udp dport 53 dnat ip to {a}",
+                  f"meta nfproto ipv4 meta skuid {u} tcp dport 53 dnat ip to {a}"]
+    if server6 is not None:
+        a6 = ip_address(server6)
+        assert a6.version == 6
+        rules += [f"meta nfproto ipv6 meta skuid {u} udp dport 53 dnat ip6 to {a6}",
+                  f"meta nfproto ipv6 meta skuid {u} tcp dport 53 dnat ip6 to {a6}"]
+    out = "\n".join(f"    {r}" for r in rules)
+    dev = _check_ifname(tun)
+    m = int(mark)
+    return (f"table inet {name} {{\n"
+            "  chain marking {\n"
+            "    type route hook output priority -150; policy accept;\n"
+            f"    meta skuid {u} udp dport 53 meta mark set {m}\n"
+            f"    meta skuid {u} tcp dport 53 meta mark set {m}\n  }}\n"
+            "  chain output {\n"
+            "    type nat hook output priority -100; policy accept;\n"
+            f"{out}\n  }}\n"
+            "  chain postrouting {\n"
+            "    type nat hook postrouting priority 100; policy accept;\n"
+            f'    oifname "{dev}" meta skuid {u} ct status dnat masquerade\n  }}\n'
+            "  chain guard {\n"
+            "    type filter hook prerouting priority 0; policy accept;\n"
+            f'    iifname "{dev}" ip daddr 127.0.0.0/8 ct status dnat accept\n'
+            f'    iifname "{dev}" ip daddr 127.0.0.0/8 drop\n'
+            f'    iifname "{dev}" ip6 daddr ::1 ct status dnat accept\n'
+            f'    iifname "{dev}" ip6 daddr ::1 drop\n  }}\n'
+            "}\n")
+
+
+def _check_ifname(name: str) -> str:
+    if not name or len(name) > 15 or any(not (c.isalnum() or c in "_.-") for c in name):
+        raise ValueError(f"bad interface name {name!r}")
+    return name
+
+
+def create_dns_redirect(name: str, uid: int, tun: str, server4: str | None,
+                        server6: str | None, mark: int) -> None:
+    run_nft(f"create table inet {name}\n" +
+            dns_redirect_body(name, uid, tun, server4, server6, mark))
+
+
+def replace_dns_redirect(name: str, uid: int, tun: str, server4: str | None,
+                         server6: str | None, mark: int) -> None:
+    run_nft(f"delete table inet {name}\n" +
+            dns_redirect_body(name, uid, tun, server4, server6, mark))

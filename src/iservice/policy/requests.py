@@ -123,12 +123,16 @@ class AddressKey:
 class AddAddress:
     key: AddressKey
     existing: int | None = None  # re-add of this journaled address (EEXIST is fine)
+    # A per-user session's routing table (route_scope = user): the address's prefix
+    # route goes there, not into the main table, where it would steer everyone.
+    table: int | None = None
 
 
 @dataclass(frozen=True)
 class DelAddress:
     key: AddressKey
     change_id: int  # the journal record of the add being undone
+    table: int | None = None  # where its prefix route is (see AddAddress)
 
 
 # Routes come by the thousand: ``audit.describe`` uses these instead of its generic,
@@ -141,6 +145,7 @@ class AddRoute:
     oif: int
     gateway: IPAddress | None  # only for bypass routes: the default gateway
     existing: int | None = None  # re-add of this journaled route (EEXIST is fine)
+    table: int | None = None  # a per-user session's table; None: the main table
 
     def audit_text(self) -> str:
         k = self.key
@@ -149,6 +154,8 @@ class AddRoute:
             text += f" gateway={self.gateway}"
         if self.existing is not None:
             text += f" existing={self.existing}"
+        if self.table is not None:
+            text += f" table={self.table}"
         return text
 
 
@@ -180,9 +187,14 @@ class Nothing:
 
 @dataclass(frozen=True)
 class SetDns:
-    """Give the session's link this DNS state (empty = none); ``previous`` for rollback."""
+    """Give the session's link this DNS state (empty = none); ``previous`` for rollback.
+
+    ``redirect_uid``: a per-user session (route_scope = user): the state is not given
+    to the machine's resolver; that user's DNS packets are sent to the tunnel's servers
+    instead, and nobody else's."""
     state: DnsState
     previous: DnsState
+    redirect_uid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -261,6 +273,7 @@ class RequestPolicy:
                  default_route: Callable[[int], DefaultRoute | None] | None = None,
                  owners: Owners | None = None, scope: Scope = MACHINE,
                  session_id: int = 0, uid: int = 0, admin: bool = False,
+                 route_table: int | None = None,
                  forced_block: int = 0, block_scope_uid: int | None = None) -> None:
         self.tun_ifindex = tun_ifindex
         self.forced_block = forced_block  # block flags the admin wants (block_dns)
@@ -277,6 +290,12 @@ class RequestPolicy:
         self.session_id = session_id
         self.uid = uid
         self.admin = admin
+        # route_scope = user, non-admin: the session's own table; its DNS only the user's
+        self.route_table = route_table
+
+    @property
+    def _dns_uid(self) -> int | None:
+        return self.uid if self.route_table is not None else None
 
     def set_default_route(self, family: int, route: DefaultRoute | None, now: float) -> None:
         self._defaults[family] = (route, now)
@@ -373,7 +392,7 @@ class RequestPolicy:
                 not self.admin and owners.taken_from(self.scope, self.session_id, key.dst)
                 is not None):
             return None
-        return mid, AddRoute(key, self.tun_ifindex, None)
+        return mid, AddRoute(key, self.tun_ifindex, None, table=self.route_table)
 
     def _address(self, msg: m.Message) -> Operation:
         assert isinstance(msg, m.AddressMsg)
@@ -388,11 +407,11 @@ class RequestPolicy:
         if msg.type == m.MsgType.DEL_ADDRESS:
             if key not in self.records.addresses:
                 raise Refused(errors.ERROR_NOT_FOUND, f"{a}/{msg.prefix_len} was not added here")
-            return DelAddress(key, self.records.addresses[key])
+            return DelAddress(key, self.records.addresses[key], self.route_table)
         if key in self.records.addresses:
             # Already ours: a restart re-sending its configuration.  Put it in again
             # (the kernel may have dropped it with the link) without a new record.
-            return AddAddress(key, existing=self.records.addresses[key])
+            return AddAddress(key, existing=self.records.addresses[key], table=self.route_table)
         if len(self.records.addresses) >= self.limits.max_addresses:
             raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
                           f"more than {self.limits.max_addresses} addresses")
@@ -400,7 +419,7 @@ class RequestPolicy:
             raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
                           f"more than {self.limits.max_addresses_per_user} addresses for "
                           "this user")
-        return AddAddress(key)
+        return AddAddress(key, table=self.route_table)
 
     def _route(self, msg: m.Message) -> Operation:
         assert isinstance(msg, m.RouteMsg)
@@ -418,7 +437,8 @@ class RequestPolicy:
             # route is put in again (without a new record); a bypass route stays.
             if key.bypass:
                 return Nothing()
-            return AddRoute(key, self.tun_ifindex, None, existing=self.records.routes[key])
+            return AddRoute(key, self.tun_ifindex, None, existing=self.records.routes[key],
+                            table=self.route_table)
         if len(self.records.routes) >= self.limits.max_routes:
             raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
                           f"more than {self.limits.max_routes} routes")
@@ -426,7 +446,7 @@ class RequestPolicy:
         if key.bypass:
             return self._bypass(msg, key)
         self._check_taking(key)
-        return AddRoute(key, self.tun_ifindex, None)
+        return AddRoute(key, self.tun_ifindex, None, table=self.route_table)
 
     def _bypass(self, msg: m.RouteMsg, key: RouteKey) -> Operation:
         family = _family_of(key.dst)
@@ -447,7 +467,7 @@ class RequestPolicy:
             raise Refused(errors.ERROR_NOT_ENOUGH_QUOTA,
                           f"more than {self.limits.max_bypass_routes} bypass routes")
         self._check_taking(key)
-        return AddRoute(key, default.oif, default.gateway)
+        return AddRoute(key, default.oif, default.gateway, table=self.route_table)
 
     def _mtu(self, msg: m.Message) -> Operation:
         assert isinstance(msg, m.SetMtuMsg)
@@ -473,7 +493,7 @@ class RequestPolicy:
                           f"more than {self.limits.max_dns_servers} DNS servers")
         if new == old:
             return Nothing()  # the same state again: the backend is not touched
-        return SetDns(new, old)
+        return SetDns(new, old, self._dns_uid)
 
     def _dns_cfg(self, msg: m.Message) -> Operation:
         assert isinstance(msg, m.DnsCfgMsg)
@@ -492,7 +512,7 @@ class RequestPolicy:
             new = old.with_family(version, ())
             if domains:
                 new = DnsState(new.servers4, new.servers6, (), new.nrpt)
-            return SetDns(new, old)
+            return SetDns(new, old, self._dns_uid)
         new = old.with_family(version, servers) if servers else old
         if domains:
             new = DnsState(new.servers4, new.servers6, domains, new.nrpt)
@@ -507,7 +527,8 @@ class RequestPolicy:
         if msg.type == m.MsgType.DEL_NRPT_CFG:
             if old.nrpt is None:
                 raise Refused(errors.ERROR_NOT_FOUND, "no NRPT configuration here")
-            return SetDns(DnsState(old.servers4, old.servers6, old.domains, None), old)
+            return SetDns(DnsState(old.servers4, old.servers6, old.domains, None), old,
+                          self._dns_uid)
         try:
             servers = tuple(dict.fromkeys(parse_server(a) for a in msg.addresses))
             nrpt = Nrpt(servers, parse_domains(msg.resolve_domains),
