@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.isv import Service, wait_for
+from tests.isv import Service, alive, wait_for
 from tests.lab import Lab, Pki, User
 
 pytestmark = [pytest.mark.root,
@@ -175,3 +175,4 @@ def test_a_killed_service_leaves_no_rule_table_or_redirect(lab: Lab, svc: Servic
     assert dev_for(lab, Lab.outside_addr, user.uid) == Lab.client_if
     assert "iservice_" not in lab.run_service(["nft", "list", "tables"]).stdout
     assert svc.journal() == {"sessions": [], "changes": 0}
+    wait_for(lambda: not alive(pid), 5, what="the session's openvpn ended")
