@@ -210,6 +210,24 @@ def alive(pid: int) -> bool:
         return False
 
 
+def live_pids(uid: int) -> list[int]:
+    """The processes of ``uid`` that still run (zombies are dead: a process killed with
+    its session waits there until its new parent, init, reaps it)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry}")
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if st.st_uid == uid and state != b"Z":
+            out.append(int(entry))
+    return out
+
+
 def pid_user(pid: int) -> int:
     """Real uid of a process."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

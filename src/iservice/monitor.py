@@ -14,7 +14,7 @@ from the journal alone.
   ``Applied`` per operation;
 * ``SetInfo``: the session's journaled details (openvpn's start time) → ``None``;
 * ``SetServers``: a session's VPN servers, which every kill switch lets through → ``None``;
-* ``Undo``: end the session's processes, undo every record newest first → the problems;
+* ``Undo``: end the session's processes, undo every record newest first → ``Undone``;
 * ``Recover``: at start, ``Undo`` every session a killed service left → ``Recovered``s;
 * ``QueryDefaultRoute``: the default route of a family (bypass-route decisions).
 
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, assert_never
 
 from iservice import audit, errors
-from iservice.effects import address, cgroup, decode_record, route, rule, tun
+from iservice.effects import address, cgroup, decode_record, orphans, route, rule, tun
 from iservice.effects import dns as dns_effect
 from iservice.effects import firewall as fw_effect
 from iservice.effects.cgroup import CgroupRecord
@@ -198,6 +198,14 @@ class Applied:
 
 
 @dataclass(frozen=True)
+class Undone:
+    """``Undo``'s answer: what went wrong, and whether the session left the journal
+    (False: records stay, to be tried again — ``Server`` retries while it runs)."""
+    problems: tuple[str, ...]
+    complete: bool
+
+
+@dataclass(frozen=True)
 class Recovered:
     session_id: int
     uid: int
@@ -290,7 +298,7 @@ class Monitor:
                 self.rtnl = rtnl_factory()
                 backend = NoDns() if dns_factory is None else dns_factory(self.journal.update)
                 self.dns = dns_effect.Dns(self.journal, backend)
-                self.firewall = fw_effect.Firewall(self.journal)
+                self.firewall = fw_effect.Firewall(self.journal, instance)
             except BaseException as exc:
                 opened.set_exception(exc)
                 return
@@ -365,7 +373,9 @@ class Monitor:
                 self.firewall.set_servers(job.session_id, job.uid, job.servers)
                 return None
             case Undo():
-                return self._undo(job.session_id)
+                problems = self._undo(job.session_id)
+                return Undone(tuple(problems), not any(
+                    s.id == job.session_id for s in self.journal.sessions()))
             case Recover():
                 return self._recover()
             case QueryDefaultRoute():
@@ -651,6 +661,9 @@ class Monitor:
     # -- recovery -------------------------------------------------------------
 
     def _recover(self) -> list[Recovered]:
+        """Undo every session the journal holds (a killed service's), then remove what
+        this instance's marks show in the kernel with no record (``effects/orphans.py``:
+        the journal may have been lost)."""
         out = []
         for rec in self.journal.sessions():
             pid, start = rec.info.get("pid"), rec.info.get("start_time")
@@ -661,6 +674,7 @@ class Monitor:
                       and isinstance(start, int) and launch.kill_if_same(pid, start))
             problems = self._undo(rec.id)
             out.append(Recovered(rec.id, rec.uid, pid, killed or grouped, tuple(problems)))
+        orphans.sweep(self.journal, self.rtnl, self.cgroups, self.instance)
         return out
 
     def _has_cgroup(self, rec: SessionRecord) -> bool:
@@ -689,4 +703,4 @@ def family_name(family: int) -> str:
 
 __all__ = ["Applied", "Apply", "LaunchSpec", "Monitor", "QueryDefaultRoute", "Recover",
            "Recovered", "SetInfo", "SetServers", "StartFailed", "StartSession", "Started",
-           "Undo", "errno_to_ack", "family_name"]
+           "Undo", "Undone", "errno_to_ack", "family_name"]

@@ -24,6 +24,7 @@ import signal
 import socket
 import stat
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from iservice.linux import launch
 from iservice.linux.cgroup import CgroupError, Cgroups
 from iservice.linux.dns import DnsBackend, DnsError, make_backend
 from iservice.linux.identity import peer_credentials
-from iservice.monitor import Monitor, Recover, Recovered
+from iservice.monitor import Monitor, Recover, Recovered, Undo
 from iservice.plugin import plugin_path
 from iservice.policy.ownership import Owners
 from iservice.session import Phase, Session
@@ -48,6 +49,7 @@ log = logging.getLogger("iservice.server")
 
 _MAX_DRAINING = 64  # see Server._too_many
 SERVICE_LANE = ("service", 0)  # the monitor lane of the service's own jobs
+UNDO_RETRY, UNDO_RETRY_MAX = 5.0, 300.0  # seconds between tries of an unfinished undo
 
 # Errors from accept() that mean "out of resources now", not "listener broken".
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -172,6 +174,17 @@ def _check_usable_by_others(path: str, what: str, mode_bit: int, need: str) -> N
         probe = os.path.dirname(probe)
 
 
+def move_aside(journal_path: str) -> str:
+    """Rename a damaged journal (and its WAL and shared-memory files) to
+    ``<name>.damaged-<UTC time>``, kept for the administrator; the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = f"{journal_path}.damaged-{stamp}"
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(journal_path + suffix, aside + suffix)
+    return aside
+
+
 IDLE_TRIM_DELAY = 2.0  # seconds without any session before memory is given back
 
 
@@ -234,6 +247,8 @@ class Server:
         self._draining = 0  # refused connections whose request is being taken (bounded)
         self._pending: set[Session] = set()  # connections not (yet) a running session
         self.owners = Owners()  # every live session's routes (policy/ownership.py)
+        self._retrying: set[int] = set()  # sessions whose undo is tried again
+        self._retry_tasks: set[asyncio.Task[None]] = set()
         self._trim: asyncio.TimerHandle | None = None  # memory give-back once idle
         self.monitor: Monitor
         self._control_listener: socket.socket
@@ -261,6 +276,32 @@ class Server:
             raise StartupDataError("Too many sessions for this user",
                                    f"at most {self.settings.max_sessions_per_user} at a time",
                                    code=errors.ERROR_CANT_WAIT)
+
+    def undo_later(self, session_id: int, uid: int) -> None:
+        """A session's undo left records (a backend failed, the state directory is full):
+        try again while the service runs, not only at its next start (back off from
+        ``UNDO_RETRY`` to ``UNDO_RETRY_MAX`` seconds)."""
+        if session_id in self._retrying:
+            return
+        self._retrying.add(session_id)
+        task = asyncio.get_running_loop().create_task(self._undo_again(session_id, uid))
+        self._retry_tasks.add(task)
+        task.add_done_callback(self._retry_tasks.discard)
+
+    async def _undo_again(self, session_id: int, uid: int) -> None:
+        delay = UNDO_RETRY
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                undone = await self.monitor.call(SERVICE_LANE, Undo(session_id))
+                log.warning("event=undo-retried session=%d uid=%d complete=%s problems=%r",
+                            session_id, uid, undone.complete,
+                            "; ".join(undone.problems) or "none")
+                if undone.complete:
+                    return
+                delay = min(delay * 2, UNDO_RETRY_MAX)
+        finally:
+            self._retrying.discard(session_id)
 
     def session_running(self, session: Session) -> None:
         """The session's openvpn runs: its connection no longer counts as pending."""
@@ -295,6 +336,10 @@ class Server:
         s = self.settings
         return make_backend(s.dns_backend, resolv_conf=s.resolv_conf,
                             resolvconf_exe=s.resolvconf_path, update_record=update_record)
+
+    def _monitor(self, journal_path: str, cgroups: Cgroups) -> Monitor:
+        return Monitor(journal_path, cgroups=cgroups, dns_factory=self._dns_backend,
+                       instance=self.settings.instance)
 
     def _prepare_state(self) -> str:
         d = self.settings.state_dir
@@ -386,8 +431,15 @@ class Server:
         except (CgroupError, OSError) as exc:
             raise StartupError(f"session cgroups: {exc.strerror or exc}") from None
         try:
-            self.monitor = Monitor(journal_path, cgroups=cgroups, dns_factory=self._dns_backend,
-                                   instance=self.settings.instance)
+            try:
+                self.monitor = self._monitor(journal_path, cgroups)
+            except JournalDataError as exc:
+                # Moved aside, never half-used: the kernel's marks then show what the
+                # lost records knew (effects/orphans.py, at recovery).
+                aside = move_aside(journal_path)
+                log.error("event=journal-damaged path=%s moved_to=%s reason=%r: starting "
+                          "with a new journal", journal_path, aside, str(exc))
+                self.monitor = self._monitor(journal_path, cgroups)
         except DnsError as exc:
             raise StartupError(f"DNS: {exc.strerror}") from None
         except JournalError as exc:

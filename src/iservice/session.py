@@ -45,6 +45,7 @@ from iservice.monitor import (
     StartFailed,
     StartSession,
     Undo,
+    Undone,
 )
 from iservice.output import SessionOutput
 from iservice.pipeline import Batch, Pipeline
@@ -624,12 +625,16 @@ class Session:
                 await task
         if self.session_id is not None:
             try:
-                problems = await self.server.monitor.call(self.lane, Undo(self.session_id))
+                undone: Undone = await self.server.monitor.call(self.lane,
+                                                                Undo(self.session_id))
+                problems, complete = list(undone.problems), undone.complete
             except Exception:
                 log.exception("undo failed")
-                problems = ["undo raised"]
+                problems, complete = ["undo raised"], False
             self._log(logging.INFO if not problems else logging.ERROR, "undone",
                       problems="; ".join(problems) or "none")
+            if not complete:
+                self.server.undo_later(self.session_id, self.creds.uid)
         if self._pipeline is not None:
             self._pipeline.release()
         if self.facts is not None:

@@ -106,8 +106,7 @@ def apply(mon: Monitor, sid: int, tun: int, ops: Sequence[rq.Operation]) -> list
 
 
 def undo(mon: Monitor, sid: int) -> list[str]:
-    result: list[str] = mon.submit_sync(LANE, Undo(sid)).result()
-    return result
+    return list(mon.submit_sync(LANE, Undo(sid)).result().problems)
 
 
 def leftovers(mon: Monitor) -> list[Any]:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.isv import PYTHON, Service, wait_for
+from tests.isv import PYTHON, Service, live_pids, wait_for
 from tests.lab import Lab, User
 
 pytestmark = [pytest.mark.root,
@@ -87,9 +86,7 @@ def result(svc: Service, user: User, name: str, pid: int,
 
 
 def user_pids(user: User) -> list[int]:
-    out = subprocess.run(["pgrep", "-u", str(user.uid)], capture_output=True, text=True,
-                         check=False).stdout
-    return [int(p) for p in out.split()]
+    return live_pids(user.uid)
 
 
 def gone(svc: Service) -> bool:

@@ -61,12 +61,16 @@ class _Block:
 class Firewall:
     """The kill-switch tables of the live sessions and the VPN servers they let through."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, instance: str = "") -> None:
         self.journal = journal
+        self.instance = instance
         self._blocks: dict[int, _Block] = {}  # session id → its table
         self._redirects: dict[int, tuple[str, int]] = {}  # session id → (DNS table, record)
         # session id → (its user, its VPN servers): every table lets them through
         self._servers: dict[int, tuple[int, tuple[str, ...]]] = {}
+
+    def mark(self, session_id: int) -> str:
+        return f"{nft.MARK_PREFIX}{self.instance}:{session_id}"
 
     def _all_servers(self) -> dict[int, list[str]]:
         out: dict[int, list[str]] = {}
@@ -88,7 +92,8 @@ class Firewall:
             if (cur.flags, cur.scope_uid, cur.unscoped) == (op.flags, op.scope_uid, op.unscoped):
                 return cur.change_id  # nothing changes: nft is not run
             nft.replace_table(cur.table, op.flags, self._all_servers(),
-                              scope_uid=op.scope_uid, unscoped=op.unscoped)
+                              scope_uid=op.scope_uid, unscoped=op.unscoped,
+                              mark=self.mark(session_id))
             cur.flags, cur.scope_uid, cur.unscoped = op.flags, op.scope_uid, op.unscoped
             return cur.change_id
         for k in range(nft.TABLE_ATTEMPTS):
@@ -96,7 +101,8 @@ class Firewall:
             change = self.journal.record(session_id, TableRecord.KIND, {"table": name})
             try:
                 nft.create_table(name, op.flags, self._all_servers(),
-                                 scope_uid=op.scope_uid, unscoped=op.unscoped)
+                                 scope_uid=op.scope_uid, unscoped=op.unscoped,
+                                 mark=self.mark(session_id))
             except OSError as exc:
                 self.journal.forget([change])
                 if exc.errno == errno.EEXIST:
@@ -122,7 +128,8 @@ class Firewall:
         for sid, block in self._blocks.items():
             try:
                 nft.replace_table(block.table, block.flags, servers,
-                                  scope_uid=block.scope_uid, unscoped=block.unscoped)
+                                  scope_uid=block.scope_uid, unscoped=block.unscoped,
+                                  mark=self.mark(sid))
             except OSError as exc:
                 log.error("event=block-sync-failed session=%d table=%s error=%r", sid,
                           block.table, str(exc))
@@ -143,13 +150,13 @@ class Firewall:
                 del self._redirects[session_id]
             return None
         if cur is not None:
-            nft.replace_dns_redirect(cur[0], uid, tun, s4, s6, table)
+            nft.replace_dns_redirect(cur[0], uid, tun, s4, s6, table, self.mark(session_id))
             return cur[1]
         for k in range(nft.TABLE_ATTEMPTS):
             name = nft.dns_redirect_table_name(session_id, k)
             change = self.journal.record(session_id, TableRecord.KIND, {"table": name})
             try:
-                nft.create_dns_redirect(name, uid, tun, s4, s6, table)
+                nft.create_dns_redirect(name, uid, tun, s4, s6, table, self.mark(session_id))
             except OSError as exc:
                 self.journal.forget([change])
                 if exc.errno == errno.EEXIST:

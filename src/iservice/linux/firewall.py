@@ -25,6 +25,7 @@ hook), not forwarded traffic.
 from __future__ import annotations
 
 import errno
+import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -71,7 +72,7 @@ def _addresses(addrs: Iterable[str], version: int) -> list[IPv4Address | IPv6Add
 
 
 def table_body(name: str, flags: int, servers: Servers, *, scope_uid: int | None = None,
-               unscoped: int = 0) -> str:
+               unscoped: int = 0, mark: str = "") -> str:
     """The table's definition (the ``table inet NAME { … }`` block).
 
     ``scope_uid``: block only packets from sockets of that user (a non-admin's
@@ -100,23 +101,65 @@ def table_body(name: str, flags: int, servers: Servers, *, scope_uid: int | None
         ]
     body = "\n".join(f"    {r}" for r in rules)
     return (f"table inet {name} {{\n"
+            f"{_comment(mark)}"
             "  chain output {\n"
             "    type filter hook output priority filter - 10; policy accept;\n"
             f"{body}\n  }}\n}}\n")
 
 
 def create_table(name: str, flags: int, servers: Servers, *, scope_uid: int | None = None,
-                 unscoped: int = 0) -> None:
+                 unscoped: int = 0, mark: str = "") -> None:
     """Create the table; ``NftError(EEXIST)`` if the name is taken."""
-    run_nft(f"create table inet {name}\n" + table_body(name, flags, servers,
-                                                       scope_uid=scope_uid, unscoped=unscoped))
+    # One statement: the comment (the mark) is taken only when the table is made.
+    run_nft("create " + table_body(
+        name, flags, servers, scope_uid=scope_uid, unscoped=unscoped, mark=mark))
 
 
 def replace_table(name: str, flags: int, servers: Servers, *, scope_uid: int | None = None,
-                  unscoped: int = 0) -> None:
+                  unscoped: int = 0, mark: str = "") -> None:
     """Replace an existing table's rules and sets in one transaction."""
-    run_nft(f"delete table inet {name}\n" + table_body(name, flags, servers,
-                                                       scope_uid=scope_uid, unscoped=unscoped))
+    run_nft(f"delete table inet {name}\n" + table_body(
+        name, flags, servers, scope_uid=scope_uid, unscoped=unscoped, mark=mark))
+
+
+MARK_PREFIX = "iservice:"
+_COMMENT_RE = re.compile(r'^\s*comment "([^"]*)"', re.M)
+
+
+def _comment(mark: str) -> str:
+    """The table's mark (``iservice:<instance>:<session>``): only the tables of this
+    service instance carry its mark, so the sweep of unjournaled leftovers at start
+    (effects/orphans.py) never takes another instance's (or anyone's) table."""
+    if not mark:
+        return ""
+    if '"' in mark or "\\" in mark or "\n" in mark:
+        raise ValueError(f"bad table mark {mark!r}")
+    return f'  comment "{mark}"\n'
+
+
+def tables() -> list[str]:
+    """The names of the ``inet`` tables that look like iservice's."""
+    cp = subprocess.run([NFT, "list", "tables", "inet"], capture_output=True, timeout=15,
+                        env={"PATH": SAFE_PATH}, cwd="/", check=False)
+    if cp.returncode != 0:
+        return []
+    names = []
+    for line in cp.stdout.decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[:2] == ["table", "inet"] and \
+                re.fullmatch(r"iservice_\d+(_\d+)?(_dns)?", parts[2]):
+            names.append(parts[2])
+    return names
+
+
+def table_mark(name: str) -> str | None:
+    """The mark (comment) of an iservice table, or None (none, or no such table)."""
+    cp = subprocess.run([NFT, "list", "table", "inet", name], capture_output=True,
+                        timeout=15, env={"PATH": SAFE_PATH}, cwd="/", check=False)
+    if cp.returncode != 0:
+        return None
+    m = _COMMENT_RE.search(cp.stdout.decode(errors="replace"))
+    return m.group(1) if m else None
 
 
 def delete_table(name: str) -> None:
@@ -133,7 +176,7 @@ def dns_redirect_table_name(session_id: int, k: int = 0) -> str:
 
 
 def dns_redirect_body(name: str, uid: int, tun: str, server4: str | None,
-                      server6: str | None, mark: int) -> str:
+                      server6: str | None, mark: int, table_mark: str = "") -> str:
     """A per-user session's DNS (route_scope = user): the user's DNS packets (UDP and TCP
     port 53, whatever resolver they were sent to) go to the tunnel's server instead,
     through the tunnel (the user's routing table), with the tunnel's address as source;
@@ -166,6 +209,7 @@ def dns_redirect_body(name: str, uid: int, tun: str, server4: str | None,
     dev = _check_ifname(tun)
     m = int(mark)
     return (f"table inet {name} {{\n"
+            f"{_comment(table_mark)}"
             "  chain marking {\n"
             "    type route hook output priority -150; policy accept;\n"
             f"    meta skuid {u} udp dport 53 meta mark set {m}\n"
@@ -192,12 +236,11 @@ def _check_ifname(name: str) -> str:
 
 
 def create_dns_redirect(name: str, uid: int, tun: str, server4: str | None,
-                        server6: str | None, mark: int) -> None:
-    run_nft(f"create table inet {name}\n" +
-            dns_redirect_body(name, uid, tun, server4, server6, mark))
+                        server6: str | None, mark: int, table_mark: str = "") -> None:
+    run_nft("create " + dns_redirect_body(name, uid, tun, server4, server6, mark, table_mark))
 
 
 def replace_dns_redirect(name: str, uid: int, tun: str, server4: str | None,
-                         server6: str | None, mark: int) -> None:
+                         server6: str | None, mark: int, table_mark: str = "") -> None:
     run_nft(f"delete table inet {name}\n" +
-            dns_redirect_body(name, uid, tun, server4, server6, mark))
+            dns_redirect_body(name, uid, tun, server4, server6, mark, table_mark))

@@ -893,6 +893,19 @@ class Rtnl:
         self._request(RTM_DELRULE, 0, self._rule_attrs(priority, uid, table, suppress, fwmark),
                       family=_check_family(family), action=FR_ACT_TO_TBL)
 
+    def rule_del_ours(self, family: int, priority: int, table: int | None) -> None:
+        """Delete iservice's rule (``proto 158``) at ``priority`` looking up ``table``,
+        whatever it matches; one already gone is fine (the sweep of leftovers)."""
+        attrs = nla_u32(FRA_PRIORITY, priority) + nla(FRA_PROTOCOL, bytes([RTPROT_ISERVICE]))
+        if table is not None:
+            attrs += nla_u32(FRA_TABLE, table)
+        try:
+            self._request(RTM_DELRULE, 0, attrs, family=_check_family(family),
+                          action=FR_ACT_TO_TBL)
+        except NetlinkError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ESRCH):
+                raise
+
     def rule_list(self, family: int) -> list[tuple[int, int | None, int | None, int]]:
         """(priority, table, uid or None, protocol) of every rule of ``family``."""
         out = []
@@ -1032,6 +1045,22 @@ class Rtnl:
                 continue
             route = decode_route(body)
             if route.family == family and route.table == table:
+                out.append(route)
+        return out
+
+    def routes_of_protocol(self, family: int, protocol: int = RTPROT_ISERVICE) -> list[Route]:
+        """Every route of ``family`` in every table with ``rtm_protocol == protocol``
+        (iservice's own: the sweep of unjournaled leftovers)."""
+        _check_family(family)
+        out = []
+        for mtype, body in self._request(RTM_GETROUTE, NLM_F_DUMP, family=family):
+            if mtype != RTM_NEWROUTE:
+                continue
+            fields = RTMSG.unpack(body)
+            if fields[5] != protocol or fields[8] & RTM_F_CLONED:
+                continue  # not decoded: most routes are not ours
+            route = decode_route(body)
+            if route.family == family:
                 out.append(route)
         return out
 
