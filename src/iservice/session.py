@@ -651,8 +651,8 @@ class Session:
                     applied.append(f"event=applied {who} what={what} verdict=applied "
                                    f"mid={message_id}")
             acks += m.ack_bytes(message_id, error)
-        audit.record_lines(logging.INFO, applied)
-        audit.record_lines(logging.WARNING, failed)
+        audit.record_lines(logging.INFO, applied, uid=self.creds.uid)
+        audit.record_lines(logging.WARNING, failed, uid=self.creds.uid)
         await self._after_apply(ops)
         loop = asyncio.get_running_loop()
         assert self.channel is not None
