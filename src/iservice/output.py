@@ -6,6 +6,10 @@ log``), appended to ``log_dir/session-<id>.log`` when ``log_dir`` is set, and
 offered to observers (for example a parser that watches for pushed options).
 Everything is bounded: a line longer than ``MAX_LINE`` is cut, the ring keeps
 ``max_lines``, and a follower that does not keep up loses lines, not memory.
+
+The log file is made by ``open_session_log``: root never opens an existing file
+there, so a link planted in ``log_dir`` is never followed (docs/security.md,
+"Session log files").
 """
 
 from __future__ import annotations
@@ -13,13 +17,73 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
+import logging
 import os
+import stat
+import time
 from collections.abc import Callable
 
 from iservice.aio import readable
 
 MAX_LINE = 4096
 FOLLOW_QUEUE = 1000
+LOG_FILE_MODE = 0o640  # root writes; log_dir's group may read; nobody else
+
+log = logging.getLogger("iservice.output")
+
+_CREATE = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND | os.O_CLOEXEC
+           | os.O_NOCTTY)
+
+
+def open_session_log(path: str) -> int:
+    """Create ``path`` (a session's log file) for appending; its descriptor.
+
+    * ``O_CREAT | O_EXCL`` (and ``O_NOFOLLOW``): only a new file is ever opened,
+      never an existing one, whatever it is (a symlink, a hard link to another
+      file, a FIFO, a device): nothing to race between a check and the open.
+    * An entry of that name already there (left when the journal, and so the
+      session numbers, started again, or planted) is renamed to
+      ``<name>.<nanoseconds>`` (rename acts on the name, never on what a link
+      points to) and the file is created anew; a second clash is an error.
+    * The directory is opened without following a link and must be owned by root
+      (or the service's user) and not writable by group or others (checked at
+      start by the service, again here in case it changed since).
+    * The file is owned by the service (root), group = the directory's group,
+      mode ``LOG_FILE_MODE`` (0640) whatever the umask: root and the members of
+      ``log_dir``'s group may read it.
+
+    Raises ``OSError`` (with ``strerror`` saying why) when the file cannot be made.
+    """
+    directory, name = os.path.split(path)
+    if not name or name in (".", ".."):
+        raise OSError(errno.EINVAL, f"{path!r} does not name a file")
+    dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                     | os.O_CLOEXEC)
+    try:
+        dst = os.fstat(dir_fd)
+        if dst.st_uid not in (0, os.geteuid()) or dst.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise OSError(errno.EPERM, f"log_dir {directory} must be owned by root and not "
+                          f"writable by group or others (it is uid {dst.st_uid}, mode "
+                          f"{dst.st_mode & 0o7777:o})")
+        try:
+            fd = os.open(name, _CREATE, LOG_FILE_MODE, dir_fd=dir_fd)
+        except FileExistsError:
+            aside = f"{name}.{time.time_ns()}"
+            os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            log.warning("event=session-log-renamed path=%s to=%s", path, aside)
+            fd = os.open(name, _CREATE, LOG_FILE_MODE, dir_fd=dir_fd)
+        try:
+            fst = os.fstat(fd)
+            if fst.st_gid != dst.st_gid:
+                os.fchown(fd, -1, dst.st_gid)
+            os.fchmod(fd, LOG_FILE_MODE)  # the umask (UMask=0077 in the unit) took the group's
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+    finally:
+        os.close(dir_fd)
 
 
 class SessionOutput:
@@ -30,8 +94,7 @@ class SessionOutput:
         self._partial = b""
         self._file: int | None = None
         if file_path is not None:
-            self._file = os.open(file_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                                 0o600)
+            self._file = open_session_log(file_path)
 
     def feed(self, data: bytes) -> None:
         if self._file is not None and data:

@@ -97,6 +97,41 @@ def check_private_dir(path: str, what: str) -> None:
         parent = os.path.dirname(parent)
 
 
+def prepare_log_dir(path: str) -> None:
+    """``log_dir``: made when missing, then held to ``check_private_dir``'s rule.
+
+    Root writes every session's log file there, so a user who could write in it (or
+    rename it) could plant a link where the next file goes.  What is missing is made
+    one level at a time with ``mkdir`` (which never follows a link), and only below
+    a directory that already passes the parents' rule: root never makes a directory
+    where a user's link points.  Any problem is a ``StartupError`` naming the directory.
+    """
+    try:
+        missing: list[str] = []
+        probe = path = os.path.normpath(path)
+        while not os.path.lexists(probe):
+            missing.append(probe)
+            probe = os.path.dirname(probe)
+        if missing:
+            parent = probe
+            while True:
+                pst = os.stat(parent)
+                if pst.st_uid != 0 or (pst.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+                                       and not pst.st_mode & stat.S_ISVTX):
+                    raise StartupError(
+                        f"log_dir {path}: cannot be made in {parent}, which must be owned by "
+                        f"root and not writable by group or others (it is uid {pst.st_uid}, "
+                        f"mode {pst.st_mode & 0o7777:o})")
+                if parent == "/":
+                    break
+                parent = os.path.dirname(parent)
+            for directory in reversed(missing):
+                os.mkdir(directory, 0o750)
+        check_private_dir(path, "log_dir")
+    except OSError as exc:
+        raise StartupError(f"log_dir {path}: {exc.strerror or exc}") from None
+
+
 _MAX_CONFIG_ENTRIES = 10000  # entries looked at by config_dir_warnings
 
 
@@ -356,7 +391,7 @@ class Server:
         except OSError as exc:
             raise StartupError(f"state_dir {d}: {exc.strerror}") from None
         if self.settings.log_dir:
-            os.makedirs(self.settings.log_dir, mode=0o750, exist_ok=True)
+            prepare_log_dir(self.settings.log_dir)
         return os.path.join(d, "journal.sqlite3")
 
     def _listen(self) -> socket.socket:
@@ -420,6 +455,7 @@ class Server:
     # -- run ------------------------------------------------------------------
 
     async def serve(self) -> None:
+        audit.set_limits(audit.RateLimiter(self.settings.audit_rate, self.settings.audit_burst))
         journal_path = self._prepare_state()
         for problem in config_dir_warnings(self.settings.config_dir,
                                            self.settings.ovpn_admin_group):
@@ -492,6 +528,7 @@ class Server:
             control.cancel()
             for s in list(self.sessions):
                 s.request_stop()
+        audit.flush_suppressed()  # what the rate limit left out, before the last line
         log.info("event=stopped")
 
     async def _accept_loop(self, listener: socket.socket, tg: asyncio.TaskGroup) -> None:

@@ -527,8 +527,8 @@ class Session:
         """Wait for a batch's results: settle the records, audit, answer every message."""
         assert self._pipeline is not None
         settled = self._pipeline.settle(batch, await applying, self._who())
-        audit.record_lines(logging.INFO, settled.applied)
-        audit.record_lines(logging.WARNING, settled.failed)
+        audit.record_lines(logging.INFO, settled.applied, uid=self.creds.uid)
+        audit.record_lines(logging.WARNING, settled.failed, uid=self.creds.uid)
         await self._after_apply(settled.bypass_changed, settled.address_added)
         loop = asyncio.get_running_loop()
         assert self.channel is not None

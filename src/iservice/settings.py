@@ -55,6 +55,10 @@ Keys (original value names first)
 ``max_routes``, ``max_addresses``, ``max_dns_servers``, ``max_bypass_routes``
                         decimal integers 1 ... 2**31-1
 ``stop_grace``          seconds, decimal, 0 < x <= 300, default 5
+``audit_rate``, ``audit_burst``
+                        decimal integers 1 ... 2**31-1, default 10 and 20000:
+                        each user's audit lines, per second and saved up
+                        (``audit.py``, docs/security.md "Audit lines per user")
 
 Instance names
 --------------
@@ -259,6 +263,8 @@ class Settings:
     max_dns_servers: int = 8
     max_bypass_routes: int = 4
     stop_grace: float = 5.0
+    audit_rate: int = 10
+    audit_burst: int = 20000
 
     def __post_init__(self) -> None:
         validate_instance(self.instance)
@@ -317,9 +323,11 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     "max_dns_servers": _check_limit,
     "max_bypass_routes": _check_limit,
     "stop_grace": _check_grace,
+    "audit_rate": _check_limit,
+    "audit_burst": _check_limit,
 }
 _TYPES: dict[str, type | tuple[type, ...]] = {
-    name: int if name.startswith("max_") else str for name in _CHECKS
+    name: int if name.startswith(("max_", "audit_")) else str for name in _CHECKS
 }
 _TYPES.update(priority=int, socket_mode=int, block_dns=bool, stop_grace=(int, float))
 
@@ -417,6 +425,8 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "max_dns_servers": _parse_limit,
     "max_bypass_routes": _parse_limit,
     "stop_grace": _parse_grace,
+    "audit_rate": _parse_limit,
+    "audit_burst": _parse_limit,
 }
 assert set(_PARSERS) == {f.name for f in fields(Settings)} - {"instance"}
 

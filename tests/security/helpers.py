@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,24 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for {pid}")
+
+
+def audit_lines(log: str, uid: int) -> list[str]:
+    """The audit lines of ``uid`` in a service's log (not the audit-suppressed ones)."""
+    return [x for x in log.splitlines() if " iservice.audit: event=" in x and f" uid={uid} " in x
+            and "event=audit-suppressed" not in x]
+
+
+def suppressed(log: str, uid: int) -> dict[str, int]:
+    """Lines of ``uid`` left out, by event, from its audit-suppressed lines."""
+    out: dict[str, int] = {}
+    for x in log.splitlines():
+        if "event=audit-suppressed" in x and f" uid={uid} " in x:
+            found = re.search(r" count=(\d+) events=(\S+)", x)
+            assert found is not None, x
+            count, events = int(found.group(1)), found.group(2)
+            pairs = [e.rsplit(":", 1) for e in events.split(",")]
+            assert sum(int(n) for _, n in pairs) == count, x
+            for name, n in pairs:
+                out[name] = out.get(name, 0) + int(n)
+    return out

@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 from tests.isv import ISERVICE, PYTHON, Service, alive, wait_for
 from tests.lab import Lab, User
-from tests.security.helpers import raw_requests, rss_kib, snapshot
+from tests.security.helpers import audit_lines, raw_requests, rss_kib, snapshot, suppressed
 
 from iservice.wire import startup as w
 
@@ -92,6 +93,98 @@ def test_refuses_to_start_on_unsafe_directories(lab: Lab, make_service: Callable
     assert "event=cannot-start" in cp.stderr and expect in cp.stderr, cp.stderr
     if case != "socket-path-is-a-file":
         assert not svc.socket_path.exists() or svc.socket_path.is_symlink()
+
+
+@pytest.mark.parametrize("case", [
+    "group-writable", "world-writable", "user-owned", "is-symlink", "parent-user-owned",
+    "missing-under-user-dir", "missing-under-user-link",
+])
+def test_refuses_to_start_on_an_unsafe_log_dir(lab: Lab, make_service: Callable[..., Service],
+                                               user: User, case: str) -> None:
+    """Root writes every session's log in log_dir: if a user could write there (or rename
+    it, or point it elsewhere), they could plant a link where the next file goes."""
+    svc = make_service()
+    d = svc.log_dir
+    expect = "must be owned by root and not writable"
+    made_by_root: Path | None = None  # a directory the service must not have made
+    if case in ("group-writable", "world-writable", "user-owned"):
+        d.mkdir(mode=0o750)
+        if case == "group-writable":
+            d.chmod(0o770)
+        elif case == "world-writable":
+            d.chmod(0o1777)
+        else:
+            os.chown(d, user.uid, user.gid)
+    elif case == "is-symlink":
+        d.symlink_to(lab.make_dir(f"{svc.name}-real-logs", mode=0o750))
+        expect = "is not a directory"
+    else:
+        theirs = lab.make_dir(f"{svc.name}-theirs", owner=user, mode=0o755)
+        if case == "parent-user-owned":
+            d = theirs / "logs"
+            d.mkdir(mode=0o750)  # root's, but the user may rename it and put their own
+            expect = "its parent"
+        elif case == "missing-under-user-dir":
+            d = theirs / "logs"
+            made_by_root = d
+            expect = "cannot be made in"
+        else:  # the user points a link of theirs at a root-owned place
+            target = lab.make_dir(f"{svc.name}-roots", mode=0o755)
+            (theirs / "link").symlink_to(target)
+            os.lchown(theirs / "link", user.uid, user.gid)
+            d = theirs / "link" / "logs"
+            made_by_root = target / "logs"
+            expect = "cannot be made in"
+        text = svc.settings_path.read_text().replace(f"log_dir = {svc.log_dir}\n",
+                                                     f"log_dir = {d}\n")
+        svc.settings_path.write_text(text)
+    cp = _serve_once(lab, svc)
+    assert cp.returncode == 1, cp.stderr
+    assert "event=cannot-start" in cp.stderr and f"log_dir {d}" in cp.stderr, cp.stderr
+    assert expect in cp.stderr, cp.stderr
+    assert not svc.socket_path.exists()
+    if made_by_root is not None:
+        assert not made_by_root.exists()
+
+
+def test_session_log_never_follows_a_planted_link(lab: Lab, svc: Service, user: User) -> None:
+    """A link planted where the next session's log goes (possible if log_dir were
+    writable; here root plays the user) is moved aside, never followed; the log is a new
+    root-owned file, mode 0640."""
+    victim = lab.write_file(f"{svc.name}-victim", "root's own file\n", mode=0o600)
+    planted = {n: svc.log_dir / f"session-{n}.log" for n in (1, 2, 3)}
+    for link in planted.values():
+        link.symlink_to(victim)
+    pid = started_pid(svc.start_as(user, "--config", "approved.ovpn"))
+    [session] = svc.journal()["sessions"]
+    assert session["id"] in planted, session
+    wait_for(lambda: "Initialization Sequence Completed" in svc.session_log(session["id"]), 20,
+             what=lambda: svc.log_tail())
+    log_file = planted[session["id"]]
+    st = log_file.lstat()
+    assert stat.S_ISREG(st.st_mode) and st.st_uid == 0 and st.st_mode & 0o7777 == 0o640
+    assert victim.read_text() == "root's own file\n" and victim.stat().st_mode & 0o777 == 0o600
+    moved = [p for p in svc.log_dir.iterdir() if p.name.startswith(log_file.name + ".")]
+    assert len(moved) == 1 and moved[0].is_symlink()
+    assert "event=session-log-renamed" in svc.log()
+    end(svc, pid)
+
+
+def test_a_log_dir_loosened_after_the_start_gets_no_log_file(lab: Lab, svc: Service,
+                                                               user: User) -> None:
+    """The check is made again at every open: a session still runs, without its file, and
+    the audit trail says why."""
+    svc.log_dir.chmod(0o770)
+    try:
+        pid = started_pid(svc.start_as(user, "--config", "approved.ovpn"))
+        wait_for(lambda: "event=session-log-failed" in svc.log(), 10, what=svc.log_tail)
+        line = next(x for x in svc.log().splitlines() if "event=session-log-failed" in x)
+        assert f"log_dir {svc.log_dir} must be owned by root and not writable" in line
+        assert f"uid={user.uid} " in line
+        assert not list(svc.log_dir.iterdir())
+        end(svc, pid)
+    finally:
+        svc.log_dir.chmod(0o750)
 
 
 def test_second_listener_is_refused_and_the_first_keeps_serving(lab: Lab, svc: Service,
@@ -485,3 +578,115 @@ def test_socket_family_is_unix_seqpacket(svc: Service) -> None:
             s.connect(str(svc.socket_path))  # wrong type: EPROTOTYPE
     finally:
         s.close()
+
+
+# -- audit lines per user: a flood is counted, not written, and hides nobody else's lines ----
+
+REFUSED_FLOOD = r"""
+import socket, sys
+path, n, payload = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(10)
+    s.connect(path)
+    s.send(payload)
+    while s.recv(65536):
+        pass
+    s.close()
+print(n)
+"""
+REFUSED = w.encode_startup(w.StartupData("/", "--up x", ""))  # a user's: not allowed
+MALFORMED = b"\0"  # refused for anyone, root too (not a startup message)
+AUDIT_LIMITS = "audit_rate = 5\naudit_burst = 60\n"
+
+
+def test_one_users_flood_of_refused_requests_hides_no_one_elses_lines(
+        lab: Lab, make_service: Callable[..., Service], user: User) -> None:
+    svc = make_service(extra=AUDIT_LIMITS)
+    svc.start()
+    other = lab.add_user("isvo")
+    flood_n = 2000
+    t0 = time.monotonic()
+    flood = lab.popen_client([PYTHON, "-I", "-c", REFUSED_FLOOD, str(svc.socket_path),
+                              str(flood_n), REFUSED.hex()], user=user, label="audit-flood")
+    # meanwhile another user: ten refused requests and a real session
+    wait_for(lambda: svc.log().count(f"uid={user.uid} ") >= 60, 30, what=svc.log_tail)
+    overlapped = flood.poll() is None  # (shown, not asserted: a loaded machine may differ)
+    raw_requests(lab, svc, other, [REFUSED] * 10)
+    pid = started_pid(svc.start_as(other, "--config", "approved.ovpn"))
+    wait_for(lambda: any("add_route dst=10.9.0.0/16" in x
+                         for x in audit_lines(svc.log(), other.uid)), 15, what=svc.log_tail)
+    end(svc, pid)
+    # and root (an admin: only a malformed request is refused), never limited
+    cp = lab.run_client([PYTHON, "-I", "-c", REFUSED_FLOOD, str(svc.socket_path), "100",
+                         MALFORMED.hex()])
+    assert cp.returncode == 0, cp.stderr
+    assert flood.wait(timeout=120) == 0, Path(str(flood.stderr_path)).read_text()
+    seconds = time.monotonic() - t0
+    assert svc.stop() == 0  # the stop writes the summaries not yet due
+    log = svc.log()
+    # the flooding user: every line written or counted, and not more written than allowed
+    written = audit_lines(log, user.uid)
+    left_out = suppressed(log, user.uid)
+    assert left_out, "no audit-suppressed line"
+    by_event = {e: sum(1 for x in written if f"event={e} " in x) for e in ("request", "refused")}
+    assert by_event["request"] + left_out.get("request", 0) == flood_n
+    assert by_event["refused"] + left_out.get("refused", 0) == flood_n
+    assert set(left_out) <= {"request", "refused"}
+    assert len(written) <= 60 + 5 * seconds + 1
+    # the other user: all of its lines are there, nothing of theirs was left out
+    theirs = audit_lines(log, other.uid)
+    assert suppressed(log, other.uid) == {}
+    assert sum(1 for x in theirs if "event=refused" in x) == 10
+    for event in ("event=started ", "event=exited ", "event=undone "):
+        assert sum(1 for x in theirs if event in x) == 1, (event, theirs)
+    assert sum(1 for x in theirs if "event=request " in x) == 11
+    # root: 100 lines, more than any user's burst, all written
+    roots = audit_lines(log, 0)
+    assert sum(1 for x in roots if "event=refused" in x) == 100 and suppressed(log, 0) == {}
+    print(f"\naudit flood: {flood_n} refused requests in {seconds:.1f}s (other user during "
+          f"the flood: {overlapped}); user's lines written {len(written)}, left out "
+          f"{sum(left_out.values())} ({left_out})")
+    print("\n".join(x for x in log.splitlines() if "event=audit-suppressed" in x))
+
+
+def test_a_channel_flood_is_counted_per_event(
+        lab: Lab, make_service: Callable[..., Service], user: User, hostile_exe: Path) -> None:
+    """A hostile openvpn's denied messages (a line each) and applied routes (lines per
+    batch, ``record_lines``): every one is written or counted in audit-suppressed."""
+    svc = make_service(extra=f"exe_path = {hostile_exe}\n{AUDIT_LIMITS}")
+    svc.start()
+    code = r'''
+from ipaddress import IPv4Address
+own = m.Interface(tun_index, tun)
+lo = m.Interface(1, "lo")
+def route(i, iface):
+    return m.encode_message(m.RouteMsg(m.MsgType.ADD_ROUTE, i,
+        IPv4Address((100 << 24 | 64 << 16) + 64 * i), 26, IPv4Address(0), iface, -1))
+msgs = [route(i, own if i % 5 < 2 else lo) for i in range(5000)]   # 2000 ok, 3000 denied
+acks = {}
+for start in range(0, len(msgs), 100):
+    for raw in msgs[start:start + 100]:
+        chan.send(raw)
+    for _ in msgs[start:start + 100]:
+        a = chan.recv(64)
+        err = struct.unpack_from("<i", a, 24)[0]
+        acks[err] = acks.get(err, 0) + 1
+done(acks=acks)
+'''
+    lab.write_file(f"{lab.config_dir.name}/auditflood.ovpn", code)
+    pid = started_pid(svc.start_as(user, "--config", "auditflood.ovpn"))
+    result = user.home / "auditflood.ovpn.result"
+    wait_for(result.exists, 60, what=svc.log_tail)
+    acks = json.loads(result.read_text())["acks"]
+    assert acks == {"0": 2000, "5": 3000}, acks
+    end(svc, pid)
+    assert svc.stop() == 0
+    log = svc.log()
+    written = audit_lines(log, user.uid)
+    left_out = suppressed(log, user.uid)
+    applied = sum(1 for x in written if "event=applied " in x and "add_route" in x)
+    denied = sum(1 for x in written if "event=denied " in x)
+    assert applied + left_out.get("applied", 0) == 2000, (applied, left_out)
+    assert denied + left_out.get("denied", 0) == 3000, (denied, left_out)
+    assert left_out.get("applied", 0) > 0 and left_out.get("denied", 0) > 0

@@ -72,8 +72,8 @@ def test_many_lines_in_one_record_each_get_the_prefix() -> None:
     logger, out = _logger()
     try:
         lines = [audit.format_line("applied", {"uid": 1, "mid": i}) for i in range(3)]
-        audit.record_lines(logging.INFO, lines)
-        audit.record_lines(logging.INFO, [])  # nothing at all, not an empty line
+        audit.record_lines(logging.INFO, lines, uid=1)
+        audit.record_lines(logging.INFO, [], uid=1)  # nothing at all, not an empty line
         audit.record(logging.WARNING, "denied", uid=1, reason="a\nb")
     finally:
         logger.handlers.clear()

@@ -47,6 +47,7 @@ def test_defaults() -> None:
         100000, 16, 8, 4,
     )
     assert s.stop_grace == 5.0 and isinstance(s.stop_grace, float)
+    assert (s.audit_rate, s.audit_burst) == (10, 20000)
     assert default_settings_path("") == "/etc/openvpn/iservice.conf"
 
 
@@ -125,6 +126,8 @@ def test_settings_is_frozen() -> None:
         ("stop_grace = 300", "stop_grace", 300.0),
         ("stop_grace = .25", "stop_grace", 0.25),
         ("stop_grace = 10.", "stop_grace", 10.0),
+        ("audit_rate = 1", "audit_rate", 1),
+        ("audit_burst = 2147483647", "audit_burst", 2**31 - 1),
     ],
 )
 def test_each_key(line: str, field: str, value: object) -> None:
@@ -266,6 +269,10 @@ def test_empty_key() -> None:
         ("max_bypass_routes = 0", "max_bypass_routes", "between 1 and"),
         ("max_clients_per_user =", "max_clients_per_user", "empty value"),
         ("max_sessions_per_user = 0", "max_sessions_per_user", "between 1 and"),
+        ("audit_rate = 0", "audit_rate", "between 1 and"),
+        ("audit_rate = 0.5", "audit_rate", "positive decimal"),
+        ("audit_burst =", "audit_burst", "empty value"),
+        ("audit_burst = 2147483648", "audit_burst", "between 1 and"),
         ("stop_grace = 0", "stop_grace", "0 < x <= 300"),
         ("stop_grace = 300.5", "stop_grace", "0 < x <= 300"),
         ("stop_grace = nan", "stop_grace", "decimal number"),
