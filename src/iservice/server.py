@@ -374,16 +374,7 @@ class Server:
         return sock
 
     async def _recover(self) -> None:
-        mon = self.monitor
-        for rec in await mon.call(mon.leftover_sessions):
-            # The openvpn of a session whose service died still runs as the user;
-            # end it first (only if it is the very process we started).
-            pid, start = rec.info.get("pid"), rec.info.get("start_time")
-            killed = isinstance(pid, int) and isinstance(start, int) and \
-                launch.kill_if_same(pid, start)
-            problems = await mon.call(mon.undo_session, rec.id)
-            log.warning("event=recovered session=%d uid=%d pid=%s killed=%s problems=%r",
-                        rec.id, rec.uid, pid, killed, "; ".join(problems) or "none")
+        await recover(self.monitor)
 
     # -- run ------------------------------------------------------------------
 
@@ -513,6 +504,39 @@ class Server:
             pass
         finally:
             session.conn.close()
+
+
+async def recover(mon: Monitor) -> int:
+    """Undo every session left in the journal (a service that died left them); returns
+    how many kept a change for the next try."""
+    kept = 0
+    for rec in await mon.call(mon.leftover_sessions):
+        # The openvpn of a session whose service died still runs as the user;
+        # end it first (only if it is the very process we started).
+        pid, start = rec.info.get("pid"), rec.info.get("start_time")
+        killed = isinstance(pid, int) and isinstance(start, int) and \
+            launch.kill_if_same(pid, start)
+        problems = await mon.call(mon.undo_session, rec.id)
+        kept += bool(problems)
+        log.warning("event=recovered session=%d uid=%d pid=%s killed=%s problems=%r",
+                    rec.id, rec.uid, pid, killed, "; ".join(problems) or "none")
+    return kept
+
+
+def cleanup(settings: Settings) -> int:
+    """``iservice cleanup``: the recovery a start does (``recover``), and nothing else: no
+    socket, no hook, no DNS backend probing (each record names the backend that undoes
+    it).  Returns how many sessions kept a change (0: the journal is empty).  No journal,
+    nothing to do: a state directory is not made for it."""
+    journal_path = os.path.join(settings.state_dir, "journal.sqlite3")
+    if not os.path.exists(journal_path):
+        return 0
+    check_private_dir(settings.state_dir, "state_dir")
+    mon = Monitor(journal_path)
+    try:
+        return asyncio.run(recover(mon))
+    finally:
+        mon.close()
 
 
 def run(settings: Settings) -> int:
