@@ -73,12 +73,14 @@ def _when(user: bool) -> str:
 
 
 def run(action: str, profile: str, *, now: bool, check: Callable[[str], str | None],
-        out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+        out: TextIO | None = None, err: TextIO | None = None,
         runner: Callable[[Sequence[str]], int] | None = None) -> int:
     """Enable or disable auto-connect of ``profile`` for the caller (root: at boot).
 
     ``check(profile)`` says what is wrong with the profile (None: fine); it may print a
     warning itself and return None when it cannot tell (the service is not running)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
     try:
         unit = unit_name(profile)
     except ValueError as exc:
@@ -109,15 +111,17 @@ def run(action: str, profile: str, *, now: bool, check: Callable[[str], str | No
     return EXIT_OK
 
 
-def profile_check(control_path: str, err: TextIO = sys.stderr) -> Callable[[str], str | None]:
+def profile_check(control_path: str, err: TextIO | None = None) -> Callable[[str], str | None]:
     """The check ``run`` wants: the profile must be one the service approves for the
     caller (``iservice connect``'s own lookup).  With no service listening on the control
     socket there is nobody to ask: a warning, and the profile is taken as given."""
     def check(profile: str) -> str | None:
         from iservice import cleanup, connect
-        if cleanup.listener_pid(control_path) is None:
+        # a path is checked here; a name only the service can resolve
+        if "/" not in profile and not os.path.isfile(profile) and \
+                cleanup.listener_pid(control_path) is None:
             print(f"iservice enable: warning: the service is not running ({control_path}), "
-                  f"so {profile!r} was not checked", file=err)
+                  f"so {profile!r} was not checked", file=err or sys.stderr)
             return None
         try:
             connect.resolve_profile(profile, control_path)

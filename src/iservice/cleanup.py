@@ -94,8 +94,9 @@ def stop_service(pid: int, path: str, grace: float) -> None:
                            f"{grace + STOP_MARGIN:.0f} s of SIGTERM")
 
 
-def run(settings: Settings, *, stop: bool, out: TextIO = sys.stdout) -> int:
+def run(settings: Settings, *, stop: bool, out: TextIO | None = None) -> int:
     from iservice import server
+    out = out or sys.stdout
     if os.geteuid() != 0:
         print("iservice cleanup: must run as root", file=sys.stderr)
         return EXIT_USAGE

@@ -25,6 +25,7 @@ pure (text out).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import re
@@ -74,10 +75,8 @@ class Command:
 def _help(action: argparse.Action, prog: str) -> str:
     text = action.help or ""
     if "%(" in text:
-        try:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
             text = text % {**vars(action), "prog": prog}
-        except (KeyError, TypeError, ValueError):
-            pass
     return " ".join(text.split())
 
 
@@ -437,10 +436,10 @@ def _zsh_action(o: Option) -> str:
 def _zsh_spec(o: Option) -> str:
     desc = _zsh_text(o.help)
     if o.flags:
-        excl = f"({' '.join(o.flags)})" if len(o.flags) > 1 else ""
-        names = "{" + ",".join(o.flags) + "}" if len(o.flags) > 1 else o.flags[0]
         value = f":{_zsh_text(o.metavar or '')}:{_zsh_action(o)}" if o.metavar else ""
-        return f"'{excl}'{names}'[{desc}]{value}'"
+        if len(o.flags) == 1:
+            return f"'{o.flags[0]}[{desc}]{value}'"
+        return f"'({' '.join(o.flags)})'{{{','.join(o.flags)}}}'[{desc}]{value}'"
     meta = _zsh_text(o.metavar or "")
     if o.nargs in ("*", "+"):
         return f"'*:{meta}:{_zsh_action(o)}'"
@@ -456,7 +455,7 @@ def zsh_completion(parser: argparse.ArgumentParser) -> str:
         lines += [f"_iservice_{what}() {{",
                   "    local -a names",
                   f"    names=(${{(f)\"$(iservice {what} --json 2>/dev/null |",
-                  "        sed -n 's/^ *\"name\": \"\\([^\"\\\\]*\\)\",\\{0,1\\}$/\\1/p')\"}})",
+                  "        sed -n 's/^ *\"name\": \"\\([^\"\\\\]*\\)\",\\{0,1\\}$/\\1/p')\"})",
                   f"    _describe '{what}' names",
                   "}"]
     lines += ["_iservice() {",
