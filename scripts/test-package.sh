@@ -22,7 +22,7 @@ export DEBIAN_FRONTEND=noninteractive
 cleanup() {
   # whatever failed, the machine is left without the package
   if dpkg-query -W -f='${Status}' iservice 2>/dev/null | grep -q "ok installed\|config-files"
-  then apt-get purge -y -q -o DPkg::Lock::Timeout=300 iservice >/dev/null 2>&1 || true; fi
+  then dpkg --purge iservice >/dev/null 2>&1 || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT

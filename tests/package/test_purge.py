@@ -33,8 +33,12 @@ def lab() -> Iterator[Lab]:
     pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
     try:
         with Lab(Pki.create(pki_dir)) as lab:
+            # two servers pushing different routes: one route belongs to one session
             lab.start_server('push "route 10.9.0.0 255.255.0.0"\n')
+            lab.start_server('push "route 10.19.0.0 255.255.0.0"\n', port=1195,
+                             name="second", network="10.18.0.0/24", network6="fd00:18::/64")
             lab.write_client_config("approved.ovpn")
+            lab.write_client_config("second.ovpn", port=1195)
             yield lab
     finally:
         shutil.rmtree(pki_dir, ignore_errors=True)
@@ -65,12 +69,12 @@ def test_purge_undoes_services_and_leaves_nothing(lab: Lab) -> None:
         running = instance_service(lab, made, f"isvpkgb{tag}")
         user = lab.add_user("isvp")
         openvpns = []
-        for svc in (killed, running):
+        for svc, config in ((killed, "approved.ovpn"), (running, "second.ovpn")):
             procs.append(svc.start())
-            cp = svc.start_as(user, "--config", "approved.ovpn")
+            cp = svc.start_as(user, "--config", config)
             assert cp.returncode == 0, cp.stdout + cp.stderr
             openvpns.append(int(cp.stdout))
-        wait_for(lambda: len([r for r in lab.routes(4) if r["dst"] == "10.9.0.0/16"]) == 2,
+        wait_for(lambda: {"10.9.0.0/16", "10.19.0.0/16"} <= {r["dst"] for r in lab.routes(4)},
                  20, what=lambda: killed.log_tail() + running.log_tail())
         killed.kill9()
         assert killed.journal()["sessions"] and alive(openvpns[0])
