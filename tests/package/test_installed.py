@@ -112,7 +112,7 @@ def test_man_pages_cover_every_command_option_and_key() -> None:
         assert f".SS {c.name}\n" in page
         for o in c.flags:
             for flag in o.flags if o.flags != ("-h", "--help") else ():
-                assert flag.replace("-", "\\-") in page, (c.name, flag)
+                assert f"\\fB{flag}\\fR" in page.replace("\\-", "-"), (c.name, flag)
     conf = _man("/usr/share/man/man5/iservice.conf.5.gz")
     for key in setting_keys():
         assert f"\\fB{key}\\fR" in conf.replace("\\_", "_"), key
