@@ -60,7 +60,7 @@ cp "$deb" "$out/"
 # lintian: every tag is fixed or explained in debian/iservice.lintian-overrides
 # (docs/install.md, "lintian"); an unexplained warning or error fails the build
 lintian_status=0
-lintian --info --display-info --pedantic --show-overrides --fail-on error,warning \
+lintian --info --display-info --pedantic --fail-on error,warning \
   "$work"/iservice_"$version"_*.changes >"$out/lintian.txt" 2>&1 || lintian_status=$?
 cat "$out/lintian.txt" >&2
 printf 'build-deb: built in %s s, %s KiB; lintian %s\n' \
