@@ -5,7 +5,8 @@ openvpn as the user (src/iservice/plugin/iservice_runas.c).
 Everything else is in pyproject.toml.  The plugin is a plain shared object that openvpn
 ``dlopen()``s, not a Python extension: it gets a fixed file name (no ABI suffix) and
 links against nothing but libc.  ``optional=True``: without a compiler or openvpn's
-header the install goes on without it, and the service falls back to the script hook.
+header the install goes on without it (with a warning), and the service falls back to
+the script hook.
 The helper is a small program installed next to it (statically linked when libc.a is
 there: ~0.13 ms less per start, measured); without it the service uses util-linux's
 ``setpriv`` (linux/launch.py says what each costs).
@@ -14,6 +15,7 @@ there: ~0.13 ms less per start, measured); without it the service uses util-linu
 from __future__ import annotations
 
 import os
+import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -23,10 +25,21 @@ RUNAS_NAME = "iservice-runas"
 C_FLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra"]
 
 
+def warn_loudly(text: str) -> None:
+    """A warning that stands out in a build log (pip shows it only with -v)."""
+    bar = "*" * 78
+    sys.stderr.write(f"\n{bar}\nWARNING (iservice): {text}\n{bar}\n\n")
+
+
 class BuildPlugin(build_ext):
     def run(self) -> None:
         super().run()
         self.build_runas()
+        # Both parts are optional, so a missing gcc or openvpn-plugin.h must at least be said.
+        if not os.path.isfile(self.get_ext_fullpath("iservice.plugin.iservice_plugin")):
+            warn_loudly("the openvpn plugin (iservice_plugin.so) was not built: gcc, "
+                        "libc6-dev and openvpn's openvpn-plugin.h are needed; the service "
+                        "will use the slower script hook (hook = script)")
 
     def build_runas(self) -> None:
         """The helper program, next to the plugin; optional like the plugin."""
@@ -40,7 +53,8 @@ class BuildPlugin(build_ext):
             except Exception:  # no libc.a: a dynamic one works the same, a bit slower
                 self.compiler.link_executable(objects, RUNAS_NAME, output_dir=out_dir)
         except Exception as exc:  # optional: the service falls back to setpriv
-            self.warn(f"{RUNAS_NAME} not built ({exc}); openvpn is started via setpriv")
+            warn_loudly(f"{RUNAS_NAME} was not built ({exc}): gcc and libc6-dev are "
+                        "needed; the service will start openvpn via setpriv (slower)")
 
     def get_ext_filename(self, fullname: str) -> str:
         return os.path.join(*fullname.split(".")) + ".so"

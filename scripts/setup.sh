@@ -10,6 +10,10 @@ VENV=${ISERVICE_VENV:-/opt/iservice}
 # openvpn); without them the install still works and the service uses the script hook.
 PKGS=(openvpn iproute2 iputils-ping nftables openssl python3-venv procps util-linux
       dbus-daemon gcc libc6-dev)
+# the Debian package's build (scripts/build-deb.sh, docs/install.md), and zsh to check
+# the generated zsh completion
+PKGS+=(debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
+       dpkg-dev fakeroot lintian zsh)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -19,7 +23,8 @@ if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 \
+    "${missing[@]}" >/dev/null
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -35,4 +40,10 @@ fi
 "$VENV/bin/pip" install -q ".[fuzz]" >/dev/null 2>&1 ||
   echo "setup: atheris could not be installed; fuzzing falls back to hypothesis"
 chmod -R go+rX "$VENV"
+# pip shows setup.py's warnings only with -v: say it here when a C part is missing
+"$VENV/bin/python" -c 'from iservice.plugin import plugin_path, runas_path
+for what, found in (("the openvpn plugin", plugin_path()), ("iservice-runas", runas_path())):
+    if found is None:
+        print(f"setup: WARNING: {what} was not built (gcc, libc6-dev, openvpn-plugin.h?);"
+              " the service falls back to the script hook / setpriv")' >&2
 echo "setup: iservice $("$VENV/bin/iservice" --version | cut -d' ' -f2) in $VENV"

@@ -22,8 +22,12 @@ from typing import Any
 from tests.lab import Lab, LabProcess, User, run, tail
 
 VENV = Path(os.environ.get("ISERVICE_VENV", "/opt/iservice"))
-ISERVICE = str(VENV / "bin" / "iservice")
-PYTHON = str(VENV / "bin" / "python")
+# ISERVICE_INSTALLED=1 (scripts/test-package.sh): the Debian package's programs and
+# Debian's python3 instead of the venv's (docs/install.md, "Tests")
+BIN = Path("/usr/bin") if os.environ.get("ISERVICE_INSTALLED") == "1" else VENV / "bin"
+ISERVICE = str(BIN / "iservice")
+HOOK = str(BIN / "iservice-hook")
+PYTHON = "/usr/bin/python3" if Path("/usr/bin") == BIN else str(VENV / "bin" / "python")
 
 
 class Service:
@@ -42,7 +46,7 @@ class Service:
                 f"state_dir = {self.state_dir}\n"
                 f"log_dir = {self.log_dir}\n"
                 f"ovpn_admin_group = {self.admin_group}\n"
-                f"hook_path = {VENV / 'bin' / 'iservice-hook'}\n"
+                f"hook_path = {HOOK}\n"
                 "stop_grace = 3\n" + extra)
         if "dns_backend" not in extra:
             # Never the machine's own resolver: the service's mount namespace sees the

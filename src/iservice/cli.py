@@ -9,6 +9,8 @@ Subcommands:
   log         a session's openvpn output (--follow: keep printing)
   disconnect  end a session (or --all) and wait until the service has undone it
   profiles    the approved profiles you may use
+  enable      connect a profile at boot (root) or login; disable undoes it (autoconnect.py)
+  cleanup     undo what a stopped or killed service left, then exit (root; cleanup.py)
 
 Exit statuses of ``start``: 0 = started (with ``--wait``: openvpn exited cleanly),
 1 = the service refused the request or openvpn exited with an error (the reply is
@@ -16,6 +18,9 @@ printed), 2 = usage error, 3 = the service cannot be reached.  ``connect`` adds
 4-8 and 130 (``iservice.connect``).  ``sessions``, ``status``, ``log``,
 ``disconnect`` and ``profiles``: 0 = done, 1 = refused (no such session of yours,
 ``--all`` without admin rights), 2 = usage error, 3 = the service cannot be reached.
+``enable`` and ``disable``: 0 = done, 1 = systemctl failed, 2 = usage error (unknown
+profile), 3 = no systemctl.  ``cleanup``: 0 = nothing left, 1 = a change could not be
+undone (kept for the next start) or a running service is in the way, 2 = usage error.
 """
 
 from __future__ import annotations
@@ -262,6 +267,22 @@ def cmd_log(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from iservice import cleanup
+    try:
+        settings = _settings(args)
+    except SettingsError as exc:
+        print(f"iservice: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return cleanup.run(settings, stop=args.stop)
+
+
+def cmd_autoconnect(args: argparse.Namespace) -> int:
+    from iservice import autoconnect
+    return autoconnect.run(args.command, args.profile, now=args.now,
+                           check=autoconnect.profile_check(_control_socket(args)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iservice", description=(
         "OpenVPN Interactive Service for Linux: unprivileged users run openvpn, "
@@ -354,6 +375,26 @@ def build_parser() -> argparse.ArgumentParser:
     client_common(sp)
     sp.add_argument("--json", action="store_true", help="JSON for scripts")
     sp.set_defaults(func=cmd_profiles)
+
+    for action, what in (("enable", "connect PROFILE at boot (root) or at your login"),
+                         ("disable", "stop connecting PROFILE at boot or login")):
+        sp = sub.add_parser(action, help=what, description=what[0].upper() + what[1:] + ": the "
+                            "systemd unit iservice-connect@PROFILE.service (docs/install.md, "
+                            "Auto-connect).")
+        client_common(sp)
+        sp.add_argument("profile", metavar="PROFILE", help="profile name or path")
+        sp.add_argument("--now", action="store_true",
+                        help="also start (enable) or stop (disable) it now")
+        sp.set_defaults(func=cmd_autoconnect)
+
+    sp = sub.add_parser("cleanup", help="undo what a stopped or killed service left (root)",
+                        description="Undo every session left in the journal (ending its "
+                        "openvpn), as a start after a crash does, then exit; opens no "
+                        "socket. The Debian package's prerm runs it.")
+    common(sp)
+    sp.add_argument("--stop", action="store_true",
+                    help="stop a running service of this instance first (SIGTERM)")
+    sp.set_defaults(func=cmd_cleanup)
     return p
 
 

@@ -447,10 +447,7 @@ class Server:
         return sock
 
     async def _recover(self) -> None:
-        done: list[Recovered] = await self.monitor.call(SERVICE_LANE, Recover())
-        for r in done:
-            log.warning("event=recovered session=%d uid=%d pid=%s killed=%s problems=%r",
-                        r.session_id, r.uid, r.pid, r.killed, "; ".join(r.problems) or "none")
+        await recover(self.monitor)
 
     # -- run ------------------------------------------------------------------
 
@@ -596,6 +593,51 @@ class Server:
             pass
         finally:
             session.conn.close()
+
+
+async def recover(mon: Monitor) -> int:
+    """Undo every session left in the journal (a service that died left them), then what
+    the kernel shows of lost records (``Monitor``'s ``Recover``); returns how many
+    sessions kept a change for the next try."""
+    done: list[Recovered] = await mon.call(SERVICE_LANE, Recover())
+    for r in done:
+        log.warning("event=recovered session=%d uid=%d pid=%s killed=%s problems=%r",
+                    r.session_id, r.uid, r.pid, r.killed, "; ".join(r.problems) or "none")
+    return sum(1 for r in done if r.problems)
+
+
+def cleanup(settings: Settings) -> int:
+    """``iservice cleanup``: the recovery a start does (``recover``), and nothing else: no
+    socket, no hook, no DNS backend probing (each record names the backend that undoes
+    it).  Returns how many sessions kept a change (0: the journal is empty).  No journal,
+    nothing to do: a state directory is not made for it."""
+    journal_path = os.path.join(settings.state_dir, "journal.sqlite3")
+    if not os.path.exists(journal_path):
+        return 0
+    check_private_dir(settings.state_dir, "state_dir")
+    try:
+        lock = os.open(os.path.join(settings.state_dir, "lock"),
+                       os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StartupError(f"a service uses the state directory {settings.state_dir}") from None
+    except OSError as exc:
+        raise StartupError(f"state_dir {settings.state_dir}: {exc.strerror}") from None
+    try:
+        try:
+            cgroups: Cgroups | None = Cgroups.find(settings.state_dir)
+        except (CgroupError, OSError):
+            cgroups = None  # the journaled cgroups cannot be ended: said per session
+        try:
+            mon = Monitor(journal_path, cgroups=cgroups, instance=settings.instance)
+        except (JournalError, JournalDataError) as exc:
+            raise StartupError(f"journal: {exc}") from None
+        try:
+            return asyncio.run(recover(mon))
+        finally:
+            mon.close()
+    finally:
+        os.close(lock)
 
 
 def run(settings: Settings) -> int:
