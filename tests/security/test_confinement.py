@@ -47,7 +47,8 @@ def test_unit_sandbox_settings(unit: Path) -> None:
     assert s["AmbientCapabilities"] == [""]
     expected = {"NoNewPrivileges": "yes", "ProtectSystem": "strict",
                 "ProtectHome": "no", "PrivateTmp": "yes", "ProtectKernelTunables": "yes",
-                "ProtectKernelModules": "yes", "ProtectControlGroups": "yes",
+                "ProtectKernelModules": "yes", "ProtectControlGroups": "no",
+                "Delegate": "yes",
                 "RestrictNamespaces": "yes", "RestrictSUIDSGID": "yes",
                 "LockPersonality": "yes", "MemoryDenyWriteExecute": "yes",
                 "SystemCallArchitectures": "native", "DevicePolicy": "closed",
