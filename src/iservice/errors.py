@@ -106,6 +106,11 @@ class SettingsError(IServiceError):
         self.path = path
 
 
+class BackendError(OSError):
+    """A backend of the platform failed as a whole (nftables, a resolver): the ack
+    carries ``ERROR_GEN_FAILURE``; the errno says what it was."""
+
+
 class JournalError(IServiceError):
     """The journal cannot record a change (``ack_error`` says why, as the channel's ack
     and the start reply carry it): the change is not made."""

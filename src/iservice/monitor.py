@@ -46,14 +46,8 @@ from iservice.effects import dns as dns_effect
 from iservice.effects import firewall as fw_effect
 from iservice.effects.cgroup import CgroupRecord
 from iservice.effects.tun import TunRecord
-from iservice.errors import JournalDataError, JournalError
+from iservice.errors import BackendError, JournalDataError, JournalError
 from iservice.journal import Change, Journal, SessionRecord
-from iservice.linux import firewall, launch
-from iservice.linux import tun as tundev
-from iservice.linux.cgroup import Cgroups
-from iservice.linux.dns import DnsBackend, DnsError, NoDns
-from iservice.linux.identity import UserIdentity
-from iservice.linux.netlink import Rtnl
 from iservice.policy.requests import (
     AddAddress,
     AddRoute,
@@ -68,6 +62,15 @@ from iservice.policy.requests import (
     SetBlock,
     SetDns,
     SetMtu,
+)
+from iservice.ports import (
+    Child,
+    DnsBackend,
+    LauncherPort,
+    NetworkOps,
+    Platform,
+    ProcessGroups,
+    UserIdentity,
 )
 from iservice.wire import startup as w
 
@@ -104,8 +107,8 @@ class LaunchSpec:
     output_fd: int  # the write end of the session's output pipe
     facts_fd: int | None
 
-    def argv(self, tun_name: str) -> list[str]:
-        return [*self.user_argv, *launch.service_options(
+    def argv(self, tun_name: str, launcher: LauncherPort) -> list[str]:
+        return [*self.user_argv, *launcher.service_options(
             self.hook_kind, self.hook_path, tun_name, self.channel_fd, self.facts_fd)]
 
 
@@ -165,7 +168,7 @@ class Started:
     session_id: int
     tun_name: str
     tun_ifindex: int
-    child: launch.Child
+    child: Child
     info: dict[str, Any]  # as journaled; "start_time" still None
     argv: tuple[str, ...]  # openvpn's full command line
     replied: bool  # the PID reply went out from the monitor thread
@@ -182,7 +185,7 @@ class StartFailed(Exception):
     """
 
     def __init__(self, session_id: int | None, stage: str, error: BaseException,
-                 child: launch.Child | None = None) -> None:
+                 child: Child | None = None) -> None:
         super().__init__(session_id, stage, error)
         self.session_id = session_id
         self.stage = stage
@@ -278,14 +281,16 @@ class Monitor:
     """The privileged thread.  ``journal_path``'s journal must open (``JournalError``,
     ``JournalDataError`` otherwise, raised here)."""
 
-    def __init__(self, journal_path: str, *, cgroups: Cgroups | None,
-                 rtnl_factory: Callable[[], Rtnl] = Rtnl,
+    def __init__(self, journal_path: str, *, platform: Platform,
+                 cgroups: ProcessGroups | None,
+                 rtnl_factory: Callable[[], NetworkOps] | None = None,
                  dns_factory: DnsFactory | None = None, instance: str = "") -> None:
+        self.platform = platform
         self._lanes = _Lanes()
         self.cgroups = cgroups
         self.instance = instance
         self.journal: Journal
-        self.rtnl: Rtnl
+        self.rtnl: NetworkOps
         self.dns: dns_effect.Dns
         self.firewall: fw_effect.Firewall
         self._tuns: dict[int, int] = {}  # tun ifindex of each live session
@@ -295,10 +300,13 @@ class Monitor:
         def main() -> None:
             try:
                 self.journal = Journal(journal_path)
-                self.rtnl = rtnl_factory()
-                backend = NoDns() if dns_factory is None else dns_factory(self.journal.update)
-                self.dns = dns_effect.Dns(self.journal, backend)
-                self.firewall = fw_effect.Firewall(self.journal, instance)
+                self.rtnl = (rtnl_factory or platform.network)()
+                backend = platform.dns.make_backend(
+                    "none", resolv_conf="", resolvconf_exe=None,
+                    update_record=self.journal.update) if dns_factory is None \
+                    else dns_factory(self.journal.update)
+                self.dns = dns_effect.Dns(self.journal, backend, platform.dns)
+                self.firewall = fw_effect.Firewall(self.journal, platform.firewall, instance)
             except BaseException as exc:
                 opened.set_exception(exc)
                 return
@@ -422,13 +430,14 @@ class Monitor:
                 table = None
                 if job.user_scope:
                     table = rule.add(self.journal, self.rtnl, session_id, job.uid, ifindex)
-                    _route_localnet(rec.name)
+                    # the user's redirected DNS queries may come from loopback
+                    self.platform.tuns.route_localnet(rec.name)
             except Exception as exc:
                 raise StartFailed(session_id, "tun", exc) from None
             spec = job.launch
-            argv = spec.argv(rec.name)
+            argv = spec.argv(rec.name, self.platform.launcher)
             try:
-                child = launch.start_openvpn(
+                child = self.platform.launcher.start_openvpn(
                     spec.exe, argv, user=spec.user, workdir=spec.workdir, nice=spec.nice,
                     stdin=spec.stdin, channel_fd=spec.channel_fd, output_fd=spec.output_fd,
                     extra_fds=() if spec.facts_fd is None else (spec.facts_fd,),
@@ -472,7 +481,7 @@ class Monitor:
                 rec = TunRecord(name, None, tun.alias_for(self.instance, session_id))
                 change = self.journal.record(session_id, rec.KIND, rec.to_data())
             try:
-                return rec, tun.create(self.rtnl, rec, uid, gid), change
+                return rec, tun.create(self.rtnl, self.platform.tuns, rec, uid, gid), change
             except FileExistsError:
                 self.journal.forget([change])
                 continue
@@ -568,7 +577,7 @@ class Monitor:
                     raise AssertionError("routes are applied in batches")
                 case _:
                     assert_never(op)
-        except (firewall.NftError, DnsError) as exc:
+        except BackendError as exc:
             log.warning("event=backend-failed session=%d error=%r", session_id, str(exc))
             return Applied(errors.ERROR_GEN_FAILURE)
         except OSError as exc:
@@ -671,10 +680,12 @@ class Monitor:
             # it is the very process (pid and start time), never a recycled pid.
             grouped = self._has_cgroup(rec)
             killed = (not grouped and isinstance(pid, int)
-                      and isinstance(start, int) and launch.kill_if_same(pid, start))
+                      and isinstance(start, int)
+                      and self.platform.launcher.kill_if_same(pid, start))
             problems = self._undo(rec.id)
             out.append(Recovered(rec.id, rec.uid, pid, killed or grouped, tuple(problems)))
-        orphans.sweep(self.journal, self.rtnl, self.cgroups, self.instance)
+        orphans.sweep(self.journal, self.rtnl, self.platform.firewall, self.cgroups,
+                      self.instance)
         return out
 
     def _has_cgroup(self, rec: SessionRecord) -> bool:
@@ -685,16 +696,6 @@ class Monitor:
             return self.journal.changes(session_id)
         except JournalDataError:
             return []
-
-
-def _route_localnet(tun_name: str) -> None:
-    """Let the per-user tun carry loopback-sourced packets: the user's DNS queries to a
-    resolver on loopback, redirected into the tunnel (linux/firewall.py
-    ``dns_redirect_body``, whose guard chain keeps the far end off the loopback).  Goes
-    with the tun."""
-    tundev.check_tun_name(tun_name)
-    with open(f"/proc/sys/net/ipv4/conf/{tun_name}/route_localnet", "w") as f:
-        f.write("1")
 
 
 def family_name(family: int) -> str:

@@ -27,20 +27,17 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from iservice import audit, errors
 from iservice.aio import readable
 from iservice.control import ControlServer
-from iservice.errors import JournalDataError, JournalError, StartupDataError
-from iservice.linux import launch
-from iservice.linux.cgroup import CgroupError, Cgroups
-from iservice.linux.dns import DnsBackend, DnsError, make_backend
-from iservice.linux.identity import peer_credentials
+from iservice.errors import BackendError, JournalDataError, JournalError, StartupDataError
 from iservice.monitor import Monitor, Recover, Recovered, Undo
+from iservice.platform import current as current_platform
 from iservice.plugin import plugin_path
 from iservice.policy.ownership import Owners
+from iservice.ports import DnsBackend, Hook, Platform, ProcessGroups
 from iservice.session import Phase, Session
 from iservice.settings import Settings
 from iservice.wire import startup as w
@@ -243,13 +240,6 @@ def hook_command(settings: Settings) -> str:
     return path
 
 
-@dataclass(frozen=True)
-class Hook:
-    """How openvpn sends its requests: the plugin (``--plugin path FD``) or the script."""
-    kind: str  # "plugin" | "script"
-    path: str
-
-
 def select_hook(settings: Settings) -> Hook:
     """``hook = auto``: the plugin when it was built (``pip install`` with a compiler),
     else the script.  The chosen file must be usable by any user; ``plugin`` without the
@@ -273,8 +263,11 @@ def select_hook(settings: Settings) -> Hook:
 
 
 class Server:
-    def __init__(self, settings: Settings) -> None:
+    """The service (module docstring); it is the ``SessionHost`` of its sessions."""
+
+    def __init__(self, settings: Settings, platform: Platform) -> None:
         self.settings = settings
+        self.platform = platform
         self.hook = select_hook(settings)
         self.sessions: set[Session] = set()
         self._conns_by_uid: Counter[int] = Counter()
@@ -293,8 +286,8 @@ class Server:
     def service_options(self, tun: str, channel_fd: int,
                         facts_fd: int | None = None) -> list[str]:
         """Appended last, so they win over the user's options (SPEC §4)."""
-        return launch.service_options(self.hook.kind, self.hook.path, tun, channel_fd,
-                                      facts_fd)
+        return self.platform.launcher.service_options(self.hook.kind, self.hook.path, tun,
+                                                      channel_fd, facts_fd)
 
     def session_log_path(self, session_id: int) -> str | None:
         if self.settings.log_dir is None:
@@ -369,12 +362,12 @@ class Server:
         """Chosen once at start (``auto``: resolved's name on the bus, else openresolv,
         else the file); runs in the monitor thread."""
         s = self.settings
-        return make_backend(s.dns_backend, resolv_conf=s.resolv_conf,
+        return self.platform.dns.make_backend(s.dns_backend, resolv_conf=s.resolv_conf,
                             resolvconf_exe=s.resolvconf_path, update_record=update_record)
 
-    def _monitor(self, journal_path: str, cgroups: Cgroups) -> Monitor:
-        return Monitor(journal_path, cgroups=cgroups, dns_factory=self._dns_backend,
-                       instance=self.settings.instance)
+    def _monitor(self, journal_path: str, cgroups: ProcessGroups) -> Monitor:
+        return Monitor(journal_path, platform=self.platform, cgroups=cgroups,
+                       dns_factory=self._dns_backend, instance=self.settings.instance)
 
     def _prepare_state(self) -> str:
         d = self.settings.state_dir
@@ -460,8 +453,8 @@ class Server:
             audit.record(logging.WARNING, "insecure-config-dir",
                          config_dir=self.settings.config_dir, reason=problem)
         try:
-            cgroups = Cgroups.find(self.settings.state_dir)
-        except (CgroupError, OSError) as exc:
+            cgroups = self.platform.process_groups(self.settings.state_dir)
+        except OSError as exc:
             raise StartupError(f"session cgroups: {exc.strerror or exc}") from None
         try:
             try:
@@ -473,7 +466,7 @@ class Server:
                 log.error("event=journal-damaged path=%s moved_to=%s reason=%r: starting "
                           "with a new journal", journal_path, aside, str(exc))
                 self.monitor = self._monitor(journal_path, cgroups)
-        except DnsError as exc:
+        except BackendError as exc:
             raise StartupError(f"DNS: {exc.strerror}") from None
         except JournalError as exc:
             raise StartupError(f"journal: {exc.reason}") from None
@@ -509,10 +502,10 @@ class Server:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        spawner = launch.SPAWNER
+        spawner = self.platform.launcher.spawner_name()
         log.info("event=ready socket=%s instance=%r hook=%s path=%s spawner=%s",
                  self.settings.socket_path, self.settings.instance, self.hook.kind,
-                 self.hook.path, spawner.path if spawner else "popen")
+                 self.hook.path, spawner)
         sd_notify("READY=1\nSTATUS=accepting connections")
         async with asyncio.TaskGroup() as tg:
             accept = tg.create_task(self._accept_loop(listener, tg))
@@ -543,7 +536,7 @@ class Server:
             number += 1
             try:
                 conn.setblocking(False)
-                creds = peer_credentials(conn)
+                creds = self.platform.identity.peer_credentials(conn)
                 session = Session(self, conn, creds, number)
                 if len(self._pending) >= self.settings.max_clients or \
                         self._conns_by_uid[creds.uid] >= self.settings.max_clients_per_user:
@@ -606,11 +599,12 @@ async def recover(mon: Monitor) -> int:
     return sum(1 for r in done if r.problems)
 
 
-def cleanup(settings: Settings) -> int:
+def cleanup(settings: Settings, platform: Platform | None = None) -> int:
     """``iservice cleanup``: the recovery a start does (``recover``), and nothing else: no
     socket, no hook, no DNS backend probing (each record names the backend that undoes
     it).  Returns how many sessions kept a change (0: the journal is empty).  No journal,
     nothing to do: a state directory is not made for it."""
+    platform = platform or current_platform()
     journal_path = os.path.join(settings.state_dir, "journal.sqlite3")
     if not os.path.exists(journal_path):
         return 0
@@ -625,11 +619,12 @@ def cleanup(settings: Settings) -> int:
         raise StartupError(f"state_dir {settings.state_dir}: {exc.strerror}") from None
     try:
         try:
-            cgroups: Cgroups | None = Cgroups.find(settings.state_dir)
-        except (CgroupError, OSError):
+            cgroups: ProcessGroups | None = platform.process_groups(settings.state_dir)
+        except OSError:
             cgroups = None  # the journaled cgroups cannot be ended: said per session
         try:
-            mon = Monitor(journal_path, cgroups=cgroups, instance=settings.instance)
+            mon = Monitor(journal_path, platform=platform, cgroups=cgroups,
+                          instance=settings.instance)
         except (JournalError, JournalDataError) as exc:
             raise StartupError(f"journal: {exc}") from None
         try:
@@ -655,7 +650,7 @@ def run(settings: Settings) -> int:
     handler.setFormatter(audit.LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
-        server = Server(settings)
+        server = Server(settings, current_platform())
         asyncio.run(server.serve())
     except StartupError as exc:
         log.error("event=cannot-start reason=%r", str(exc))

@@ -18,26 +18,18 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from iservice import audit, errors
 from iservice.aio import readable, shielded
 from iservice.control import VpnState
 from iservice.errors import StartupDataError
 from iservice.facts import SessionFacts, read_option_facts
-from iservice.linux import launch, mmsg
-from iservice.linux.identity import (
-    PeerCredentials,
-    UserIdentity,
-    as_fs_user,
-    is_admin,
-    user_identity,
-)
-from iservice.linux.netlink import SO_SNDBUFFORCE
 from iservice.monitor import (
     Applied,
     Apply,
     LaunchSpec,
+    Monitor,
     QueryDefaultRoute,
     SetInfo,
     SetServers,
@@ -50,7 +42,7 @@ from iservice.monitor import (
 from iservice.output import SessionOutput
 from iservice.pipeline import Batch, Pipeline
 from iservice.policy.options import Approved, OsPathResolver, validate_options
-from iservice.policy.ownership import scope_for
+from iservice.policy.ownership import Owners, scope_for
 from iservice.policy.redirect import OptionFacts
 from iservice.policy.requests import (
     Limits,
@@ -58,12 +50,11 @@ from iservice.policy.requests import (
     SessionRecords,
     SetBlock,
 )
+from iservice.ports import BatchSender, Child, Hook, PeerCredentials, Platform, UserIdentity
+from iservice.settings import Settings
 from iservice.wire import msg as m
 from iservice.wire import startup as w
 from iservice.wire.msg import WFP_BLOCK_DNS
-
-if TYPE_CHECKING:
-    from iservice.server import Server
 
 log = logging.getLogger("iservice.session")
 
@@ -86,27 +77,6 @@ async def _readable(sock: socket.socket) -> None:
     await readable(sock.fileno())
 
 
-CHANNEL_SNDBUF = 1 << 20  # bytes per direction, as asked (the kernel counts twice that)
-
-
-def channel_pair() -> tuple[socket.socket, socket.socket]:
-    """The session channel: a SEQPACKET pair (the service's end, openvpn's end).
-
-    Every message is charged to its sender as a whole skb (~1.2 KiB for a 328-byte
-    route), so the default send buffer (208 KiB) holds only ~167 requests: openvpn's
-    side stalled every 167 routes until the service woke up and read them (measured:
-    10,000 routes came as ~60 batches with idle gaps between).  A larger buffer lets
-    ~1,600 requests (and ~3,000 acks the other way) queue; it needs CAP_NET_ADMIN
-    (SO_SNDBUFFORCE), else the default stays.  It bounds what one session can make the
-    kernel hold for it at 2 MiB per direction.
-    """
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    for end in (ours, theirs):
-        with contextlib.suppress(OSError):
-            end.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, CHANNEL_SNDBUF)
-    return ours, theirs
-
-
 def recv_packet(sock: socket.socket, buf: bytearray) -> tuple[int, bytes] | None:
     """One message from a non-blocking SEQPACKET socket: (true length, data), or None.
 
@@ -120,9 +90,39 @@ def recv_packet(sock: socket.socket, buf: bytearray) -> tuple[int, bytes] | None
     return n, bytes(buf[: min(n, len(buf))])
 
 
+class SessionHost(Protocol):
+    """What a session needs of the service that runs it (``Server`` is one), and no more."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def platform(self) -> Platform: ...
+    @property
+    def monitor(self) -> Monitor: ...
+    @property
+    def owners(self) -> Owners: ...
+    @property
+    def hook(self) -> Hook: ...
+
+    def check_session_limit(self, session: Session) -> None:
+        """Raise ``StartupDataError`` if the user has too many sessions already."""
+
+    def session_log_path(self, session_id: int) -> str | None:
+        """Where the session's openvpn output goes (``log_dir``), if anywhere."""
+
+    def session_running(self, session: Session) -> None:
+        """openvpn runs: the connection is no longer pending."""
+
+    def undo_later(self, session_id: int, uid: int) -> None:
+        """The undo left records: try again while the service runs."""
+
+    def forget(self, session: Session) -> None:
+        """The session is over."""
+
+
 @dataclass(eq=False)  # identity semantics: sessions live in sets
 class Session:
-    server: Server
+    server: SessionHost
     conn: socket.socket
     creds: PeerCredentials
     number: int  # connection number, for logs before a session id exists
@@ -131,12 +131,12 @@ class Session:
     tun_name: str | None = None
     tun_ifindex: int | None = None
     user: UserIdentity | None = None
-    child: launch.Child | None = None
+    child: Child | None = None
     channel: socket.socket | None = None
     admin: bool = False
     output: SessionOutput | None = None
     _output_fd: int | None = None
-    _acks: mmsg.BatchSender | None = None
+    _acks: BatchSender | None = None
     client_connected: bool = True
     # For `iservice sessions/status` (control.py): the approved config, when openvpn
     # started (wall clock), and openvpn's state as seen in its output.
@@ -226,9 +226,10 @@ class Session:
     async def _validate(self, data: w.StartupData) -> Approved:
         self.phase = Phase.VALIDATING
         settings = self.server.settings
-        user = user_identity(self.creds.uid, self.creds.gid)
+        identity = self.server.platform.identity
+        user = identity.user_identity(self.creds.uid, self.creds.gid)
         self.user = user
-        admin = is_admin(user, settings.ovpn_admin_group)
+        admin = identity.is_admin(user, settings.ovpn_admin_group)
         self.admin = admin
         self._log(logging.INFO, "request", what="startup", user=user.name, admin=admin,
                   workdir=data.workdir, options=data.options)
@@ -249,7 +250,7 @@ class Session:
             # for both instead of a second one after the tun (~60 µs per start, measured).
             return approved, read_option_facts(approved.argv)
 
-        approved, self._option_facts = await as_fs_user(user, check)
+        approved, self._option_facts = await identity.as_fs_user(user, check)
         return approved
 
     @property
@@ -275,7 +276,7 @@ class Session:
                       reason="openvpn's output does not show PUSH_REPLY (--verb < 3 or --log): "
                              "a pushed redirect-gateway or block-outside-dns is not seen")
         self.config = approved.config
-        svc_end, child_end = channel_pair()
+        svc_end, child_end = self.server.platform.channel.channel_pair()
         self.channel = svc_end
         svc_end.setblocking(False)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -322,13 +323,14 @@ class Session:
         loop = asyncio.get_running_loop()
         path = self.server.session_log_path(started.session_id)
         pid = started.child.pid
+        launcher = self.server.platform.launcher
 
         def work() -> tuple[SessionOutput, int | None, str | None]:
             try:
                 output, problem = SessionOutput(file_path=path), None
             except OSError as exc:  # keep the session, without its log file
                 output, problem = SessionOutput(), f"{path}: {exc.strerror}"
-            return output, launch.process_start_time(pid), problem
+            return output, launcher.process_start_time(pid), problem
 
         job = loop.run_in_executor(None, work)
         try:
@@ -345,7 +347,7 @@ class Session:
         # The child is reaped only by this thread, in _serve or _undo, neither of which
         # has run yet: the pid was still openvpn's while it was read, never a recycled
         # one.  (None: it is gone already, there is nothing a recovery could end.)
-        if start is None or started.child.proc.returncode is not None:
+        if start is None or started.child.returncode is not None:
             return
         self._keep(self.server.monitor.submit(
             self.lane, SetInfo(started.session_id, {**started.info, "start_time": start})))
@@ -468,7 +470,7 @@ class Session:
         # Buffers for many requests per syscall (~150 KB) only once openvpn uses the channel:
         # a session that never does (a stand-in, openvpn waiting at a prompt) keeps none.
         await readable(sock.fileno())
-        reader = mmsg.BatchReader(sock, m.MAX_MESSAGE_SIZE)
+        reader = self.server.platform.channel.reader(sock, m.MAX_MESSAGE_SIZE)
         pipe = self._pipeline = Pipeline(self._policy(), owners=self.server.owners,
                                          scope=self.scope, session_id=self.session_id,
                                          uid=self.creds.uid)
@@ -538,7 +540,7 @@ class Session:
         sock = self.channel
         acks = settled.acks
         if self._acks is None:
-            self._acks = mmsg.BatchSender(sock, m.ACK_SIZE)
+            self._acks = self.server.platform.channel.sender(sock, m.ACK_SIZE)
         try:
             sent = self._acks.send(acks)
             for i in range(sent * m.ACK_SIZE, len(acks), m.ACK_SIZE):
@@ -613,7 +615,7 @@ class Session:
 
     async def _undo(self) -> None:
         if self.child is not None:
-            if self.child.proc.returncode is None:
+            if self.child.returncode is None:
                 self.child.signal(signal.SIGKILL)
                 with contextlib.suppress(Exception):
                     await self.child.wait()

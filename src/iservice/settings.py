@@ -43,6 +43,11 @@ Keys (original value names first)
                         the usual sbin/bin directories)
 ``block_dns``           ``true/false/yes/no/on/off/1/0``, default false: every
                         session blocks DNS outside its tunnel once it is up
+``route_scope``         ``machine`` | ``user`` (case-insensitive), default
+                        ``machine``: a session's routes and DNS are the machine's,
+                        as in the original; ``user``: a non-admin session's routes,
+                        DNS and kill switch apply to that user's traffic only
+                        (a routing table and rules per session; docs/security.md)
 ``hook``                ``auto`` | ``plugin`` | ``script`` (case-insensitive),
                         default ``auto``: how openvpn asks for network changes.
                         ``plugin`` = the C plugin installed with iservice
@@ -52,8 +57,13 @@ Keys (original value names first)
 ``hook_path``           absolute path or unset (derived at run time); used with
                         ``hook = script`` (and by ``auto`` without the plugin)
 ``max_clients``, ``max_clients_per_user``, ``max_sessions_per_user``,
-``max_routes``, ``max_addresses``, ``max_dns_servers``, ``max_bypass_routes``
-                        decimal integers 1 ... 2**31-1
+``max_routes``, ``max_routes_per_user``, ``max_addresses``,
+``max_addresses_per_user``, ``max_dns_servers``, ``max_bypass_routes``
+                        decimal integers 1 ... 2**31-1; ``max_clients`` and
+                        ``max_clients_per_user`` (64 and 8) count connections that
+                        are not (yet) a running session; the ``_per_user`` route
+                        and address limits (200000 and 64) are summed over the
+                        user's sessions
 ``stop_grace``          seconds, decimal, 0 < x <= 300, default 5
 ``audit_rate``, ``audit_burst``
                         decimal integers 1 ... 2**31-1, default 10 and 20000:

@@ -1,4 +1,4 @@
-"""The session channel's buffers: room for ~1,600 queued requests (session.channel_pair)."""
+"""The session channel's buffers: room for ~1,600 queued requests (linux.channel.channel_pair)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from iservice.session import CHANNEL_SNDBUF, channel_pair
+from iservice.linux.channel import CHANNEL_SNDBUF, channel_pair
 from iservice.wire import msg as m
 
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from iservice import platform
 from iservice.linux import dns as dnsmod
 from iservice.linux import firewall
 from iservice.monitor import Apply, Monitor, Undo
@@ -83,7 +84,7 @@ class FailingDns:
 def monitor(tmp_path: Path) -> Any:
     rtnl = FakeRtnl()
     dns = FailingDns()
-    mon = Monitor(str(tmp_path / "journal.sqlite3"), cgroups=None,
+    mon = Monitor(str(tmp_path / "journal.sqlite3"), platform=platform.linux(), cgroups=None,
                   rtnl_factory=lambda: rtnl,  # type: ignore[arg-type,return-value]
                   dns_factory=lambda update: dns)  # type: ignore[arg-type,return-value]
     mon.test_rtnl, mon.test_dns = rtnl, dns  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -209,10 +210,20 @@ def test_a_full_state_directory_refuses_changes_and_recovers_without_restart(
     in_kernel = [x for x in lab.routes(4) if x.get("dev") == tun and
                  x.get("protocol") == "158" and x["dst"].startswith("10.1")]
     assert len(in_kernel) == r["ok"]  # every route made was journaled first
-    # The session ends; its undo removes everything but cannot clear its records yet.
+    # The session ends while the disk is still full: its undo removes everything but
+    # cannot clear its records yet.  (SQLite writes into a WAL it already has: it is
+    # emptied first, so that clearing the records needs new space.)
+    filler.unlink()
+    db = sqlite3.connect(str(state / "journal.sqlite3"))
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    filler = fill(state)
+    undone = svc.log().count("event=undone")
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: svc.tuns() == [] and user_pids(user) == [], 10, what=svc.log_tail)
+    wait_for(lambda: svc.log().count("event=undone") > undone, 10, what=svc.log_tail)
+    assert svc.tuns() == [] and user_pids(user) == []
     assert svc.journal()["sessions"], "kept for a retry"
+    assert "the undone records are removed" in svc.log()
     filler.unlink()
     wait_for(lambda: svc.journal() == {"sessions": [], "changes": 0}, 30,
              what=lambda: f"the retried undo\n{svc.log_tail()}")

@@ -22,8 +22,9 @@ from typing import Any, ClassVar
 from iservice.effects._records import integer, text
 from iservice.errors import JournalDataError
 from iservice.journal import Journal
-from iservice.linux.netlink import RouteSpec, Rtnl
+from iservice.net import RouteSpec
 from iservice.policy.requests import AddAddress, DelAddress
+from iservice.ports import NetworkOps
 
 GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
 
@@ -49,7 +50,7 @@ class AddressRecord:
                    integer(d, "ifindex", low=1, high=2**31 - 1))
 
 
-def add(journal: Journal, net: Rtnl, session_id: int, tun_ifindex: int,
+def add(journal: Journal, net: NetworkOps, session_id: int, tun_ifindex: int,
         op: AddAddress) -> int:
     """Add the address (journal first); its record's id.  Raises OSError."""
     if op.existing is not None:  # already journaled: put it in again
@@ -75,7 +76,7 @@ def _prefix_route(tun_ifindex: int, address: IPv4Address | IPv6Address, prefix_l
                      table)
 
 
-def _add(net: Rtnl, tun_ifindex: int, op: AddAddress) -> None:
+def _add(net: NetworkOps, tun_ifindex: int, op: AddAddress) -> None:
     if op.table is None:
         net.addr_add(tun_ifindex, op.key.address, op.key.prefix_len)
         return
@@ -88,7 +89,7 @@ def _add(net: Rtnl, tun_ifindex: int, op: AddAddress) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def delete(journal: Journal, net: Rtnl, tun_ifindex: int, op: DelAddress,
+def delete(journal: Journal, net: NetworkOps, tun_ifindex: int, op: DelAddress,
            table: int | None = None) -> None:
     try:
         net.addr_del(tun_ifindex, op.key.address, op.key.prefix_len)

@@ -2,9 +2,10 @@
 
 Journaled before the cgroup exists and before openvpn is spawned into it, so there is
 no moment at which a crash of the service leaves a process it cannot find
-(``linux/cgroup.py``).  Undo: ``cgroup.kill`` first (``end``, before any other undo, so
-nothing of the session runs while its network state goes), then, newest first like
-every record, wait until it is empty and remove it (``undo``).
+(``ports.ProcessGroups``; Linux: ``linux/cgroup.py``).  Undo: ``cgroup.kill`` first
+(``end``, before any other undo, so nothing of the session runs while its network state
+goes), then, newest first like every record, wait until it is empty and remove it
+(``undo``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, ClassVar
 
 from iservice.effects._records import text
 from iservice.errors import JournalDataError
-from iservice.linux.cgroup import Cgroups
+from iservice.ports import ProcessGroups
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,11 @@ class CgroupRecord:
         return cls(path)
 
 
-def end(cgroups: Cgroups, rec: CgroupRecord) -> bool:
+def end(cgroups: ProcessGroups, rec: CgroupRecord) -> bool:
     """SIGKILL every process of the session; False if the cgroup is gone."""
     return cgroups.kill(rec.path)
 
 
-def undo(cgroups: Cgroups, rec: CgroupRecord) -> None:
+def undo(cgroups: ProcessGroups, rec: CgroupRecord) -> None:
     """Raises OSError (the record stays) while a process is left."""
     cgroups.remove(rec.path)

@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 
 from iservice.effects._records import text
 from iservice.journal import Journal
-from iservice.linux.dns import DnsBackend, FileDns, NoDns, ResolvconfDns, ResolvedDns
 from iservice.policy.requests import SetDns
+from iservice.ports import DnsBackend, DnsPort
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,10 @@ class DnsRecord:
 class Dns:
     """The DNS records of the live sessions (session id → its record's id)."""
 
-    def __init__(self, journal: Journal, backend: DnsBackend) -> None:
+    def __init__(self, journal: Journal, backend: DnsBackend, port: DnsPort) -> None:
         self.journal = journal
         self.backend = backend
+        self.port = port
         self._changes: dict[int, int] = {}
 
     def set(self, session_id: int, tun_ifindex: int, op: SetDns) -> int | None:
@@ -85,10 +86,4 @@ class Dns:
         if name == self.backend.name and (name != "file" or
                                           data.get("path") == getattr(self.backend, "path", None)):
             return self.backend
-        if name == "resolved":
-            return ResolvedDns()
-        if name == "resolvconf":
-            return ResolvconfDns(str(data["exe"]))
-        if name == "file":
-            return FileDns(str(data["path"]), self.journal.update)
-        return NoDns()
+        return self.port.backend_for(data, self.journal.update)

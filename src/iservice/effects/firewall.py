@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from iservice.effects._records import text
-from iservice.errors import JournalDataError
+from iservice.errors import BackendError, JournalDataError
 from iservice.journal import Journal
-from iservice.linux import firewall as nft
 from iservice.policy.dns import DnsState
 from iservice.policy.requests import SetBlock
+from iservice.ports import FirewallPort
 
 log = logging.getLogger("iservice.effects.firewall")
 
@@ -61,8 +61,9 @@ class _Block:
 class Firewall:
     """The kill-switch tables of the live sessions and the VPN servers they let through."""
 
-    def __init__(self, journal: Journal, instance: str = "") -> None:
+    def __init__(self, journal: Journal, nft: FirewallPort, instance: str = "") -> None:
         self.journal = journal
+        self.nft = nft
         self.instance = instance
         self._blocks: dict[int, _Block] = {}  # session id → its table
         self._redirects: dict[int, tuple[str, int]] = {}  # session id → (DNS table, record)
@@ -70,7 +71,7 @@ class Firewall:
         self._servers: dict[int, tuple[int, tuple[str, ...]]] = {}
 
     def mark(self, session_id: int) -> str:
-        return f"{nft.MARK_PREFIX}{self.instance}:{session_id}"
+        return f"{self.nft.MARK_PREFIX}{self.instance}:{session_id}"
 
     def _all_servers(self) -> dict[int, list[str]]:
         out: dict[int, list[str]] = {}
@@ -84,23 +85,23 @@ class Firewall:
         cur = self._blocks.get(session_id)
         if op.flags == 0:
             if cur is not None:
-                nft.delete_table(cur.table)
+                self.nft.delete_table(cur.table)
                 self.journal.forget([cur.change_id])
                 del self._blocks[session_id]
             return None
         if cur is not None:
             if (cur.flags, cur.scope_uid, cur.unscoped) == (op.flags, op.scope_uid, op.unscoped):
                 return cur.change_id  # nothing changes: nft is not run
-            nft.replace_table(cur.table, op.flags, self._all_servers(),
+            self.nft.replace_table(cur.table, op.flags, self._all_servers(),
                               scope_uid=op.scope_uid, unscoped=op.unscoped,
                               mark=self.mark(session_id))
             cur.flags, cur.scope_uid, cur.unscoped = op.flags, op.scope_uid, op.unscoped
             return cur.change_id
-        for k in range(nft.TABLE_ATTEMPTS):
-            name = nft.table_name(session_id, k)
+        for k in range(self.nft.TABLE_ATTEMPTS):
+            name = self.nft.table_name(session_id, k)
             change = self.journal.record(session_id, TableRecord.KIND, {"table": name})
             try:
-                nft.create_table(name, op.flags, self._all_servers(),
+                self.nft.create_table(name, op.flags, self._all_servers(),
                                  scope_uid=op.scope_uid, unscoped=op.unscoped,
                                  mark=self.mark(session_id))
             except OSError as exc:
@@ -110,7 +111,7 @@ class Firewall:
                 raise
             self._blocks[session_id] = _Block(name, op.flags, change, op.scope_uid, op.unscoped)
             return change
-        raise nft.NftError(errno.EEXIST, f"iservice_{session_id} and its variants exist")
+        raise BackendError(errno.EEXIST, f"iservice_{session_id} and its variants exist")
 
     def set_servers(self, session_id: int, uid: int, servers: Sequence[str]) -> None:
         """The VPN server addresses of a session: every table lets the user's packets to
@@ -127,7 +128,7 @@ class Firewall:
         servers = self._all_servers()
         for sid, block in self._blocks.items():
             try:
-                nft.replace_table(block.table, block.flags, servers,
+                self.nft.replace_table(block.table, block.flags, servers,
                                   scope_uid=block.scope_uid, unscoped=block.unscoped,
                                   mark=self.mark(sid))
             except OSError as exc:
@@ -145,18 +146,18 @@ class Firewall:
         cur = self._redirects.get(session_id)
         if s4 is None and s6 is None:
             if cur is not None:
-                nft.delete_table(cur[0])
+                self.nft.delete_table(cur[0])
                 self.journal.forget([cur[1]])
                 del self._redirects[session_id]
             return None
         if cur is not None:
-            nft.replace_dns_redirect(cur[0], uid, tun, s4, s6, table, self.mark(session_id))
+            self.nft.replace_dns_redirect(cur[0], uid, tun, s4, s6, table, self.mark(session_id))
             return cur[1]
-        for k in range(nft.TABLE_ATTEMPTS):
-            name = nft.dns_redirect_table_name(session_id, k)
+        for k in range(self.nft.TABLE_ATTEMPTS):
+            name = self.nft.dns_redirect_table_name(session_id, k)
             change = self.journal.record(session_id, TableRecord.KIND, {"table": name})
             try:
-                nft.create_dns_redirect(name, uid, tun, s4, s6, table, self.mark(session_id))
+                self.nft.create_dns_redirect(name, uid, tun, s4, s6, table, self.mark(session_id))
             except OSError as exc:
                 self.journal.forget([change])
                 if exc.errno == errno.EEXIST:
@@ -164,12 +165,11 @@ class Firewall:
                 raise
             self._redirects[session_id] = (name, change)
             return change
-        raise nft.NftError(errno.EEXIST, f"{nft.dns_redirect_table_name(session_id)} and its "
-                           "variants exist")
+        raise BackendError(errno.EEXIST, f"{self.nft.dns_redirect_table_name(session_id)} "
+                           "and its variants exist")
 
-    @staticmethod
-    def undo(rec: TableRecord) -> None:
-        nft.delete_table(rec.table)
+    def undo(self, rec: TableRecord) -> None:
+        self.nft.delete_table(rec.table)
 
     def session_ended(self, session_id: int) -> None:
         self._redirects.pop(session_id, None)

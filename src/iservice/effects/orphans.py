@@ -37,9 +37,8 @@ from typing import Any
 from iservice.effects import rule as rule_effect
 from iservice.effects import tun as tun_effect
 from iservice.journal import Journal
-from iservice.linux import firewall as nft
-from iservice.linux.cgroup import Cgroups
-from iservice.linux.netlink import RT_TABLE_MAIN, RTPROT_ISERVICE, Rtnl
+from iservice.net import RT_TABLE_MAIN, RTPROT_ISERVICE
+from iservice.ports import FirewallPort, NetworkOps, ProcessGroups
 
 log = logging.getLogger("iservice.orphans")
 
@@ -74,7 +73,7 @@ def _journaled(journal: Journal) -> dict[str, set[Any]]:
     return out
 
 
-def sweep(journal: Journal, net: Rtnl, cgroups: Cgroups | None,
+def sweep(journal: Journal, net: NetworkOps, nft: FirewallPort, cgroups: ProcessGroups | None,
           instance: str) -> list[Orphan]:
     """Find and remove this instance's unjournaled objects (module docstring)."""
     known = _journaled(journal)
@@ -148,7 +147,7 @@ def _session_table_tun(table: int | None) -> int | None:
 Report = Callable[[str, str, bool, str], None]
 
 
-def _rules(net: Rtnl, family: int, known: dict[str, set[Any]], others: set[int],
+def _rules(net: NetworkOps, family: int, known: dict[str, set[Any]], others: set[int],
            done: Report) -> None:
     try:
         rules = [r for r in net.rule_list(family) if r[3] == RTPROT_ISERVICE]
@@ -181,7 +180,7 @@ def _slot(priority: int) -> int:
     return (priority - rule_effect.PRIORITY) // 4
 
 
-def _routes(net: Rtnl, family: int, known: dict[str, set[Any]], others: set[int],
+def _routes(net: NetworkOps, family: int, known: dict[str, set[Any]], others: set[int],
             live: set[int], done: Report) -> None:
     try:
         routes = net.routes_of_protocol(family)

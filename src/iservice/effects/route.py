@@ -24,8 +24,9 @@ from iservice import errors
 from iservice.effects._records import flag, integer, text
 from iservice.errors import JournalDataError
 from iservice.journal import Journal
-from iservice.linux.netlink import RT_TABLE_MAIN, Route, RouteSpec, Rtnl
+from iservice.net import RT_TABLE_MAIN, Route, RouteSpec
 from iservice.policy.requests import AddRoute, DelRoute, Operation
+from iservice.ports import NetworkOps
 
 GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
 
@@ -103,7 +104,7 @@ def ack_error(err: int) -> int:
     return err
 
 
-def apply(journal: Journal, net: Rtnl, session_id: int,
+def apply(journal: Journal, net: NetworkOps, session_id: int,
           ops: Sequence[Operation]) -> list[tuple[int, int | None]]:
     """Add and delete routes as one netlink batch, journal first: per op (ack error,
     journal id of the route it leaves).  A failed add and a done delete leave nothing
@@ -148,7 +149,7 @@ def apply(journal: Journal, net: Rtnl, session_id: int,
     return out
 
 
-def undo(net: Rtnl, rec: RouteRecord) -> str | None:
+def undo(net: NetworkOps, rec: RouteRecord) -> str | None:
     """Delete a route that does not go with the tun; a problem's text, or None."""
     err = net.routes_apply([(False, rec.spec())])[0]
     if err and err not in GONE:
@@ -156,7 +157,7 @@ def undo(net: Rtnl, rec: RouteRecord) -> str | None:
     return None
 
 
-def drop_tun_routes6(net: Rtnl, records: Sequence[dict[str, Any]]) -> None:
+def drop_tun_routes6(net: NetworkOps, records: Sequence[dict[str, Any]]) -> None:
     """Delete the tun's IPv6 routes in one batch before the tun: the kernel's flush of a
     deleted link's IPv6 routes is slower (1,000 routes: teardown 32 ms against 18 ms for
     openvpn as root, which deletes them first).  Best effort: what is left goes with

@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 from iservice.effects._records import integer
 from iservice.errors import JournalDataError
 from iservice.journal import Journal
-from iservice.linux.netlink import NetlinkError, Rtnl
+from iservice.ports import NetworkOps
 
 TABLE_BASE = 0x10000000
 PRIORITY = 10000  # the first slot: before the main table's rule (32766), after local (0)
@@ -91,7 +91,7 @@ class RuleRecord:
                    integer(d, "suppress", optional=True, high=128), fwmark)
 
 
-def add(journal: Journal, net: Rtnl, session_id: int, uid: int, tun_ifindex: int) -> int:
+def add(journal: Journal, net: NetworkOps, session_id: int, uid: int, tun_ifindex: int) -> int:
     """The session's rules for both families (journal first); the table they look up.
 
     Each session has a slot of four priorities of its own (from its tun's ifindex; the
@@ -117,7 +117,7 @@ def add(journal: Journal, net: Rtnl, session_id: int, uid: int, tun_ifindex: int
                         raise
                     made.append((change, rec))
             return table
-        except NetlinkError as exc:
+        except OSError as exc:
             for change, rec in reversed(made):
                 undo(net, rec)
                 journal.forget([change])
@@ -126,9 +126,9 @@ def add(journal: Journal, net: Rtnl, session_id: int, uid: int, tun_ifindex: int
     raise OSError(errno.EEXIST, "no free rule priority slot")
 
 
-def undo(net: Rtnl, rec: RuleRecord) -> None:
+def undo(net: NetworkOps, rec: RuleRecord) -> None:
     try:
         net.rule_del(rec.family, rec.priority, rec.uid, rec.table, rec.suppress, rec.fwmark)
-    except NetlinkError as exc:
+    except OSError as exc:
         if exc.errno not in (errno.ENOENT, errno.ESRCH):
             raise

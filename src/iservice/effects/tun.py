@@ -1,7 +1,7 @@
 """Effect: the session's tun device.
 
 Record: its name, its ifindex (``None`` until the device exists) and the alias the
-service marks it with (``linux/tun.py``: set before the device becomes persistent, and
+service marks it with (``linux/tun.py``, ``TunPort``: set before the device becomes persistent, and
 only CAP_NET_ADMIN can change it).  The record is written before the device is made.
 
 Undo deletes the device the record names — by its ifindex, checked to still be a tun
@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from iservice.effects._records import integer, text
-from iservice.linux import tun as tundev
-from iservice.linux.netlink import NetlinkError, Rtnl
+from iservice.errors import JournalDataError
+from iservice.ports import NetworkOps, TunPort
 
 log = logging.getLogger("iservice.effects.tun")
 
 NAME_ATTEMPTS = 10
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class TunRecord:
     @classmethod
     def from_data(cls, d: dict[str, Any]) -> TunRecord:
         name = text(d, "name")
-        tundev.check_tun_name(name)
+        if not _NAME_RE.fullmatch(name) or name in (".", ".."):
+            raise JournalDataError(f"journal record: bad tun name {name!r}")
         return cls(name, integer(d, "ifindex", optional=True, low=1, high=2**31 - 1),
                    text(d, "alias", optional=True))
 
@@ -71,13 +74,13 @@ def instance_of(alias: str | None) -> str | None:
     return parts[0] if len(parts) == 3 else None
 
 
-def create(net: Rtnl, rec: TunRecord, uid: int, gid: int) -> int:
+def create(net: NetworkOps, tuns: TunPort, rec: TunRecord, uid: int, gid: int) -> int:
     """Make the device the record names, marked, persistent, owned by the user, link up;
     its ifindex.  FileExistsError if the name is taken (the caller tries the next)."""
     alias = rec.alias
     assert alias is not None
-    index = tundev.create_tun(rec.name, uid, gid,
-                              mark=lambda ifindex: net.link_set(ifindex, alias=alias))
+    index = tuns.create_tun(rec.name, uid, gid,
+                            mark=lambda ifindex: net.link_set(ifindex, alias=alias))
     net.link_set(index, up=True)
     return index
 
@@ -92,7 +95,7 @@ def _ours(info_kind: str | None, info_name: str, info_alias: str | None,
     return rec.ifindex is not None
 
 
-def undo(net: Rtnl, rec: TunRecord) -> None:
+def undo(net: NetworkOps, rec: TunRecord) -> None:
     """Delete the device; returns once it is verifiably gone (OSError otherwise: the
     record stays and is tried again)."""
     index = rec.ifindex if rec.ifindex is not None else net.link_index(rec.name)
@@ -100,7 +103,7 @@ def undo(net: Rtnl, rec: TunRecord) -> None:
         return  # never made, or gone
     try:
         info = net.link_info(index)
-    except NetlinkError as exc:
+    except OSError as exc:
         if exc.errno == errno.ENODEV:
             return
         raise
@@ -110,12 +113,12 @@ def undo(net: Rtnl, rec: TunRecord) -> None:
         return
     try:
         net.link_del(index)
-    except NetlinkError as exc:
+    except OSError as exc:
         if exc.errno != errno.ENODEV:
             raise
     try:
         net.link_info(index)
-    except NetlinkError as exc:
+    except OSError as exc:
         if exc.errno == errno.ENODEV:
             return
         raise

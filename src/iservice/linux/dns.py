@@ -29,9 +29,11 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
+from iservice.errors import BackendError
 from iservice.policy.dns import LinkDns, resolv_conf_lines
+from iservice.ports import DnsBackend
 
 log = logging.getLogger("iservice.dns")
 
@@ -42,26 +44,11 @@ COMMAND_TIMEOUT = 15.0
 MAX_RESOLV_CONF = 1 << 20
 
 
-class DnsError(OSError):
+class DnsError(BackendError):
     """A backend could not apply or undo a configuration (the ack gets ``errno``)."""
 
     def __init__(self, message: str, err: int = errno.EIO) -> None:
         super().__init__(err, message)
-
-
-class DnsBackend(Protocol):
-    name: str
-
-    def undo_data(self, session_id: int, ifindex: int, ifname: str) -> dict[str, Any]: ...
-
-    def apply(self, session_id: int, ifindex: int, ifname: str, link: LinkDns,
-              change_id: int) -> None: ...
-
-    def revert(self, session_id: int, data: dict[str, Any]) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 # -- none -------------------------------------------------------------------------------
@@ -424,6 +411,20 @@ class FileDns:
 
 
 # -- choosing ----------------------------------------------------------------------------
+
+
+def backend_for(data: dict[str, Any],
+                update_record: Callable[[int, dict[str, Any]], None]) -> DnsBackend:
+    """A backend to undo a journal record with: the one the record names (the setting may
+    have changed since it was written, across a crash too)."""
+    name = data.get("backend")
+    if name == "resolved":
+        return ResolvedDns()
+    if name == "resolvconf":
+        return ResolvconfDns(str(data["exe"]))
+    if name == "file":
+        return FileDns(str(data["path"]), update_record)
+    return NoDns()
 
 
 def make_backend(name: str, *, resolv_conf: str, resolvconf_exe: str | None,

@@ -30,6 +30,7 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
+from iservice.errors import BackendError
 from iservice.wire.msg import WFP_BLOCK_DNS, WFP_BLOCK_LOCAL
 
 NFT = "nft"
@@ -38,7 +39,7 @@ TABLE_ATTEMPTS = 10
 TUNNELS = "istun*"
 
 
-class NftError(OSError):
+class NftError(BackendError):
     pass
 
 
@@ -110,8 +111,7 @@ def table_body(name: str, flags: int, servers: Servers, *, scope_uid: int | None
 def create_table(name: str, flags: int, servers: Servers, *, scope_uid: int | None = None,
                  unscoped: int = 0, mark: str = "") -> None:
     """Create the table; ``NftError(EEXIST)`` if the name is taken."""
-    # One statement: the comment (the mark) is taken only when the table is made.
-    run_nft("create " + table_body(
+    run_nft(_create(name, mark) + table_body(
         name, flags, servers, scope_uid=scope_uid, unscoped=unscoped, mark=mark))
 
 
@@ -124,6 +124,14 @@ def replace_table(name: str, flags: int, servers: Servers, *, scope_uid: int | N
 
 MARK_PREFIX = "iservice:"
 _COMMENT_RE = re.compile(r'^\s*comment "([^"]*)"', re.M)
+
+
+def _create(name: str, mark: str) -> str:
+    """``create`` fails if the name is taken; it makes the bare table (a body given to it
+    would be ignored), with its mark: a comment is taken only when a table is made."""
+    comment = f' comment "{mark}";' if mark else ""
+    _comment(mark)  # checks it
+    return f"create table inet {name} {{{comment} }}\n"
 
 
 def _comment(mark: str) -> str:
@@ -237,7 +245,8 @@ def _check_ifname(name: str) -> str:
 
 def create_dns_redirect(name: str, uid: int, tun: str, server4: str | None,
                         server6: str | None, mark: int, table_mark: str = "") -> None:
-    run_nft("create " + dns_redirect_body(name, uid, tun, server4, server6, mark, table_mark))
+    run_nft(_create(name, table_mark) +
+            dns_redirect_body(name, uid, tun, server4, server6, mark, table_mark))
 
 
 def replace_dns_redirect(name: str, uid: int, tun: str, server4: str | None,

@@ -30,8 +30,9 @@ import struct
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
+
+from iservice.ports import PeerCredentials, UserIdentity
 
 T = TypeVar("T")
 
@@ -45,20 +46,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-@dataclass(frozen=True)
-class PeerCredentials:
-    pid: int
-    uid: int
-    gid: int
-
-
-@dataclass(frozen=True)
-class UserIdentity:
-    uid: int
-    gid: int
-    name: str
-    home: str
-    groups: tuple[int, ...]  # supplementary groups, primary gid included
+__all__ = ["PeerCredentials", "UserIdentity", "as_fs_user", "is_admin", "peer_credentials",
+           "run_as_fs_user", "user_identity"]
 
 
 def peer_credentials(sock: socket.socket) -> PeerCredentials:

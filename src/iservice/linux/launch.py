@@ -153,6 +153,11 @@ class Child:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def returncode(self) -> int | None:
+        """None while it runs (it is reaped only by ``wait``)."""
+        return self.proc.returncode
+
     async def wait(self) -> int:
         """Wait for exit without a thread; returns the shell-style exit status."""
         if self.proc.returncode is None:
@@ -206,6 +211,11 @@ def _find_spawners() -> tuple[Spawner, ...]:
 # Found once, in order of preference; SPAWNER is the one used (None: Popen(user=...)).
 SPAWNERS = _find_spawners()
 SPAWNER = SPAWNERS[0] if SPAWNERS else None
+
+
+def spawner_name() -> str:
+    """What starts openvpn (for the service's ready line)."""
+    return SPAWNER.path if SPAWNER else "popen"
 
 
 def spawn_argv(exe: str, argv: Sequence[str], user: UserIdentity, *, nice: int = 0,

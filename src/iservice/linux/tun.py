@@ -102,6 +102,15 @@ def create_tun(name: str, uid: int, gid: int, *, netns_path: str | None = None,
     return run_in_netns(netns_path, lambda: _create(name, uid, gid, mark))
 
 
+def route_localnet(name: str) -> None:
+    """Let the tun carry loopback-sourced packets (``net.ipv4.conf.<tun>.route_localnet``;
+    a per-user session's redirected DNS queries to a resolver on loopback, see
+    ``linux/firewall.py``).  It goes with the device."""
+    check_tun_name(name)
+    with open(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "w") as f:
+        f.write("1")
+
+
 def tun_owner(name: str) -> int | None:
     """The owner uid of tun ``name`` (sysfs of this network namespace), or None."""
     check_tun_name(name)
