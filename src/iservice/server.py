@@ -283,12 +283,6 @@ class Server:
 
     # -- used by sessions -----------------------------------------------------
 
-    def service_options(self, tun: str, channel_fd: int,
-                        facts_fd: int | None = None) -> list[str]:
-        """Appended last, so they win over the user's options (SPEC §4)."""
-        return self.platform.launcher.service_options(self.hook.kind, self.hook.path, tun,
-                                                      channel_fd, facts_fd)
-
     def session_log_path(self, session_id: int) -> str | None:
         if self.settings.log_dir is None:
             return None

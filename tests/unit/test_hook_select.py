@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from iservice import plugin, server
-from iservice.server import Hook, Server, StartupError, select_hook
+from iservice.linux.launch import service_options
+from iservice.server import Hook, StartupError, select_hook
 from iservice.settings import Settings
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "iservice-hook")
@@ -68,8 +68,7 @@ def test_the_installed_plugin_is_usable() -> None:
 
 
 def _options(hook: Hook) -> list[str]:
-    fake = SimpleNamespace(hook=hook)
-    return Server.service_options(fake, "istun3", 7, facts_fd=9)  # type: ignore[arg-type]
+    return service_options(hook.kind, hook.path, "istun3", 7, facts_fd=9)
 
 
 def test_plugin_mode_options() -> None:
