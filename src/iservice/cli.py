@@ -21,52 +21,59 @@ printed), 2 = usage error, 3 = the service cannot be reached.  ``connect`` adds
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
-from collections.abc import Sequence
-from typing import Any
 
 from iservice import __version__
-from iservice.errors import ReplyFormatError, SettingsError
-from iservice.policy.argv import quote_argv
-from iservice.settings import Settings, default_settings_path, load_settings, validate_instance
-from iservice.wire import startup as w
+
+# Only argparse at import (not even typing): `iservice --help` and a mistyped command
+# start fast.  Each command imports what it needs; the client commands never import the
+# service's modules (asyncio, ctypes, the server) — tests/unit/test_cli_imports.py.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from iservice.settings import Settings
+    from iservice.wire import control as wc
+    from iservice.wire import startup as w
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from iservice.settings import load_settings
     return load_settings(args.settings, instance=args.instance)
+
+
+def _client_settings(args: argparse.Namespace) -> Settings:
+    """The settings a client goes by: the file if readable and valid, else the defaults."""
+    from iservice.errors import SettingsError
+    from iservice.settings import default_settings_path, load_settings
+    path = args.settings or default_settings_path(args.instance)
+    try:
+        return load_settings(path if os.access(path, os.R_OK) else None, instance=args.instance)
+    except SettingsError:
+        return load_settings(None, instance=args.instance)
 
 
 def _client_socket(args: argparse.Namespace) -> str:
     """Where a client connects: --socket, else the settings file if readable, else default."""
     if args.socket:
         return str(args.socket)
-    path = args.settings or default_settings_path(args.instance)
-    try:
-        return load_settings(path if os.access(path, os.R_OK) else None,
-                             instance=args.instance).socket_path
-    except SettingsError:
-        return load_settings(None, instance=args.instance).socket_path
+    return _client_settings(args).socket_path
 
 
 def _control_socket(args: argparse.Namespace) -> str:
     """The control socket: next to --socket when given, else from the settings."""
     if args.socket:
         return os.path.join(os.path.dirname(os.path.abspath(args.socket)), "control")
-    path = args.settings or default_settings_path(args.instance)
-    try:
-        return load_settings(path if os.access(path, os.R_OK) else None,
-                             instance=args.instance).control_socket_path
-    except SettingsError:
-        return load_settings(None, instance=args.instance).control_socket_path
+    return _client_settings(args).control_socket_path
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from iservice import server
+    from iservice.errors import SettingsError
     try:
         settings = _settings(args)
     except SettingsError as exc:
@@ -79,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def format_reply(reply: w.Reply) -> str:
+    from iservice.wire import startup as w
     if isinstance(reply, w.PidReply):
         return str(reply.pid)
     text = f"error 0x{reply.code:08x}: {reply.func}"
@@ -87,6 +95,9 @@ def format_reply(reply: w.Reply) -> str:
 
 def cmd_start(args: argparse.Namespace) -> int:
     from iservice import client
+    from iservice.errors import ReplyFormatError
+    from iservice.policy.argv import quote_argv
+    from iservice.wire import startup as w
     if args.options is not None and args.openvpn_args:
         print("iservice start: give either --options or arguments after --", file=sys.stderr)
         return EXIT_USAGE
@@ -129,17 +140,23 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return connect.run(opts)
 
 
-def _control(args: argparse.Namespace, req: dict[str, Any]) -> dict[str, Any] | int:
+def _control(args: argparse.Namespace, **fields: Any) -> wc.Reply | int:
     """One control request; the reply, or an exit status after printing the problem."""
-    from iservice import control
+    from iservice import client
+    from iservice.wire import control as wc
     try:
-        reply = control.request(_control_socket(args), req)
-    except (control.ControlUnavailable, OSError, ValueError) as exc:
+        req = wc.Request(**fields)
+    except wc.ControlError as exc:  # refused before sending (say a name too long)
+        print(f"iservice {args.command}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        reply = client.control_request(_control_socket(args), req)
+    except (client.ServiceUnavailable, OSError, wc.ReplyError) as exc:
         print(f"iservice: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    if not reply.get("ok"):
-        print(f"iservice {args.command}: {reply.get('error', 'refused')}", file=sys.stderr)
-        return EXIT_USAGE if reply.get("code") == "bad-request" else EXIT_REFUSED
+    if isinstance(reply, wc.ErrorReply):
+        print(f"iservice {args.command}: {reply.error}", file=sys.stderr)
+        return EXIT_USAGE if reply.code == "bad-request" else EXIT_REFUSED
     return reply
 
 
@@ -155,6 +172,7 @@ def human_bytes(n: int | None) -> str:
 
 
 def _clock(t: float | None) -> str:
+    import time
     if not t:
         return "-"
     when = time.localtime(t)
@@ -162,101 +180,119 @@ def _clock(t: float | None) -> str:
     return time.strftime(fmt, when)
 
 
-def format_sessions(sessions: list[dict[str, Any]], *, show_user: bool) -> str:
+def format_sessions(sessions: Sequence[wc.SessionInfo], *, show_user: bool) -> str:
     if not sessions:
         return "No sessions."
     head = ["NAME", "PROFILE", *(["USER"] if show_user else []), "STATE", "SINCE", "TUN",
             "ADDRESSES", "IN", "OUT", "PID"]
     rows = [head]
     for s in sessions:
-        rows.append([s["name"], s["profile"], *([s["user"]] if show_user else []),
-                     s["state"], _clock(s.get("started")), s.get("tun") or "-",
-                     ",".join(s.get("addresses") or []) or "-",
-                     human_bytes(s.get("bytes_in")), human_bytes(s.get("bytes_out")),
-                     str(s.get("pid") or "-")])
+        rows.append([s.name, s.profile, *([s.user] if show_user else []),
+                     s.state, _clock(s.started), s.tun or "-",
+                     ",".join(s.addresses) or "-",
+                     human_bytes(s.bytes_in), human_bytes(s.bytes_out),
+                     str(s.pid or "-")])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)
 
 
-def format_status(s: dict[str, Any]) -> str:
-    state = s["state"] + (f" ({s['detail']})" if s.get("detail") else "")
-    pairs = [("session", s["name"]), ("profile", f"{s['profile']} ({s.get('config') or '-'})"),
-             ("user", f"{s['user']} (uid {s['uid']})"),
-             ("state", f"{state} since {_clock(s.get('state_since'))}"),
-             ("started", _clock(s.get("started"))), ("tun", s.get("tun") or "-"),
-             ("addresses", ", ".join(s.get("addresses") or []) or "-"),
-             ("bytes in", human_bytes(s.get("bytes_in"))),
-             ("bytes out", human_bytes(s.get("bytes_out"))), ("openvpn pid", str(s.get("pid")))]
+def format_status(s: wc.SessionInfo) -> str:
+    state = s.state + (f" ({s.detail})" if s.detail else "")
+    pairs = [("session", s.name), ("profile", f"{s.profile} ({s.config or '-'})"),
+             ("user", f"{s.user} (uid {s.uid})"),
+             ("state", f"{state} since {_clock(s.state_since)}"),
+             ("started", _clock(s.started)), ("tun", s.tun or "-"),
+             ("addresses", ", ".join(s.addresses) or "-"),
+             ("bytes in", human_bytes(s.bytes_in)),
+             ("bytes out", human_bytes(s.bytes_out)), ("openvpn pid", str(s.pid))]
     return "\n".join(f"{k + ':':<13}{v}" for k, v in pairs)
 
 
+def _print_json(value: object) -> None:
+    import json
+    print(json.dumps(value, indent=2))
+
+
 def cmd_sessions(args: argparse.Namespace) -> int:
-    reply = _control(args, {"op": "sessions", "all": args.all})
+    from iservice.wire import control as wc
+    reply = _control(args, op="sessions", all=args.all)
     if isinstance(reply, int):
         return reply
+    assert isinstance(reply, wc.SessionsReply)
     if args.json:
-        print(json.dumps(reply["sessions"], indent=2))
+        _print_json([s.to_json() for s in reply.sessions])
     else:
-        print(format_sessions(reply["sessions"], show_user=args.all))
+        print(format_sessions(reply.sessions, show_user=args.all))
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    reply = _control(args, {"op": "status", "name": args.name, "all": args.all})
+    from iservice.wire import control as wc
+    reply = _control(args, op="status", name=args.name, all=args.all)
     if isinstance(reply, int):
         return reply
-    print(json.dumps(reply["session"], indent=2) if args.json else format_status(reply["session"]))
+    assert isinstance(reply, wc.StatusReply)
+    if args.json:
+        _print_json(reply.session.to_json())
+    else:
+        print(format_status(reply.session))
     return EXIT_OK
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
-    reply = _control(args, {"op": "profiles"})
+    from iservice.wire import control as wc
+    reply = _control(args, op="profiles")
     if isinstance(reply, int):
         return reply
+    assert isinstance(reply, wc.ProfilesReply)
     if args.json:
-        print(json.dumps(reply["profiles"], indent=2))
-    elif not reply["profiles"]:
-        print(f"No approved profiles you can read in {reply.get('config_dir')}.")
+        _print_json([p.to_json() for p in reply.profiles])
+    elif not reply.profiles:
+        print(f"No approved profiles you can read in {reply.config_dir}.")
     else:
-        width = max(len(p["name"]) for p in reply["profiles"])
-        for p in reply["profiles"]:
-            print(f"{p['name']:<{width}}  {p['path']}")
+        width = max(len(p.name) for p in reply.profiles)
+        for p in reply.profiles:
+            print(f"{p.name:<{width}}  {p.path}")
     return EXIT_OK
 
 
 def cmd_disconnect(args: argparse.Namespace) -> int:
+    from iservice.wire import control as wc
     if args.name is None and not args.all:
         print("iservice disconnect: give a session NAME or --all", file=sys.stderr)
         return EXIT_USAGE
-    req: dict[str, Any] = {"op": "disconnect", "all": args.all}
-    if args.name is not None:
-        req["name"] = args.name
-    reply = _control(args, req)
+    reply = _control(args, op="disconnect", name=args.name, all=args.all)
     if isinstance(reply, int):
         return reply
-    names = reply.get("disconnected") or []
+    assert isinstance(reply, wc.DisconnectReply)
+    names = reply.disconnected
     print(f"Disconnected {', '.join(names)}." if names else "No sessions to disconnect.")
     return EXIT_OK
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from iservice import control
-    req = {"op": "log", "name": args.name, "all": args.all, "follow": args.follow,
-           "lines": args.lines}
+    from iservice import client
+    from iservice.wire import control as wc
     try:
-        for i, msg in enumerate(control.stream(_control_socket(args), req,
-                                               timeout=None if args.follow else 30)):
-            if i == 0 and not msg.get("ok"):
-                print(f"iservice log: {msg.get('error', 'refused')}", file=sys.stderr)
-                return EXIT_REFUSED
-            for line in msg.get("lines", []):
-                print(line, flush=args.follow)
-            if msg.get("end"):
+        req = wc.Request("log", args.name, all=args.all, follow=args.follow, lines=args.lines)
+    except wc.ControlError as exc:
+        print(f"iservice log: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        for msg in client.control_stream(_control_socket(args), req,
+                                         timeout=None if args.follow else 30):
+            if isinstance(msg, wc.ErrorReply):
+                print(f"iservice log: {msg.error}", file=sys.stderr)
+                return EXIT_USAGE if msg.code == "bad-request" else EXIT_REFUSED
+            if isinstance(msg, wc.LogEnd):
                 break
+            if isinstance(msg, wc.LogLines):
+                for line in msg.lines:
+                    print(line, flush=args.follow)
     except KeyboardInterrupt:
         return EXIT_OK
-    except (control.ControlUnavailable, OSError, ValueError) as exc:
+    except (client.ServiceUnavailable, OSError, wc.ReplyError) as exc:
         print(f"iservice: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     return EXIT_OK
@@ -358,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _instance(text: str) -> str:
+    from iservice.errors import SettingsError
+    from iservice.settings import validate_instance
     try:
         return validate_instance(text)
     except SettingsError as exc:

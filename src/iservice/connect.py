@@ -32,12 +32,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
-from iservice import client, control
+from iservice import client
 from iservice import management as mg
 from iservice.errors import ReplyFormatError
 from iservice.policy.argv import quote_argv
+from iservice.wire import control as wc
 from iservice.wire import startup as w
 
 # Exit statuses (README "Exit statuses"; 0-3 mean what they mean for `iservice start`).
@@ -355,16 +356,18 @@ def resolve_profile(text: str, control_path: str) -> Profile:
         path = os.path.abspath(text)
         if not os.path.isfile(path):
             raise LookupError(f"no such file: {path}")
-        return Profile(control.profile_name(path), path)
+        return Profile(wc.profile_name(path), path)
     try:
-        reply = control.request(control_path, {"op": "profiles"}, timeout=10)
-    except (control.ControlUnavailable, OSError) as exc:
+        reply = client.control_request(control_path, wc.Request("profiles"), timeout=10)
+    except (client.ServiceUnavailable, OSError, wc.ReplyError) as exc:
         raise LookupError(f"cannot list the approved profiles: {exc}") from None
-    profiles = reply.get("profiles") or []
+    if isinstance(reply, wc.ErrorReply):
+        raise LookupError(f"cannot list the approved profiles: {reply.error}")
+    profiles = reply.profiles if isinstance(reply, wc.ProfilesReply) else ()
     for p in profiles:
-        if text in (p.get("name"), os.path.basename(str(p.get("path")))):
-            return Profile(str(p["name"]), str(p["path"]))
-    known = ", ".join(str(p.get("name")) for p in profiles) or "none"
+        if text in (p.name, os.path.basename(p.path)):
+            return Profile(p.name, p.path)
+    known = ", ".join(p.name for p in profiles) or "none"
     raise LookupError(f"no profile {text!r} (approved profiles you can use: {known})")
 
 
@@ -393,12 +396,13 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _session_of(control_path: str, pid: int) -> dict[str, Any] | None:
+def _session_of(control_path: str, pid: int) -> wc.SessionInfo | None:
     with contextlib.suppress(Exception):
-        reply = control.request(control_path, {"op": "sessions"}, timeout=5)
-        for s in reply.get("sessions", []):
-            if s.get("pid") == pid:
-                return dict(s)
+        reply = client.control_request(control_path, wc.Request("sessions"), timeout=5)
+        if isinstance(reply, wc.SessionsReply):
+            for s in reply.sessions:
+                if s.pid == pid:
+                    return s
     return None
 
 
@@ -408,9 +412,10 @@ def _log_tail(control_path: str, pid: int, lines: int = 12) -> list[str]:
     if s is None:
         return []
     with contextlib.suppress(Exception):
-        reply = control.request(control_path, {"op": "log", "name": s["name"],
-                                               "lines": lines}, timeout=5)
-        return [str(x) for x in reply.get("lines", [])]
+        reply = client.control_request(control_path, wc.Request("log", s.name, lines=lines),
+                                       timeout=5)
+        if isinstance(reply, wc.LogLines):
+            return list(reply.lines)
     return []
 
 
@@ -600,11 +605,11 @@ def _drive(opts: Options, term: Terminal, conn: client.Connection, pid: int,
 def _connected_text(opts: Options, pid: int, dialog: Dialog, profile: Profile,
                     outcome: Outcome) -> str:
     s = _session_of(opts.control_path, pid)
-    name = s["name"] if s else f"pid {pid}"
+    name = s.name if s else f"pid {pid}"
     where = []
-    if s and s.get("tun"):
-        where.append(f"on {s['tun']}")
-    addrs = (s or {}).get("addresses") or ([dialog.local_ip] if dialog.local_ip else [])
+    if s and s.tun:
+        where.append(f"on {s.tun}")
+    addrs = list(s.addresses if s else ()) or ([dialog.local_ip] if dialog.local_ip else [])
     if addrs:
         where.append("address " + ", ".join(addrs))
     head = "Connected" if outcome.code == EXIT_OK else f"Warning: {outcome.message}\nConnected"

@@ -8,91 +8,47 @@ JSON message, or — for ``log`` with ``follow`` — a stream of messages closed
 touches only their own sessions; ``all`` (everyone's sessions) is for root and members
 of ``ovpn_admin_group``.
 
-Pure parts (tested without a service): request decoding (``decode_request``), the
-decision who may do what (``authorize``), finding sessions by name (``select``),
-naming (``profile_name``, ``session_name``) and the session state derived from
-openvpn's output (``VpnState``).  ``ControlServer`` is the I/O on top, inside the
-service; ``request``/``stream`` are the client side.
+The wire format (requests, replies, names) is ``iservice.wire.control``, shared
+with the client.  Pure parts here (tested without a service): the decision who may
+do what (``authorize``), finding sessions by name (``select``) and the session
+state derived from openvpn's output (``VpnState``).  ``ControlServer`` is the I/O
+on top, inside the service.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from iservice.linux.identity import is_admin, peer_credentials, run_as_fs_user, user_identity
+from iservice.wire import control as wc
+from iservice.wire.control import (
+    ControlError,
+    Request,
+    decode_request,
+    profile_name,
+    session_name,
+)
 
 if TYPE_CHECKING:
     from iservice.server import Server
     from iservice.session import Session
 
+__all__ = ["ControlError", "ControlServer", "Named", "Request", "VpnState", "authorize",
+           "decode_request", "list_profiles", "profile_name", "select", "session_info",
+           "session_name"]
+
 log = logging.getLogger("iservice.control")
 
-MAX_REQUEST = 4096
-MAX_MESSAGE = 60000  # a reply above this is split (log lines) to stay well below wmem limits
 REQUEST_TIMEOUT = 2.0
-OPS = frozenset({"sessions", "status", "disconnect", "log", "profiles"})
-PROFILE_SUFFIXES = (".ovpn", ".conf")
 MAX_PROFILES = 1000
-
-
-class ControlError(Exception):
-    """A request is refused; ``code`` is one of the codes in docs/control.md."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-# --------------------------------------------------------------------------- requests
-
-
-@dataclass(frozen=True)
-class Request:
-    op: str
-    name: str | None = None
-    all: bool = False
-    follow: bool = False
-    lines: int = 200
-
-
-def decode_request(raw: bytes) -> Request:
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ControlError("bad-request", "the request is not JSON text") from None
-    if not isinstance(obj, dict):
-        raise ControlError("bad-request", "the request must be a JSON object")
-    unknown = set(obj) - {"op", "name", "all", "follow", "lines"}
-    if unknown:
-        raise ControlError("bad-request", f"unknown field(s): {', '.join(sorted(unknown))}")
-    op = obj.get("op")
-    if op not in OPS:
-        raise ControlError("bad-request", f"op must be one of {', '.join(sorted(OPS))}")
-    name = obj.get("name")
-    if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 256):
-        raise ControlError("bad-request", "name must be a non-empty string")
-    flags = {k: obj.get(k, False) for k in ("all", "follow")}
-    if any(not isinstance(v, bool) for v in flags.values()):
-        raise ControlError("bad-request", "all and follow must be true or false")
-    lines = obj.get("lines", 200)
-    if isinstance(lines, bool) or not isinstance(lines, int) or not 0 <= lines <= 100000:
-        raise ControlError("bad-request", "lines must be an integer 0 ... 100000")
-    req = Request(op, name, flags["all"], flags["follow"], lines)
-    if op in ("status", "log") and name is None:
-        raise ControlError("bad-request", f"{op} needs a session name")
-    if op == "disconnect" and name is None and not req.all:
-        raise ControlError("bad-request", "disconnect needs a session name or all")
-    return req
 
 
 def authorize(req: Request, admin: bool, admin_group: str) -> None:
@@ -103,21 +59,6 @@ def authorize(req: Request, admin: bool, admin_group: str) -> None:
 
 
 # --------------------------------------------------------------------------- names
-
-
-def profile_name(config: str | None) -> str:
-    """``/etc/openvpn/client/work.ovpn`` → ``work``; no config → ``-``."""
-    if not config:
-        return "-"
-    base = os.path.basename(config)
-    for suffix in PROFILE_SUFFIXES:
-        if base.endswith(suffix) and len(base) > len(suffix):
-            return base[: -len(suffix)]
-    return base
-
-
-def session_name(profile: str, session_id: int) -> str:
-    return f"{profile if profile != '-' else 'session'}-{session_id}"
 
 
 @dataclass(frozen=True)
@@ -199,66 +140,47 @@ def _read_counter(tun: str | None, name: str) -> int | None:
         return None
 
 
-def session_info(s: Session) -> dict[str, Any]:
-    """The JSON view of one live session (docs/control.md, "session object")."""
+def session_info(s: Session) -> wc.SessionInfo:
+    """The view of one live session (docs/control.md, "SESSION object")."""
     assert s.session_id is not None
     profile = profile_name(s.config)
     vpn = s.vpn
-    addresses = sorted(f"{k.address}/{k.prefix_len}" for k in s.records.addresses)
-    return {
-        "name": session_name(profile, s.session_id),
-        "id": s.session_id,
-        "user": s.user.name if s.user else str(s.creds.uid),
-        "uid": s.creds.uid,
-        "profile": profile,
-        "config": s.config,
-        "state": vpn.name if s.phase.value == "running" else s.phase.value.upper(),
-        "detail": vpn.detail,
-        "state_since": round(vpn.since, 3),
-        "started": round(s.started_at, 3) if s.started_at else None,
-        "tun": s.tun_name,
-        "addresses": addresses,
+    addresses = tuple(sorted(f"{k.address}/{k.prefix_len}" for k in s.records.addresses))
+    return wc.SessionInfo(
+        name=session_name(profile, s.session_id),
+        id=s.session_id,
+        user=s.user.name if s.user else str(s.creds.uid),
+        uid=s.creds.uid,
+        profile=profile,
+        config=s.config,
+        state=vpn.name if s.phase.value == "running" else s.phase.value.upper(),
+        detail=vpn.detail,
+        state_since=round(vpn.since, 3),
+        started=round(s.started_at, 3) if s.started_at else None,
+        tun=s.tun_name,
+        addresses=addresses,
         # rx on the tun = what came out of the tunnel = bytes in
-        "bytes_in": _read_counter(s.tun_name, "rx_bytes"),
-        "bytes_out": _read_counter(s.tun_name, "tx_bytes"),
-        "pid": s.child.pid if s.child else None,
-    }
+        bytes_in=_read_counter(s.tun_name, "rx_bytes"),
+        bytes_out=_read_counter(s.tun_name, "tx_bytes"),
+        pid=s.child.pid if s.child else None,
+    )
 
 
-def list_profiles(config_dir: str) -> list[dict[str, str]]:
+def list_profiles(config_dir: str) -> list[wc.Profile]:
     """Readable configs under ``config_dir`` (run with the caller's file-system rights)."""
-    found: list[dict[str, str]] = []
+    found: list[wc.Profile] = []
     for root, dirs, files in os.walk(config_dir):
         dirs.sort()
         for f in sorted(files):
-            if not f.endswith(PROFILE_SUFFIXES):
+            if not f.endswith(wc.PROFILE_SUFFIXES):
                 continue
             path = os.path.join(root, f)
             if os.path.isfile(path) and os.access(path, os.R_OK, effective_ids=True):
                 rel = os.path.relpath(path, config_dir)
-                found.append({"name": profile_name(rel), "path": path})
+                found.append(wc.Profile(profile_name(rel), path))
                 if len(found) >= MAX_PROFILES:
                     return found
     return found
-
-
-def encode(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
-
-
-def chunks(lines: list[str], limit: int = MAX_MESSAGE) -> Iterator[list[str]]:
-    """Split lines into groups whose JSON stays below ``limit`` bytes."""
-    group: list[str] = []
-    size = 0
-    for line in lines:
-        n = len(line.encode("utf-8")) * 2 + 8  # worst-case JSON escaping
-        if group and size + n > limit:
-            yield group
-            group, size = [], 0
-        group.append(line)
-        size += n
-    if group:
-        yield group
 
 
 class ControlServer:
@@ -288,9 +210,7 @@ class ControlServer:
                 if self.active > self.server.settings.max_clients:
                     raise ControlError("busy", "too many control connections; try again")
                 async with asyncio.timeout(REQUEST_TIMEOUT):
-                    raw = await loop.sock_recv(conn, MAX_REQUEST + 1)
-                if len(raw) > MAX_REQUEST:
-                    raise ControlError("bad-request", f"requests are at most {MAX_REQUEST} bytes")
+                    raw = await loop.sock_recv(conn, wc.MAX_REQUEST + 1)
                 req = decode_request(raw)
                 user = user_identity(creds.uid, creds.gid)
                 group = self.server.settings.ovpn_admin_group
@@ -300,11 +220,11 @@ class ControlServer:
                          creds.uid, creds.pid, req.name, req.all)
                 await self._dispatch(conn, req, creds.uid, user)
             except ControlError as exc:
-                await loop.sock_sendall(conn, encode({"ok": False, "code": exc.code,
-                                                      "error": exc.message}))
+                await loop.sock_sendall(conn, wc.encode_reply(wc.ErrorReply(exc.code,
+                                                                            exc.message)))
             except TimeoutError:
-                await loop.sock_sendall(conn, encode({"ok": False, "code": "bad-request",
-                                                      "error": "no request within 2 s"}))
+                await loop.sock_sendall(conn, wc.encode_reply(wc.ErrorReply(
+                    "bad-request", "no request within 2 s")))
         except OSError:
             pass  # the client went away
         except Exception:
@@ -329,34 +249,34 @@ class ControlServer:
     async def _dispatch(self, conn: socket.socket, req: Request, uid: int, user: Any) -> None:
         loop = asyncio.get_running_loop()
 
-        async def send(obj: dict[str, Any]) -> None:
-            await loop.sock_sendall(conn, encode(obj))
+        async def send(reply: wc.Reply) -> None:
+            await loop.sock_sendall(conn, wc.encode_reply(reply))
 
         if req.op == "sessions":
-            await send({"ok": True, "sessions": [session_info(s)
-                                                  for s in self._visible(uid, req.all)]})
+            await send(wc.SessionsReply(tuple(session_info(s)
+                                              for s in self._visible(uid, req.all))))
         elif req.op == "status":
             assert req.name is not None
-            await send({"ok": True, "session": session_info(self._find(req.name, uid, req.all))})
+            await send(wc.StatusReply(session_info(self._find(req.name, uid, req.all))))
         elif req.op == "profiles":
             config_dir = self.server.settings.config_dir
             profiles = await loop.run_in_executor(
                 None, run_as_fs_user, user, lambda: list_profiles(config_dir))
-            await send({"ok": True, "config_dir": config_dir, "profiles": profiles})
+            await send(wc.ProfilesReply(config_dir, tuple(profiles)))
         elif req.op == "disconnect":
             targets = (self._visible(uid, True) if req.name is None
                        else [self._find(req.name, uid, req.all)])
-            names = [session_info(s)["name"] for s in targets]
+            names = [session_info(s).name for s in targets]
             for s in targets:
                 s.request_stop()
             # Answer once every session is undone: "disconnected" means nothing is left.
             deadline = loop.time() + self.server.settings.stop_grace + 10
             while any(s.phase.value != "done" for s in targets) and loop.time() < deadline:
                 await asyncio.sleep(0.05)
-            left = [session_info(s)["name"] for s in targets if s.phase.value != "done"]
+            left = [session_info(s).name for s in targets if s.phase.value != "done"]
             if left:
                 raise ControlError("timeout", "still ending: " + ", ".join(left))
-            await send({"ok": True, "disconnected": names})
+            await send(wc.DisconnectReply(tuple(names)))
         elif req.op == "log":
             assert req.name is not None
             s = self._find(req.name, uid, req.all)
@@ -370,13 +290,12 @@ class ControlServer:
         queue = output.follow() if (req.follow and output is not None) else None
         try:
             first = True
-            for group in chunks(lines) if lines else iter([[]]):
-                await loop.sock_sendall(conn, encode({"ok": True, "lines": group}
-                                                     if first else {"lines": group}))
+            for group in wc.chunk_lines(lines) if lines else iter([()]):
+                await loop.sock_sendall(conn, wc.encode_reply(wc.LogLines(group, first)))
                 first = False
             if queue is None:
                 if req.follow:
-                    await loop.sock_sendall(conn, encode({"end": True}))
+                    await loop.sock_sendall(conn, wc.encode_reply(wc.LogEnd()))
                 return
             hangup = asyncio.ensure_future(loop.sock_recv(conn, 1))  # EOF = client left
             try:
@@ -392,10 +311,10 @@ class ControlServer:
                         batch.append(queue.get_nowait())
                     ended = None in batch
                     text = [x for x in batch if x is not None]
-                    for group in chunks(text):
-                        await loop.sock_sendall(conn, encode({"lines": group}))
+                    for group in wc.chunk_lines(text):
+                        await loop.sock_sendall(conn, wc.encode_reply(wc.LogLines(group)))
                     if ended:
-                        await loop.sock_sendall(conn, encode({"end": True}))
+                        await loop.sock_sendall(conn, wc.encode_reply(wc.LogEnd()))
                         return
             finally:
                 hangup.cancel()
@@ -404,50 +323,3 @@ class ControlServer:
         finally:
             if queue is not None and output is not None:
                 output.unfollow(queue)
-
-
-# --------------------------------------------------------------------------- client side
-
-
-class ControlUnavailable(Exception):
-    """The control socket cannot be reached (the service does not run, or is not root's)."""
-
-
-def _connect(path: str, timeout: float | None) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-    except OSError as exc:
-        sock.close()
-        raise ControlUnavailable(f"cannot connect to the service at {path}: "
-                                 f"{exc.strerror or exc}") from None
-    if peer_credentials(sock).uid != 0:
-        sock.close()
-        raise ControlUnavailable(f"{path} is not served by root: refusing to talk to it")
-    return sock
-
-
-def stream(path: str, req: dict[str, Any], *, timeout: float | None = 30.0
-           ) -> Iterator[dict[str, Any]]:
-    """Send one request; yield each reply message until the service closes."""
-    sock = _connect(path, timeout)
-    try:
-        sock.send(encode(req))
-        while True:
-            raw = sock.recv(MAX_MESSAGE * 2 + 65536)
-            if not raw:
-                return
-            obj = json.loads(raw.decode("utf-8"))
-            if not isinstance(obj, dict):
-                raise ControlUnavailable("the service sent something that is not a JSON object")
-            yield obj
-    finally:
-        sock.close()
-
-
-def request(path: str, req: dict[str, Any], *, timeout: float | None = 30.0) -> dict[str, Any]:
-    """One request, one reply."""
-    for reply in stream(path, req, timeout=timeout):
-        return reply
-    raise ControlUnavailable("the service closed the connection without a reply")

@@ -107,14 +107,6 @@ def test_vpn_state_follows_the_log() -> None:
     assert s.since == since
 
 
-def test_chunks_bound_message_size() -> None:
-    lines = ["x" * 1000] * 200
-    groups = list(ctl.chunks(lines, limit=10000))
-    assert sum(len(g) for g in groups) == 200
-    assert all(len(json.dumps({"lines": g})) < 10000 for g in groups)
-    assert list(ctl.chunks([])) == []
-
-
 # -- the connect dialog -----------------------------------------------------------
 
 
