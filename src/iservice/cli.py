@@ -107,7 +107,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     try:
         conn, reply = client.start(_client_socket(args), workdir, options, stdin)
     except client.ServiceUnavailable as exc:
-        print(f"iservice: {exc}", file=sys.stderr)
+        print(f"iservice: {exc.explain(args.instance)}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except (OSError, ReplyFormatError) as exc:
         print(f"iservice: talking to the service failed: {exc}", file=sys.stderr)
@@ -136,7 +136,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
     opts = connect.Options(profile=args.profile, socket_path=_client_socket(args),
                            control_path=_control_socket(args), foreground=args.foreground,
                            timeout=args.timeout, username=args.username,
-                           auth_retries=args.auth_retries, verb=args.verb)
+                           auth_retries=args.auth_retries, verb=args.verb,
+                           instance=args.instance)
     return connect.run(opts)
 
 
@@ -151,8 +152,11 @@ def _control(args: argparse.Namespace, **fields: Any) -> wc.Reply | int:
         return EXIT_USAGE
     try:
         reply = client.control_request(_control_socket(args), req)
-    except (client.ServiceUnavailable, OSError, wc.ReplyError) as exc:
-        print(f"iservice: {exc}", file=sys.stderr)
+    except client.ServiceUnavailable as exc:
+        print(f"iservice: {exc.explain(args.instance)}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except (OSError, wc.ReplyError) as exc:
+        print(f"iservice: talking to the service failed: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     if isinstance(reply, wc.ErrorReply):
         print(f"iservice {args.command}: {reply.error}", file=sys.stderr)
@@ -292,8 +296,11 @@ def cmd_log(args: argparse.Namespace) -> int:
                     print(line, flush=args.follow)
     except KeyboardInterrupt:
         return EXIT_OK
-    except (client.ServiceUnavailable, OSError, wc.ReplyError) as exc:
-        print(f"iservice: {exc}", file=sys.stderr)
+    except client.ServiceUnavailable as exc:
+        print(f"iservice: {exc.explain(args.instance)}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except (OSError, wc.ReplyError) as exc:
+        print(f"iservice: talking to the service failed: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     return EXIT_OK
 

@@ -31,7 +31,23 @@ REPLY_BUFSIZE = 65536
 
 
 class ServiceUnavailable(Exception):
-    """The service socket cannot be reached, or its peer is not the service."""
+    """The service socket cannot be reached, or its peer is not the service.
+
+    ``not_running``: nothing listens at the path (as opposed to a peer that is not
+    root's, or a broken reply): ``explain`` then says how the service is started."""
+
+    def __init__(self, message: str, *, not_running: bool = False) -> None:
+        super().__init__(message)
+        self.not_running = not_running
+
+    def explain(self, instance: str = "") -> str:
+        """The message, and for a service that does not run, how to start it."""
+        if not self.not_running:
+            return str(self)
+        at = f"@{instance}" if instance else ""
+        return (f"{self}\nThe service is not running. An administrator starts it (and has it "
+                f"started on demand from then on) with:\n  systemctl enable --now "
+                f"iservice{at}.socket iservice-control{at}.socket")
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -86,7 +102,9 @@ def connect(path: str, *, timeout: float | None = 10.0, require_root_peer: bool 
             exc = err
         sock.close()
         raise ServiceUnavailable(f"cannot connect to the service at {path}: "
-                                 f"{exc.strerror or exc}") from None
+                                 f"{exc.strerror or exc}",
+                                 not_running=exc.errno in (errno.ENOENT, errno.ECONNREFUSED,
+                                                           errno.ENOTDIR)) from None
     if require_root_peer and peer_uid(sock) != 0:
         sock.close()
         raise ServiceUnavailable(f"{path} is not served by root: refusing to talk to it")

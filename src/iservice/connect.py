@@ -359,8 +359,8 @@ def resolve_profile(text: str, control_path: str) -> Profile:
         return Profile(wc.profile_name(path), path)
     try:
         reply = client.control_request(control_path, wc.Request("profiles"), timeout=10)
-    except (client.ServiceUnavailable, OSError, wc.ReplyError) as exc:
-        raise LookupError(f"cannot list the approved profiles: {exc}") from None
+    except (OSError, wc.ReplyError) as exc:
+        raise client.ServiceUnavailable(f"cannot list the approved profiles: {exc}") from None
     if isinstance(reply, wc.ErrorReply):
         raise LookupError(f"cannot list the approved profiles: {reply.error}")
     profiles = reply.profiles if isinstance(reply, wc.ProfilesReply) else ()
@@ -384,6 +384,7 @@ class Options:
     username: str | None = None
     auth_retries: int = 0
     verb: int | None = None
+    instance: str = ""
 
 
 def _alive(pid: int) -> bool:
@@ -427,6 +428,9 @@ def run(opts: Options, term: Terminal | None = None) -> int:
     except LookupError as exc:
         print(f"iservice connect: {exc}", file=err)
         return EXIT_USAGE
+    except client.ServiceUnavailable as exc:  # nothing listens: not the user's mistake
+        print(f"iservice connect: {exc.explain(opts.instance)}", file=err)
+        return EXIT_UNAVAILABLE
     try:
         mgmt_path = management_path(private_dir(), profile.name)
         with contextlib.suppress(FileNotFoundError):
@@ -440,7 +444,7 @@ def run(opts: Options, term: Terminal | None = None) -> int:
         conn, reply = client.start(opts.socket_path, os.path.dirname(profile.path), options)
     except client.ServiceUnavailable as exc:
         term.end_line()
-        print(f"iservice connect: {exc}", file=err)
+        print(f"iservice connect: {exc.explain(opts.instance)}", file=err)
         return EXIT_UNAVAILABLE
     except (OSError, ReplyFormatError) as exc:
         term.end_line()
