@@ -8,7 +8,9 @@ Subcommands:
   status      one session in detail
   log         a session's openvpn output (--follow: keep printing)
   disconnect  end a session (or --all) and wait until the service has undone it
-  profiles    the approved profiles you may use
+  profiles    the profiles you may use: approved ones and your own
+  import      import an openvpn config as a profile of your own
+  remove      delete a profile of your own
 
 Exit statuses of ``start``: 0 = started (with ``--wait``: openvpn exited cleanly),
 1 = the service refused the request or openvpn exited with an error (the reply is
@@ -257,7 +259,35 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     else:
         width = max(len(p.name) for p in reply.profiles)
         for p in reply.profiles:
-            print(f"{p.name:<{width}}  {p.path}")
+            print(f"{p.name:<{width}}  {p.path}" + ("  (your own)" if p.own else ""))
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from iservice.wire import control as wc
+    path = os.path.abspath(args.file)
+    reply = _control(args, op="import", path=path, name=args.name, replace=args.replace)
+    if isinstance(reply, int):
+        return reply
+    assert isinstance(reply, wc.ImportReply)
+    if args.json:
+        _print_json(reply.profile.to_json())
+    else:
+        print(f"Imported {path} as your profile {reply.profile.name!r}: connect with "
+              f"`iservice connect {reply.profile.name}`.")
+    return EXIT_OK
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from iservice.wire import control as wc
+    reply = _control(args, op="remove", name=args.name)
+    if isinstance(reply, int):
+        return reply
+    assert isinstance(reply, wc.RemoveReply)
+    if args.json:
+        _print_json({"removed": reply.removed})
+    else:
+        print(f"Removed your profile {reply.removed!r}.")
     return EXIT_OK
 
 
@@ -393,10 +423,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--all", action="store_true", help="every session (admins only)")
     sp.set_defaults(func=cmd_disconnect)
 
-    sp = sub.add_parser("profiles", help="the approved profiles you may use")
+    sp = sub.add_parser("profiles", help="the profiles you may use (approved, and your own)")
     client_common(sp)
     sp.add_argument("--json", action="store_true", help="JSON for scripts")
     sp.set_defaults(func=cmd_profiles)
+
+    sp = sub.add_parser("import", help="import an openvpn config as a profile of your own",
+                        description="The service reads FILE (and the files it names) with "
+                        "your rights, refuses directives that would run programs, load "
+                        "plugins or weaken its rules, and keeps the profile with every file "
+                        "inline, for you alone (docs/profiles.md). Needs user_profiles = yes "
+                        "in the service's settings.")
+    client_common(sp)
+    sp.add_argument("file", metavar="FILE", help="the openvpn config (.ovpn) to import")
+    sp.add_argument("--name", metavar="NAME",
+                    help="the profile's name (default: FILE's name without .ovpn/.conf)")
+    sp.add_argument("--replace", action="store_true",
+                    help="replace your profile of that name if there is one")
+    sp.add_argument("--json", action="store_true", help="JSON for scripts")
+    sp.set_defaults(func=cmd_import)
+
+    sp = sub.add_parser("remove", help="delete a profile of your own")
+    client_common(sp)
+    sp.add_argument("name", metavar="NAME", help="the profile's name")
+    sp.add_argument("--json", action="store_true", help="JSON for scripts")
+    sp.set_defaults(func=cmd_remove)
     return p
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -27,7 +28,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from iservice import profiles as own_profiles
 from iservice.linux.identity import is_admin, peer_credentials, run_as_fs_user, user_identity
+from iservice.policy.profile import ProfileError, valid_profile_name
 from iservice.wire import control as wc
 from iservice.wire.control import (
     ControlError,
@@ -262,7 +265,19 @@ class ControlServer:
             config_dir = self.server.settings.config_dir
             profiles = await loop.run_in_executor(
                 None, run_as_fs_user, user, lambda: list_profiles(config_dir))
+            profiles += await self._own_profiles(uid)
             await send(wc.ProfilesReply(config_dir, tuple(profiles)))
+        elif req.op == "import":
+            await send(wc.ImportReply(await self._import(req, uid, user)))
+        elif req.op == "remove":
+            assert req.name is not None
+            self._user_profiles_on()
+            state_dir = self.server.settings.state_dir
+            name = req.name
+            if not await loop.run_in_executor(None, own_profiles.remove, state_dir, uid, name):
+                raise ControlError("not-found", f"no profile {name!r} of your own")
+            log.info("event=profile-removed uid=%d name=%r", uid, name)
+            await send(wc.RemoveReply(name))
         elif req.op == "disconnect":
             targets = (self._visible(uid, True) if req.name is None
                        else [self._find(req.name, uid, req.all)])
@@ -281,6 +296,66 @@ class ControlServer:
             assert req.name is not None
             s = self._find(req.name, uid, req.all)
             await self._log(conn, s, req)
+
+    def _user_profiles_on(self) -> None:
+        if not self.server.settings.user_profiles:
+            raise ControlError("forbidden", "the administrator has not allowed profiles of "
+                                            "your own (user_profiles = yes in iservice.conf)")
+
+    async def _own_profiles(self, uid: int) -> list[wc.Profile]:
+        if not self.server.settings.user_profiles:
+            return []
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, own_profiles.list_own,
+                                              self.server.settings.state_dir, uid)
+        except OSError as exc:
+            log.error("event=profiles-failed uid=%d error=%s", uid, exc)
+            return []
+
+    async def _import(self, req: Request, uid: int, user: Any) -> wc.Profile:
+        """Read the file with the caller's rights, judge it, store it for the caller."""
+        self._user_profiles_on()
+        assert req.path is not None
+        loop = asyncio.get_running_loop()
+        settings = self.server.settings
+        path = req.path
+        name = req.name or profile_name(path)
+        if not valid_profile_name(name):
+            raise ControlError("bad-request", f"{name!r} cannot be a profile name: use 1-64 "
+                               "letters, digits, '_', '.' and '-', not starting with '.' "
+                               "or '-' (--name NAME)")
+        approved = await loop.run_in_executor(
+            None, run_as_fs_user, user, lambda: list_profiles(settings.config_dir))
+        if any(p.name == name for p in approved):
+            raise ControlError("exists", f"an approved profile is called {name!r}: choose "
+                                         "another name (--name NAME)")
+
+        def read() -> str:
+            return own_profiles.read_and_render(path)
+
+        try:
+            text = await loop.run_in_executor(None, run_as_fs_user, user, read)
+        except ProfileError as exc:
+            log.info("event=profile-refused uid=%d path=%r problems=%d", uid, path,
+                     len(exc.problems))
+            raise ControlError("invalid", f"{path} cannot be imported: {exc}") from None
+        except OSError as exc:
+            raise ControlError("not-found" if exc.errno == errno.ENOENT else "forbidden",
+                               f"cannot read {path} with your rights: "
+                               f"{exc.strerror or exc}") from None
+        try:
+            stored = await loop.run_in_executor(
+                None, lambda: own_profiles.save(settings.state_dir, uid, name, text,
+                                                replace=req.replace))
+        except FileExistsError as exc:
+            raise ControlError("exists", f"{exc.strerror}: --replace replaces it") from None
+        except OSError as exc:
+            log.error("event=profile-store-failed uid=%d name=%r error=%s", uid, name, exc)
+            raise ControlError("failed", f"the service could not store the profile: "
+                                         f"{exc.strerror or exc}") from None
+        log.info("event=profile-imported uid=%d name=%r path=%r", uid, name, path)
+        return stored
 
     async def _log(self, conn: socket.socket, s: Session, req: Request) -> None:
         loop = asyncio.get_running_loop()

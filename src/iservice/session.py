@@ -54,6 +54,7 @@ from iservice.policy.requests import (
     SetBlock,
     SetDns,
 )
+from iservice.profiles import profile_dir
 from iservice.wire import msg as m
 from iservice.wire import startup as w
 from iservice.wire.msg import WFP_BLOCK_DNS
@@ -247,12 +248,16 @@ class Session:
         self._log(logging.INFO, "request", what="startup", user=user.name, admin=admin,
                   workdir=data.workdir, options=data.options)
         self.server.check_session_limit(self)
+        # The caller's own imported profiles are approved for the caller alone.
+        own_profiles = profile_dir(settings.state_dir, user.uid) \
+            if settings.user_profiles else None
 
         def check() -> tuple[Approved, OptionFacts]:
             approved = validate_options(data.options, data.workdir,
                                         config_dir=settings.config_dir,
                                         admin_group=settings.ovpn_admin_group,
-                                        is_admin=admin, resolver=OsPathResolver())
+                                        is_admin=admin, resolver=OsPathResolver(),
+                                        user_profile_dir=own_profiles)
             try:
                 os.close(os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC))
             except OSError as exc:

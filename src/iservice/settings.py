@@ -51,6 +51,8 @@ Keys (original value names first)
                         plugin when it was built, else the script
 ``hook_path``           absolute path or unset (derived at run time); used with
                         ``hook = script`` (and by ``auto`` without the plugin)
+``user_profiles``       boolean, default false: users may import profiles of their
+                        own (``iservice import``, docs/profiles.md)
 ``max_clients``, ``max_clients_per_user``, ``max_sessions_per_user``,
 ``max_routes``, ``max_addresses``, ``max_dns_servers``, ``max_bypass_routes``
                         decimal integers 1 ... 2**31-1
@@ -236,6 +238,7 @@ class Settings:
     block_dns: bool = False
     hook: str = "auto"
     hook_path: str | None = None
+    user_profiles: bool = False
     max_clients: int = 64
     max_clients_per_user: int = 32
     max_sessions_per_user: int = 16
@@ -291,6 +294,7 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     "block_dns": lambda value: None,
     "hook": _check_hook,
     "hook_path": _check_abs_path,
+    "user_profiles": lambda value: None,
     "max_clients": _check_limit,
     "max_clients_per_user": _check_limit,
     "max_sessions_per_user": _check_limit,
@@ -303,7 +307,8 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
 _TYPES: dict[str, type | tuple[type, ...]] = {
     name: int if name.startswith("max_") else str for name in _CHECKS
 }
-_TYPES.update(priority=int, socket_mode=int, block_dns=bool, stop_grace=(int, float))
+_TYPES.update(priority=int, socket_mode=int, block_dns=bool, user_profiles=bool,
+              stop_grace=(int, float))
 
 
 # --- text -> value parsers (each ends with the matching check) ---
@@ -388,6 +393,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "block_dns": _parse_bool,
     "hook": _parse_hook,
     "hook_path": _parse_str(_check_abs_path),
+    "user_profiles": _parse_bool,
     "max_clients": _parse_limit,
     "max_clients_per_user": _parse_limit,
     "max_sessions_per_user": _parse_limit,

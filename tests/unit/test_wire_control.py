@@ -19,12 +19,17 @@ opt_names = st.none() | names
 @st.composite
 def requests(draw: st.DrawFn) -> wc.Request:
     op = draw(st.sampled_from(wc.OPS))
-    name = draw(names if op in ("status", "log") else opt_names)
+    name = draw(names if op in ("status", "log", "remove") else opt_names)
     everyone = draw(st.booleans())
     if op == "disconnect" and name is None:
         everyone = True
+    path = None
+    if op == "import":
+        path = "/" + draw(st.text(st.characters(blacklist_characters="\0"), min_size=1,
+                                  max_size=wc.MAX_PATH - 1))
     return wc.Request(op, name, all=everyone, follow=draw(st.booleans()),
-                      lines=draw(st.integers(0, wc.MAX_LINES)))
+                      lines=draw(st.integers(0, wc.MAX_LINES)), path=path,
+                      replace=draw(st.booleans()))
 
 
 text = st.text(max_size=40)
@@ -38,15 +43,19 @@ sessions = st.builds(
     bytes_in=opt_int, bytes_out=opt_int, pid=st.none() | st.integers(1, 2**22))
 profiles = st.builds(wc.Profile, name=text, path=text)
 codes = st.sampled_from(wc.CODES)
+own_profiles = st.builds(wc.Profile, name=text, path=text, own=st.booleans())
 replies = st.one_of(
+    st.builds(wc.ImportReply, own_profiles),
+    st.builds(wc.RemoveReply, text),
     st.builds(wc.ErrorReply, code=codes, error=text),
     st.builds(wc.SessionsReply, st.lists(sessions, max_size=3).map(tuple)),
     st.builds(wc.StatusReply, sessions),
-    st.builds(wc.ProfilesReply, text, st.lists(profiles, max_size=3).map(tuple)),
+    st.builds(wc.ProfilesReply, text, st.lists(own_profiles, max_size=3).map(tuple)),
     st.builds(wc.DisconnectReply, st.lists(text, max_size=3).map(tuple)),
 )
 OP_OF = {wc.SessionsReply: "sessions", wc.StatusReply: "status", wc.ProfilesReply: "profiles",
-         wc.DisconnectReply: "disconnect", wc.ErrorReply: "sessions"}
+         wc.DisconnectReply: "disconnect", wc.ErrorReply: "sessions",
+         wc.ImportReply: "import", wc.RemoveReply: "remove"}
 
 
 @given(requests())
@@ -73,7 +82,8 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
                            max_leaves=8)
 
 
-@given(st.dictionaries(st.sampled_from(["op", "name", "all", "follow", "lines", "extra"]),
+@given(st.dictionaries(st.sampled_from(["op", "name", "all", "follow", "lines", "path",
+                                        "replace", "extra"]),
                        json_values | st.sampled_from(wc.OPS)))
 def test_any_json_object_gives_a_request_or_bad_request(obj: dict[str, Any]) -> None:
     try:
@@ -83,7 +93,8 @@ def test_any_json_object_gives_a_request_or_bad_request(obj: dict[str, Any]) -> 
     else:
         assert req.to_json() == {k: v for k, v in obj.items()
                                  if v != {"all": False, "follow": False, "lines": 200,
-                                          "name": None}.get(k, object())}
+                                          "name": None, "path": None,
+                                          "replace": False}.get(k, object())}
 
 
 @pytest.mark.parametrize(("fields", "why"), [
@@ -133,7 +144,8 @@ def test_log_lines_round_trip_and_stay_below_the_limit(lines: list[str], first: 
 @given(st.sampled_from(wc.OPS), st.booleans(), st.binary(max_size=200) | json_values.map(
     lambda v: json.dumps(v).encode()) | st.dictionaries(
     st.sampled_from(["ok", "sessions", "session", "profiles", "config_dir", "lines", "end",
-                     "disconnected", "code", "error"]), json_values | st.just(True)).map(
+                     "disconnected", "code", "error", "profile", "removed"]),
+    json_values | st.just(True)).map(
     lambda v: json.dumps(v).encode()))
 def test_any_reply_bytes_give_a_reply_or_reply_error(op: str, first: bool, raw: bytes) -> None:
     try:
@@ -142,8 +154,8 @@ def test_any_reply_bytes_give_a_reply_or_reply_error(op: str, first: bool, raw: 
         assert str(exc)
     else:
         assert isinstance(reply, wc.ErrorReply | wc.SessionsReply | wc.StatusReply
-                          | wc.ProfilesReply | wc.DisconnectReply | wc.LogLines | wc.LogEnd
-                          | wc.Done)
+                          | wc.ProfilesReply | wc.DisconnectReply | wc.ImportReply
+                          | wc.RemoveReply | wc.LogLines | wc.LogEnd | wc.Done)
 
 
 def test_reply_errors_name_the_problem() -> None:

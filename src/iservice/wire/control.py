@@ -40,10 +40,12 @@ __all__ = [
     "DisconnectReply",
     "Done",
     "ErrorReply",
+    "ImportReply",
     "LogEnd",
     "LogLines",
     "Profile",
     "ProfilesReply",
+    "RemoveReply",
     "Reply",
     "ReplyError",
     "Request",
@@ -66,10 +68,12 @@ MAX_NAME = 256
 MAX_LINES = 100000
 PROFILE_SUFFIXES = (".ovpn", ".conf")
 
-OPS = ("sessions", "status", "log", "disconnect", "profiles")
-CODES = ("bad-request", "forbidden", "not-found", "ambiguous", "timeout", "busy")
+OPS = ("sessions", "status", "log", "disconnect", "profiles", "import", "remove")
+CODES = ("bad-request", "forbidden", "not-found", "ambiguous", "timeout", "busy", "exists",
+         "invalid", "failed")
+MAX_PATH = 1024
 
-_REQUEST_FIELDS = frozenset({"op", "name", "all", "follow", "lines"})
+_REQUEST_FIELDS = frozenset({"op", "name", "all", "follow", "lines", "path", "replace"})
 
 
 class ControlError(Exception):
@@ -94,13 +98,16 @@ def _bad(message: str) -> ControlError:
 
 @dataclass(frozen=True)
 class Request:
-    """One control request.  ``name``: a session (``work-3``, ``3`` or ``work``)."""
+    """One control request.  ``name``: a session (``work-3``, ``3`` or ``work``), or for
+    ``import``/``remove`` a profile of the caller's own; ``path``: the file to import."""
 
     op: str
     name: str | None = None
     all: bool = False
     follow: bool = False
     lines: int = 200
+    path: str | None = None
+    replace: bool = False
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -108,8 +115,17 @@ class Request:
         if self.name is not None and (not isinstance(self.name, str)
                                       or not 0 < len(self.name) <= MAX_NAME):
             raise _bad(f"name must be a non-empty string of at most {MAX_NAME} characters")
-        if not isinstance(self.all, bool) or not isinstance(self.follow, bool):
-            raise _bad("all and follow must be true or false")
+        if not all(isinstance(x, bool) for x in (self.all, self.follow, self.replace)):
+            raise _bad("all, follow and replace must be true or false")
+        if self.path is not None and (not isinstance(self.path, str)
+                                      or not self.path.startswith("/")
+                                      or not 1 < len(self.path) <= MAX_PATH
+                                      or "\0" in self.path):
+            raise _bad(f"path must be an absolute path of at most {MAX_PATH} characters")
+        if (self.op == "import") != (self.path is not None):
+            raise _bad("path is for import, and import needs it")
+        if self.op == "remove" and self.name is None:
+            raise _bad("remove needs a profile name")
         if isinstance(self.lines, bool) or not isinstance(self.lines, int) \
                 or not 0 <= self.lines <= MAX_LINES:
             raise _bad(f"lines must be an integer 0 ... {MAX_LINES}")
@@ -223,23 +239,26 @@ _SESSION_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
 
 @dataclass(frozen=True)
 class Profile:
-    """A profile the caller may use: its name and the config file's path."""
+    """A profile the caller may use: its name, the config file's path, and whether it
+    is the caller's own (imported with ``iservice import``) rather than approved."""
 
     name: str
     path: str
+    own: bool = False
 
     def __post_init__(self) -> None:
         _check("profile", "name", self.name, (str,))
         _check("profile", "path", self.path, (str,))
+        _check("profile", "own", self.own, (bool,))
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path}
+        return {"name": self.name, "path": self.path, "own": self.own}
 
     @classmethod
     def from_json(cls, obj: object) -> Profile:
         if not isinstance(obj, dict) or "name" not in obj or "path" not in obj:
             raise ReplyError("a profile must be an object with name and path")
-        return cls(obj["name"], obj["path"])
+        return cls(obj["name"], obj["path"], obj.get("own", False))
 
 
 # --------------------------------------------------------------------------- replies
@@ -282,6 +301,23 @@ class DisconnectReply:
 
 
 @dataclass(frozen=True)
+class ImportReply:
+    """``{"ok": true, "profile": PROFILE}``: the profile as stored."""
+
+    profile: Profile
+
+
+@dataclass(frozen=True)
+class RemoveReply:
+    """``{"ok": true, "removed": NAME}``."""
+
+    removed: str
+
+    def __post_init__(self) -> None:
+        _check("remove", "removed", self.removed, (str,))
+
+
+@dataclass(frozen=True)
 class LogLines:
     """Lines of a session's output; ``first``: the first message of a ``log`` reply
     (it carries ``"ok": true``)."""
@@ -303,7 +339,7 @@ class Done:
 
 
 Reply: TypeAlias = (ErrorReply | SessionsReply | StatusReply | ProfilesReply | DisconnectReply
-                    | LogLines | LogEnd | Done)
+                    | ImportReply | RemoveReply | LogLines | LogEnd | Done)
 
 
 def encode_reply(reply: Reply) -> bytes:
@@ -323,6 +359,10 @@ def reply_json(reply: Reply) -> dict[str, Any]:
                 "profiles": [p.to_json() for p in reply.profiles]}
     if isinstance(reply, DisconnectReply):
         return {"ok": True, "disconnected": list(reply.disconnected)}
+    if isinstance(reply, ImportReply):
+        return {"ok": True, "profile": reply.profile.to_json()}
+    if isinstance(reply, RemoveReply):
+        return {"ok": True, "removed": reply.removed}
     if isinstance(reply, LogLines):
         return {"ok": True, "lines": list(reply.lines)} if reply.first else \
             {"lines": list(reply.lines)}
@@ -368,6 +408,10 @@ def _reply_from(obj: dict[str, Any], op: str, first: bool) -> Reply:
                              tuple(Profile.from_json(p) for p in _list(obj, "profiles")))
     if op == "disconnect":
         return DisconnectReply(_strings(obj, "disconnected"))
+    if op == "import":
+        return ImportReply(Profile.from_json(obj.get("profile")))
+    if op == "remove":
+        return RemoveReply(obj.get("removed"))  # type: ignore[arg-type]
     if op == "log":
         return LogLines(_strings(obj, "lines"), first=True)
     return Done({k: v for k, v in obj.items() if k != "ok"})
