@@ -294,6 +294,10 @@ def parse(text: str, *, _first_line: int = 1, _nested: bool = False) -> tuple[Di
     """openvpn config text → directives; ``ProfileError`` naming the line otherwise."""
     if "\0" in text:
         raise ProfileError([Problem(0, "", "the file contains NUL bytes")])
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: not text openvpn could have been given
+        raise ProfileError([Problem(0, "", "the file is not UTF-8 text")]) from None
     if text.startswith("\ufeff"):
         text = text[1:]
     lines = text.split("\n")
