@@ -11,6 +11,7 @@ Subcommands:
   profiles    the profiles you may use: approved ones and your own
   import      import an openvpn config as a profile of your own
   remove      delete a profile of your own
+  forget      remove a profile's saved credentials (connect --save-credentials)
 
 Exit statuses of ``start``: 0 = started (with ``--wait``: openvpn exited cleanly),
 1 = the service refused the request or openvpn exited with an error (the reply is
@@ -139,8 +140,24 @@ def cmd_connect(args: argparse.Namespace) -> int:
                            control_path=_control_socket(args), foreground=args.foreground,
                            timeout=args.timeout, username=args.username,
                            auth_retries=args.auth_retries, verb=args.verb,
-                           instance=args.instance)
+                           instance=args.instance, save_credentials=args.save_credentials,
+                           askpass=args.askpass)
     return connect.run(opts)
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from iservice.keyring import KeyringError, SecretService, attributes
+    try:
+        with SecretService.open() as keyring:
+            removed = keyring.delete(attributes(args.profile, args.instance))
+    except KeyringError as exc:
+        print(f"iservice forget: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if not removed:
+        print(f"iservice forget: no saved credentials for {args.profile}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"Forgot the saved credentials for {args.profile}.")
+    return EXIT_OK
 
 
 def _control(args: argparse.Namespace, **fields: Any) -> wc.Reply | int:
@@ -394,7 +411,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ask again this many times after a refused password (default 0)")
     sp.add_argument("--verb", type=int, choices=range(0, 12), metavar="0-11",
                     help="openvpn's log verbosity (default: the profile's)")
+    sp.add_argument("--save-credentials", action="store_true",
+                    help="once connected, keep the username and password you typed in your "
+                         "keyring (Secret Service); later connects use them. One-time "
+                         "passwords and challenge answers are never kept")
+    sp.add_argument("--askpass", metavar="PROG",
+                    help="ask with this program (prompt as its argument, answer on its "
+                         "output) instead of the terminal; default: SSH_ASKPASS by "
+                         "OpenSSH's rules")
     sp.set_defaults(func=cmd_connect)
+
+    sp = sub.add_parser("forget", help="remove a profile's saved credentials from your keyring")
+    common(sp)
+    sp.add_argument("profile", metavar="PROFILE", help="the profile's name")
+    sp.set_defaults(func=cmd_forget)
 
     sp = sub.add_parser("sessions", help="list your sessions")
     client_common(sp)

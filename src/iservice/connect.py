@@ -37,6 +37,7 @@ from typing import IO
 from iservice import client
 from iservice import management as mg
 from iservice.errors import ReplyFormatError
+from iservice.keyring import Credentials
 from iservice.policy.argv import quote_argv
 from iservice.wire import control as wc
 from iservice.wire import startup as w
@@ -89,13 +90,21 @@ class Cancelled(Exception):
 
 
 class Terminal:
-    """Prompts and progress.  On a terminal, progress is one rewritten line."""
+    """Prompts and progress.  On a terminal, progress is one rewritten line.
 
-    def __init__(self, out: IO[str] | None = None, *, tty: bool | None = None) -> None:
+    Prompts go to the controlling terminal; with an askpass program (``--askpass``, or
+    ``SSH_ASKPASS`` by OpenSSH's rules: used when there is no terminal and a desktop
+    session, or always with ``SSH_ASKPASS_REQUIRE=prefer|force``) the program is run
+    with the prompt as its argument and its output is the answer, so a desktop launcher
+    without a terminal can connect."""
+
+    def __init__(self, out: IO[str] | None = None, *, tty: bool | None = None,
+                 askpass: str | None = None) -> None:
         self.out = out or sys.stdout
         self.tty = self.out.isatty() if tty is None else tty
         self._open_line = False
         self._last = ""
+        self.askpass = askpass if askpass is not None else askpass_from_env()
 
     def progress(self, text: str) -> None:
         if text == self._last:
@@ -121,12 +130,59 @@ class Terminal:
 
     def ask(self, prompt: str, *, secret: bool) -> str:
         self.end_line()
+        if self.askpass:
+            return run_askpass(self.askpass, prompt, secret=secret)
         try:
             if secret:
                 return getpass.getpass(prompt)
             return _read_line(prompt)
         except (EOFError, KeyboardInterrupt):
             raise Cancelled() from None
+
+
+def _have_terminal() -> bool:
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC))
+        return True
+    except OSError:
+        return False
+
+
+def askpass_from_env(env: dict[str, str] | None = None, *,
+                     have_terminal: bool | None = None) -> str | None:
+    """``SSH_ASKPASS`` when OpenSSH would use it: ``SSH_ASKPASS_REQUIRE`` ``force`` or
+    ``prefer``, or no terminal and a desktop session (``DISPLAY``/``WAYLAND_DISPLAY``);
+    never with ``SSH_ASKPASS_REQUIRE=never``."""
+    env = dict(os.environ) if env is None else env
+    program = env.get("SSH_ASKPASS", "")
+    require = env.get("SSH_ASKPASS_REQUIRE", "")
+    if not program or require == "never":
+        return None
+    if require in ("force", "prefer"):
+        return program
+    desktop = bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+    if have_terminal is None:
+        have_terminal = _have_terminal()
+    return program if desktop and not have_terminal else None
+
+
+def run_askpass(program: str, prompt: str, *, secret: bool) -> str:
+    """The askpass program's answer to ``prompt`` (its first output line); a non-zero
+    exit (the user pressed Cancel) is ``Cancelled``.  The answer reaches us through a
+    pipe, never argv or the environment; ``SSH_ASKPASS_PROMPT`` is left unset (an entry
+    prompt), as OpenSSH does for passphrases."""
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != "SSH_ASKPASS_PROMPT"}
+    try:
+        cp = subprocess.run([program, prompt], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=None, env=env, timeout=600,
+                            check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Cancelled(f"the askpass program {program} failed: {exc}") from None
+    if cp.returncode != 0:
+        raise Cancelled()
+    answer = cp.stdout.decode("utf-8", "replace")
+    return answer.split("\n", 1)[0].rstrip("\r")
 
 
 def _read_line(prompt: str) -> str:
@@ -166,11 +222,20 @@ class Dialog:
     """
 
     def __init__(self, term: Terminal, send: Callable[[bytes | bytearray], None], *,
-                 username: str | None = None, auth_retries: int = 0) -> None:
+                 username: str | None = None, auth_retries: int = 0,
+                 saved: Callable[[], Credentials | None] | None = None) -> None:
         self.term = term
         self._send = send
         self.username = username
         self.auth_retries = auth_retries
+        # Saved credentials (the keyring): tried once, before asking; if the server
+        # refuses them, the next attempt asks (and does not count as a retry).
+        self._saved = saved
+        self.saved_used = False
+        self.saved_refused = False
+        # What the user typed for 'Auth' (username, password before any challenge
+        # answer is added): the only thing --save-credentials may keep.
+        self.typed: Credentials | None = None
         self.state = "STARTING"
         self.remote = ""
         self.local_ip = ""
@@ -248,6 +313,9 @@ class Dialog:
         if ev.detail in ("auth-failure", "private-key-password-failure") and \
                 ev.name in ("RECONNECTING", "EXITING"):
             self.auth_failed = True
+            if ev.detail == "auth-failure" and self.saved_used and self.typed is None:
+                self._saved_refused()  # the saved credentials failed: the next prompt asks
+                return None
             if self.auth_retries <= 0 and self.challenge is None:
                 return Outcome(EXIT_AUTH, "authentication failed: the server refused "
                                           "the credentials")
@@ -265,6 +333,26 @@ class Dialog:
             del answer
             return
         label = {"Auth": "", "Private Key": "Private key "}.get(ev.kind, f"{ev.kind} ")
+        stored = None
+        if ev.kind == "Auth" and ev.need_password and self._saved is not None \
+                and not self.saved_used:
+            self.saved_used = True
+            stored = self._saved()
+        if stored is not None:
+            password: str | None = stored.password
+            if ev.static_challenge is not None:  # the OTP is asked every time
+                challenge = ev.static_challenge
+                response = self.term.ask(f"{challenge.text}: ", secret=not challenge.echo)
+                self.prompted = True
+                password = mg.static_challenge_password(stored.password, response, challenge)
+                del response
+            self.term.progress("using the saved credentials")
+            for cmd in mg.password_commands(
+                    "Auth", username=(self.username or stored.username)
+                    if ev.need_username else None, password=password):
+                self.send(cmd)
+            del password, stored
+            return
         username = None
         if ev.need_username:
             username = self.username or self.term.ask(
@@ -275,6 +363,8 @@ class Dialog:
             prompt = "Private key passphrase: " if ev.kind == "Private Key" else \
                 f"{label}Password: "
             password = self.term.ask(prompt, secret=True)
+            if ev.kind == "Auth" and ev.need_username and username is not None:
+                self.typed = Credentials(username, password)
             sc = ev.static_challenge
             if sc is not None and ev.kind == "Auth":
                 response = self.term.ask(f"{sc.text}: ", secret=not sc.echo)
@@ -285,9 +375,19 @@ class Dialog:
             self.send(cmd)
         del password
 
+    def _saved_refused(self) -> bool:
+        """The saved credentials were just refused: ask once, without using a retry."""
+        if self.saved_used and not self.saved_refused and self.typed is None:
+            self.saved_refused = True
+            self.term.message("The saved credentials were refused; asking.")
+            return True
+        return False
+
     def _failed(self, ev: mg.VerificationFailed) -> Outcome | None:
         if ev.challenge is not None:
             self.challenge = ev.challenge  # asked at the next "Need 'Auth'"
+            return None
+        if ev.kind == "Auth" and self._saved_refused():
             return None
         what = "private key passphrase" if ev.kind == "Private Key" else "credentials"
         if self.auth_retries > 0:
@@ -385,6 +485,8 @@ class Options:
     auth_retries: int = 0
     verb: int | None = None
     instance: str = ""
+    save_credentials: bool = False
+    askpass: str | None = None
 
 
 def _alive(pid: int) -> bool:
@@ -420,8 +522,37 @@ def _log_tail(control_path: str, pid: int, lines: int = 12) -> list[str]:
     return []
 
 
+def _saved(opts: Options, profile: str) -> Callable[[], Credentials | None]:
+    """Look the profile's saved credentials up when openvpn first asks for them."""
+    def lookup() -> Credentials | None:
+        from iservice.keyring import KeyringError, SecretService, attributes
+        try:
+            with SecretService.open() as keyring:
+                return keyring.lookup(attributes(profile, opts.instance))
+        except KeyringError:
+            return None  # no keyring: ask, as without one
+    return lookup
+
+
+def _save(opts: Options, term: Terminal, profile: str, creds: Credentials | None) -> None:
+    """--save-credentials once connected: only what was typed for 'Auth'."""
+    if creds is None:
+        term.message("Nothing to save: openvpn did not ask for a username and password "
+                     "(or the saved ones were used).")
+        return
+    from iservice.keyring import KeyringError, SecretService, attributes
+    try:
+        with SecretService.open() as keyring:
+            keyring.store(attributes(profile, opts.instance), f"iservice: {profile}", creds)
+    except KeyringError as exc:
+        term.message(f"Warning: the credentials were not saved: {exc}")
+        return
+    term.message(f"Saved the username and password for {profile} in your keyring "
+                 f"(`iservice forget {profile}` removes them).")
+
+
 def run(opts: Options, term: Terminal | None = None) -> int:
-    term = term or Terminal()
+    term = term or Terminal(askpass=opts.askpass)
     err = sys.stderr
     try:
         profile = resolve_profile(opts.profile, opts.control_path)
@@ -494,7 +625,8 @@ def _drive(opts: Options, term: Terminal, conn: client.Connection, pid: int,
         for line in _log_tail(opts.control_path, pid):
             print(f"  openvpn: {line}", file=err)
         return EXIT_OPENVPN
-    dialog = Dialog(term, mgmt.send, username=opts.username, auth_retries=opts.auth_retries)
+    dialog = Dialog(term, mgmt.send, username=opts.username, auth_retries=opts.auth_retries,
+                    saved=_saved(opts, profile.name))
     outcome: Outcome | None = None
     stopping = False  # we asked openvpn to exit
     deadline = time.monotonic() + opts.timeout
@@ -555,6 +687,8 @@ def _drive(opts: Options, term: Terminal, conn: client.Connection, pid: int,
                         continue
                     if result.code in (EXIT_OK, EXIT_PARTIAL):
                         outcome = result
+                        if opts.save_credentials:  # the server accepted them
+                            _save(opts, term, profile.name, dialog.typed)
                         if not opts.foreground:
                             break
                         term.message(_connected_text(opts, pid, dialog, profile, result)

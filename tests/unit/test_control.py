@@ -219,3 +219,79 @@ def test_options_string_is_whitelisted_only() -> None:
     assert argv[:2] == ["--config", "/etc/openvpn/client/a b.ovpn"]
     assert {a[2:] for a in argv if a.startswith("--")} <= WHITELIST
     assert "--management-hold" in argv and "--management-query-passwords" in argv
+
+
+# -- saved credentials and askpass (connect --save-credentials, --askpass) ---------------
+
+
+def test_dialog_uses_saved_credentials_once_then_asks() -> None:
+    from iservice.keyring import Credentials
+    looked: list[int] = []
+
+    def saved() -> Credentials:
+        looked.append(1)
+        return Credentials("alice", "stored-pw")
+
+    d, term, sent = dialog(["bob", "typed-pw"], saved=saved)
+    d.handle(ev(">PASSWORD:Need 'Auth' username/password"))
+    assert term.asked == [] and sent == [b"username Auth alice\n", b"password Auth stored-pw\n"]
+    # refused: asked once more, without using up a retry, and only what was typed is kept
+    assert d.handle(ev(">PASSWORD:Verification Failed: 'Auth'")) is None
+    assert d.handle(ev(">STATE:1,RECONNECTING,auth-failure,,,,,")) is None
+    d.handle(ev(">PASSWORD:Need 'Auth' username/password"))
+    assert term.asked == [("Username: ", False), ("Password: ", True)] and looked == [1]
+    assert d.typed == Credentials("bob", "typed-pw")
+    out = d.handle(ev(">PASSWORD:Verification Failed: 'Auth'"))
+    assert out is not None and out.code == c.EXIT_AUTH
+
+
+def test_saved_password_with_a_static_challenge_asks_the_otp_and_keeps_no_otp() -> None:
+    from iservice.keyring import Credentials
+    d, term, sent = dialog(["123456"], saved=lambda: Credentials("alice", "pw"))
+    d.handle(ev(">PASSWORD:Need 'Auth' username/password SC:1,Enter OTP"))
+    assert term.asked == [("Enter OTP: ", False)]
+    assert sent[-1] == b'password Auth "SCRV1:cHc=:MTIzNDU2"\n'
+    d, term, _ = dialog(["carol", "pw", "654321"])
+    d.handle(ev(">PASSWORD:Need 'Auth' username/password SC:1,Enter OTP"))
+    assert d.typed == Credentials("carol", "pw")  # the password alone, never the OTP
+
+
+def test_no_saved_credentials_means_asking() -> None:
+    d, term, _ = dialog(["u", "p"], saved=lambda: None)
+    d.handle(ev(">PASSWORD:Need 'Auth' username/password"))
+    assert [p for p, _ in term.asked] == ["Username: ", "Password: "]
+    d, term, _ = dialog(["kp"], saved=lambda: None)  # a key passphrase is never looked up
+    d.handle(ev(">PASSWORD:Need 'Private Key' password"))
+    assert d.typed is None
+
+
+@pytest.mark.parametrize(("env", "tty", "expected"), [
+    ({"SSH_ASKPASS": "/x"}, False, None),  # no desktop
+    ({"SSH_ASKPASS": "/x", "DISPLAY": ":0"}, False, "/x"),
+    ({"SSH_ASKPASS": "/x", "WAYLAND_DISPLAY": "w"}, True, None),  # a terminal is there
+    ({"SSH_ASKPASS": "/x", "SSH_ASKPASS_REQUIRE": "force"}, True, "/x"),
+    ({"SSH_ASKPASS": "/x", "SSH_ASKPASS_REQUIRE": "prefer"}, True, "/x"),
+    ({"SSH_ASKPASS": "/x", "SSH_ASKPASS_REQUIRE": "never", "DISPLAY": ":0"}, False, None),
+    ({"DISPLAY": ":0"}, False, None),
+])
+def test_askpass_follows_openssh_rules(env: dict[str, str], tty: bool,
+                                       expected: str | None) -> None:
+    assert c.askpass_from_env(env, have_terminal=tty) == expected
+
+
+def test_run_askpass(tmp_path: object) -> None:
+    from pathlib import Path
+    prog = Path(str(tmp_path)) / "askpass"
+    prog.write_text('#!/bin/sh\ncase "$1" in *Password*) printf "s3cret\\nignored";; '
+                    '*) exit 1;; esac\n')
+    prog.chmod(0o755)
+    assert c.run_askpass(str(prog), "Password: ", secret=True) == "s3cret"
+    with pytest.raises(c.Cancelled):
+        c.run_askpass(str(prog), "Username: ", secret=False)  # Cancel = non-zero exit
+    term = c.Terminal(io.StringIO(), tty=False, askpass=str(prog))
+    assert term.ask("Password: ", secret=True) == "s3cret"
+
+
+def test_credentials_never_show_the_password() -> None:
+    from iservice.keyring import Credentials
+    assert "pw-xyz" not in repr(Credentials("u", "pw-xyz"))
