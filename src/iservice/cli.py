@@ -11,6 +11,7 @@ Subcommands:
   profiles    the profiles you may use: approved ones and your own
   import      import an openvpn config as a profile of your own
   remove      delete a profile of your own
+  auth        answer what a running session asks again (an OTP at a reconnect)
   forget      remove a profile's saved credentials (connect --save-credentials)
 
 Exit statuses of ``start``: 0 = started (with ``--wait``: openvpn exited cleanly),
@@ -145,6 +146,13 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return connect.run(opts)
 
 
+def cmd_auth(args: argparse.Namespace) -> int:
+    from iservice import connect
+    return connect.reauth(connect.AuthOptions(
+        name=args.name, control_path=_control_socket(args), timeout=args.timeout,
+        username=args.username, instance=args.instance, askpass=args.askpass))
+
+
 def cmd_forget(args: argparse.Namespace) -> int:
     from iservice.keyring import KeyringError, SecretService, attributes
     try:
@@ -247,6 +255,9 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         _print_json([s.to_json() for s in reply.sessions])
     else:
         print(format_sessions(reply.sessions, show_user=args.all))
+        for s in reply.sessions:
+            if s.waits_for_credentials:
+                print(f"{s.name} waits for credentials: answer with `iservice auth {s.name}`")
     return EXIT_OK
 
 
@@ -420,6 +431,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "output) instead of the terminal; default: SSH_ASKPASS by "
                          "OpenSSH's rules")
     sp.set_defaults(func=cmd_connect)
+
+    sp = sub.add_parser("auth", help="answer what a running session asks again (OTP, password)",
+                        description="A session that needs credentials again (an OTP at a "
+                        "reconnect, a dynamic challenge) waits; `iservice sessions` shows it. "
+                        "This answers its prompts and returns once it is connected again. "
+                        "Exit statuses: 0 connected, 1 refused (no such session, it does not "
+                        "wait), 3 service unreachable, 4 authentication failed, 5 timeout, "
+                        "130 interrupted (the session goes on waiting).")
+    client_common(sp)
+    sp.add_argument("name", metavar="NAME", help="session name, id, or profile")
+    sp.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                    help="give up after this long (default 120; time at prompts does not "
+                         "count)")
+    sp.add_argument("--username", metavar="NAME", help="the username to answer")
+    sp.add_argument("--askpass", metavar="PROG", help="ask with this program (see connect)")
+    sp.set_defaults(func=cmd_auth)
 
     sp = sub.add_parser("forget", help="remove a profile's saved credentials from your keyring")
     common(sp)

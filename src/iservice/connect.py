@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import re
 import select
 import signal
 import stat
@@ -140,6 +141,27 @@ class Terminal:
             raise Cancelled() from None
 
 
+def open_in_browser(url: str, env: dict[str, str] | None = None) -> bool:
+    """Open an http(s) URL with ``xdg-open`` when a desktop session is there
+    (``DISPLAY``/``WAYLAND_DISPLAY``); False (the caller prints it) otherwise.  Other
+    schemes are never opened: the server chose the URL."""
+    import shutil
+    import subprocess
+    env = dict(os.environ) if env is None else env
+    if not url.lower().startswith(("https://", "http://")) or any(c.isspace() for c in url) \
+            or not (env.get("DISPLAY") or env.get("WAYLAND_DISPLAY")):
+        return False
+    opener = shutil.which("xdg-open", path=env.get("PATH"))
+    if opener is None:
+        return False
+    try:
+        subprocess.Popen([opener, url], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    except OSError:
+        return False
+    return True
+
+
 def _have_terminal() -> bool:
     try:
         os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC))
@@ -223,8 +245,12 @@ class Dialog:
 
     def __init__(self, term: Terminal, send: Callable[[bytes | bytearray], None], *,
                  username: str | None = None, auth_retries: int = 0,
-                 saved: Callable[[], Credentials | None] | None = None) -> None:
+                 saved: Callable[[], Credentials | None] | None = None,
+                 open_url: Callable[[str], bool] | None = None) -> None:
         self.term = term
+        self._open_url = open_url or open_in_browser
+        # AUTH_PENDING's timeout (seconds): the caller's deadline becomes now + this
+        self.pending_timeout: float | None = None
         self._send = send
         self.username = username
         self.auth_retries = auth_retries
@@ -274,7 +300,10 @@ class Dialog:
         elif isinstance(ev, mg.VerificationFailed):
             return self._failed(ev)
         elif isinstance(ev, mg.WebAuth):
-            self.term.message(f"Log in with your browser to continue: {ev.url}")
+            if self._open_url(ev.url):
+                self.term.message(f"Opened the login page in your browser: {ev.url}")
+            else:
+                self.term.message(f"Log in with your browser to continue: {ev.url}")
         elif isinstance(ev, mg.CrText):
             answer = self.term.ask(f"{ev.text}: ", secret=not ev.echo)
             self.prompted = True
@@ -293,6 +322,14 @@ class Dialog:
 
     def _state(self, ev: mg.State) -> Outcome | None:
         self.state = ev.name
+        if ev.name == "AUTH_PENDING":
+            # The server's word on how long the login may take ("timeout N"; openvpn's
+            # hand-window, 60 s, without one) replaces --timeout.
+            m = re.search(r"timeout (\d+)", ev.detail)
+            self.pending_timeout = float(m.group(1)) if m else 60.0
+            self.term.progress(f"waiting for the login to complete (up to "
+                               f"{self.pending_timeout:g} s)")
+            return None
         if ev.remote_ip:
             self.remote = ev.remote_ip + (f":{ev.remote_port}" if ev.remote_port else "")
         if ev.local_ip:
@@ -522,13 +559,13 @@ def _log_tail(control_path: str, pid: int, lines: int = 12) -> list[str]:
     return []
 
 
-def _saved(opts: Options, profile: str) -> Callable[[], Credentials | None]:
+def _saved(instance: str, profile: str) -> Callable[[], Credentials | None]:
     """Look the profile's saved credentials up when openvpn first asks for them."""
     def lookup() -> Credentials | None:
         from iservice.keyring import KeyringError, SecretService, attributes
         try:
             with SecretService.open() as keyring:
-                return keyring.lookup(attributes(profile, opts.instance))
+                return keyring.lookup(attributes(profile, instance))
         except KeyringError:
             return None  # no keyring: ask, as without one
     return lookup
@@ -589,11 +626,16 @@ def run(opts: Options, term: Terminal | None = None) -> int:
                   + (f" ({reply.func})" if reply.message.strip() else ""), file=err)
             return EXIT_REFUSED
         assert isinstance(reply, w.PidReply)
+        code = EXIT_OPENVPN
         try:
-            return _drive(opts, term, conn, reply.pid, mgmt_path, profile)
+            code = _drive(opts, term, conn, reply.pid, mgmt_path, profile)
+            return code
         finally:
-            with contextlib.suppress(OSError):
-                os.unlink(mgmt_path)
+            # A session left running keeps its management socket: `iservice auth` answers
+            # its later prompts there (openvpn removes it when it exits).
+            if opts.foreground or code not in (EXIT_OK, EXIT_PARTIAL):
+                with contextlib.suppress(OSError):
+                    os.unlink(mgmt_path)
 
 
 def _exit_reply(conn: client.Connection, wait: float) -> str:
@@ -626,7 +668,7 @@ def _drive(opts: Options, term: Terminal, conn: client.Connection, pid: int,
             print(f"  openvpn: {line}", file=err)
         return EXIT_OPENVPN
     dialog = Dialog(term, mgmt.send, username=opts.username, auth_retries=opts.auth_retries,
-                    saved=_saved(opts, profile.name))
+                    saved=_saved(opts.instance, profile.name))
     outcome: Outcome | None = None
     stopping = False  # we asked openvpn to exit
     deadline = time.monotonic() + opts.timeout
@@ -683,6 +725,9 @@ def _drive(opts: Options, term: Terminal, conn: client.Connection, pid: int,
                     if dialog.prompted:  # time spent typing does not count
                         dialog.prompted = False
                         deadline = time.monotonic() + opts.timeout
+                    if dialog.pending_timeout is not None:  # the server's own deadline
+                        deadline = time.monotonic() + dialog.pending_timeout + 5
+                        dialog.pending_timeout = None
                     if result is None or stopping:
                         continue
                     if result.code in (EXIT_OK, EXIT_PARTIAL):
@@ -756,3 +801,100 @@ def _connected_text(opts: Options, pid: int, dialog: Dialog, profile: Profile,
         text += f"\nDisconnect with: iservice disconnect {name}"
     return text
 
+
+
+# --------------------------------------------------------------------------- iservice auth
+
+
+@dataclass
+class AuthOptions:
+    name: str
+    control_path: str
+    timeout: float = 120.0
+    username: str | None = None
+    instance: str = ""
+    askpass: str | None = None
+
+
+def reauth(opts: AuthOptions, term: Terminal | None = None) -> int:
+    """``iservice auth NAME``: answer what a running session asks again (an OTP at a
+    reconnect, a new password), as openvpn3's ``session-auth`` does.  Connects to the
+    session's management socket (peer checked to be its openvpn), answers the prompts,
+    and returns once it is connected again.  The session is never ended here: on a
+    failure or Ctrl-C it goes on waiting, and ``iservice auth`` can be run again."""
+    term = term or Terminal(askpass=opts.askpass)
+    err = sys.stderr
+    try:
+        reply = client.control_request(opts.control_path, wc.Request("status", opts.name),
+                                       timeout=10)
+    except client.ServiceUnavailable as exc:
+        print(f"iservice auth: {exc.explain(opts.instance)}", file=err)
+        return EXIT_UNAVAILABLE
+    except (OSError, wc.ReplyError) as exc:
+        print(f"iservice auth: talking to the service failed: {exc}", file=err)
+        return EXIT_UNAVAILABLE
+    if isinstance(reply, wc.ErrorReply):
+        print(f"iservice auth: {reply.error}", file=err)
+        return EXIT_USAGE if reply.code == "bad-request" else EXIT_REFUSED
+    assert isinstance(reply, wc.StatusReply)
+    s = reply.session
+    if not s.waits_for_credentials:
+        print(f"iservice auth: {s.name} does not wait for credentials (state {s.state}"
+              + (f", {s.detail}" if s.detail else "") + ")", file=err)
+        return EXIT_REFUSED
+    if s.management is None or s.pid is None:
+        print(f"iservice auth: {s.name} was not started by `iservice connect` (it has no "
+              "management socket to answer through)", file=err)
+        return EXIT_REFUSED
+    try:
+        mgmt = mg.Client.connect(s.management, timeout=5, expected_pid=s.pid)
+    except (mg.ManagementError, OSError) as exc:
+        print(f"iservice auth: {exc}", file=err)
+        return EXIT_REFUSED
+    dialog = Dialog(term, mgmt.send, username=opts.username,
+                    saved=_saved(opts.instance, s.profile))
+    deadline = time.monotonic() + opts.timeout
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
+    for sig in old:
+        signal.signal(sig, _interrupt)
+    outcome: Outcome | None = None
+    try:
+        while outcome is None and not mgmt.closed:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                outcome = Outcome(EXIT_TIMEOUT, f"not connected within {opts.timeout:g} s "
+                                                f"(stuck in {dialog.state})")
+                break
+            ready, _, _ = select.select([mgmt], [], [], wait)
+            if not ready:
+                continue
+            for ev in mgmt.read():
+                result = dialog.handle(ev)
+                if dialog.prompted:
+                    dialog.prompted = False
+                    deadline = time.monotonic() + opts.timeout
+                if dialog.pending_timeout is not None:
+                    deadline = time.monotonic() + dialog.pending_timeout + 5
+                    dialog.pending_timeout = None
+                if result is not None:
+                    outcome = result
+                    break
+    except (KeyboardInterrupt, Cancelled):
+        outcome = Outcome(EXIT_INTERRUPTED, f"interrupted: {s.name} still waits "
+                                            "(`iservice auth` again to answer)")
+    except OSError as exc:
+        outcome = Outcome(EXIT_OPENVPN, f"openvpn went away: {exc}")
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        mgmt.close()
+    term.end_line()
+    if outcome is None:
+        print(f"iservice auth: openvpn of {s.name} exited", file=err)
+        return EXIT_OPENVPN
+    if outcome.code in (EXIT_OK, EXIT_PARTIAL):
+        print(f"Connected again: {s.name}" + (f" ({outcome.message})"
+                                              if outcome.code == EXIT_PARTIAL else ""))
+        return outcome.code
+    print(f"iservice auth: {outcome.message}", file=err)
+    return outcome.code

@@ -101,6 +101,8 @@ _STATE_MARKS: tuple[tuple[str, str, str], ...] = (
     ("Restart pause", "RECONNECTING", ""),
     ("Need hold release from management interface", "HOLD", ""),
     ("Need information from management interface", "AUTH", "waiting for credentials"),
+    ("Need password(s) from management interface", "AUTH", "waiting for credentials"),
+    ("AUTH_PENDING received", "AUTH_PENDING", "waiting for the login to complete"),
     ("PUSH: Received control message", "GET_CONFIG", ""),
     ("Peer Connection Initiated", "AUTH", ""),
     ("TLS: Initial packet from", "WAIT", ""),
@@ -166,7 +168,17 @@ def session_info(s: Session) -> wc.SessionInfo:
         bytes_in=_read_counter(s.tun_name, "rx_bytes"),
         bytes_out=_read_counter(s.tun_name, "tx_bytes"),
         pid=s.child.pid if s.child else None,
+        management=management_socket(s.user_argv),
     )
+
+
+def management_socket(argv: Sequence[str]) -> str | None:
+    """The unix management socket openvpn was started with (``--management PATH unix``),
+    as ``iservice connect`` starts it: where ``iservice auth`` answers later prompts."""
+    for i, arg in enumerate(argv[:-2]):
+        if arg == "--management" and argv[i + 2] == "unix":
+            return argv[i + 1]
+    return None
 
 
 def list_profiles(config_dir: str) -> list[wc.Profile]:

@@ -159,6 +159,7 @@ class Session:
     # For `iservice sessions/status` (control.py): the approved config, when openvpn
     # started (wall clock), and openvpn's state as seen in its output.
     config: str | None = None
+    user_argv: tuple[str, ...] = ()
     started_at: float | None = None
     vpn: VpnState = field(default_factory=VpnState)
     records: SessionRecords = field(default_factory=lambda: SessionRecords({}, {}))
@@ -289,6 +290,7 @@ class Session:
                       reason="openvpn's output does not show PUSH_REPLY (--verb < 3 or --log): "
                              "a pushed redirect-gateway or block-outside-dns is not seen")
         self.config = approved.config
+        self.user_argv = approved.argv  # control.py: the management socket, for iservice auth
         svc_end, child_end = channel_pair()
         self.channel = svc_end
         svc_end.setblocking(False)

@@ -132,6 +132,7 @@ def dialog(answers: list[str], **kw: object) -> tuple[c.Dialog, FakeTerm, list[b
         sent.append(bytes(cmd))
         seen.append(cmd)
 
+    kw.setdefault("open_url", lambda url: False)  # no browser in unit tests
     d = c.Dialog(term, send, **kw)  # type: ignore[arg-type]
     d.seen = seen  # type: ignore[attr-defined]
     return d, term, sent
@@ -295,3 +296,40 @@ def test_run_askpass(tmp_path: object) -> None:
 def test_credentials_never_show_the_password() -> None:
     from iservice.keyring import Credentials
     assert "pw-xyz" not in repr(Credentials("u", "pw-xyz"))
+
+
+def test_web_auth_opens_the_browser_and_auth_pending_sets_the_deadline() -> None:
+    opened: list[str] = []
+    d, term, _ = dialog([], open_url=lambda url: opened.append(url) is None)
+    d.handle(ev(">INFOMSG:WEB_AUTH::https://idp.example/login?x=1"))
+    assert opened == ["https://idp.example/login?x=1"]
+    assert "Opened the login page in your browser" in term.out.getvalue()  # type: ignore
+    d.handle(ev(">STATE:1,AUTH_PENDING,timeout 300,,,,,"))
+    assert d.pending_timeout == 300
+    d, _, _ = dialog([])
+    d.handle(ev(">STATE:1,AUTH_PENDING,,,,,,"))
+    assert d.pending_timeout == 60  # openvpn's hand-window when the server gives none
+
+
+@pytest.mark.parametrize(("url", "env", "opened"), [
+    ("https://idp.example/x", {"DISPLAY": ":0"}, True),
+    ("http://idp.example/x", {"WAYLAND_DISPLAY": "wayland-0"}, True),
+    ("https://idp.example/x", {}, False),  # no desktop: printed instead
+    ("file:///etc/passwd", {"DISPLAY": ":0"}, False),  # only http(s)
+    ("javascript:alert(1)", {"DISPLAY": ":0"}, False),
+    ("https://a b", {"DISPLAY": ":0"}, False),
+])
+def test_open_in_browser(tmp_path: object, url: str, env: dict[str, str], opened: bool) -> None:
+    from pathlib import Path
+    bin_dir = Path(str(tmp_path))
+    log = bin_dir / "opened"
+    fake = bin_dir / "xdg-open"  # a test double for the desktop's URL opener
+    fake.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {log}\n')
+    fake.chmod(0o755)
+    assert c.open_in_browser(url, {**env, "PATH": str(bin_dir)}) is opened
+    if opened:
+        import time
+        deadline = time.monotonic() + 10
+        while not log.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert log.read_text() == url

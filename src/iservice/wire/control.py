@@ -198,6 +198,7 @@ class SessionInfo:
     bytes_in: int | None = None
     bytes_out: int | None = None
     pid: int | None = None
+    management: str | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -210,6 +211,10 @@ class SessionInfo:
         obj = {f.name: getattr(self, f.name) for f in fields(self)}
         obj["addresses"] = list(self.addresses)
         return obj
+
+    @property
+    def waits_for_credentials(self) -> bool:
+        return self.state == "AUTH" and self.detail == "waiting for credentials"
 
     @classmethod
     def from_json(cls, obj: object) -> SessionInfo:
@@ -234,6 +239,7 @@ _SESSION_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "state": ((str,), False), "detail": ((str,), False), "state_since": (_NUM, True),
     "started": (_NUM, True), "tun": ((str,), True), "addresses": ((tuple,), False),
     "bytes_in": ((int,), True), "bytes_out": ((int,), True), "pid": ((int,), True),
+    "management": ((str,), True),
 }
 
 
