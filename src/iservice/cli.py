@@ -30,13 +30,17 @@ import sys
 
 from iservice import __version__
 
+# Everything printed here may carry text from elsewhere (openvpn's output, server texts,
+# names): control characters are escaped before they reach a terminal (termsafe.py).
+from iservice.termsafe import print_safe as print
+
 # Only argparse at import (not even typing): `iservice --help` and a mistyped command
 # start fast.  Each command imports what it needs; the client commands never import the
 # service's modules (asyncio, ctypes, the server) — tests/unit/test_cli_imports.py.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Any
+    from typing import Any, NoReturn
 
     from iservice.settings import Settings
     from iservice.wire import control as wc
@@ -111,11 +115,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     try:
         conn, reply = client.start(_client_socket(args), workdir, options, stdin)
     except client.ServiceUnavailable as exc:
-        print(f"iservice: {exc.explain(args.instance)}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return fail(args, EXIT_UNAVAILABLE, "unavailable", exc.explain(args.instance))
     except (OSError, ReplyFormatError) as exc:
-        print(f"iservice: talking to the service failed: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return fail(args, EXIT_UNAVAILABLE, "protocol", f"talking to the service failed: {exc}")
     with conn:
         print(format_reply(reply), flush=True)
         if isinstance(reply, w.ErrorReply):
@@ -168,26 +170,38 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def fail(args: argparse.Namespace, status: int, code: str, message: str) -> int:
+    """Report a failure and return its exit status.  With ``--json``: one JSON object
+    ``{"code": C, "message": M}`` on standard output (scripts read one stream); otherwise
+    the message on standard error.  ``code`` is the service's (docs/control.md) or one of
+    the client's own: ``usage``, ``unavailable`` (the service cannot be reached),
+    ``protocol`` (the connection broke or the reply was malformed)."""
+    if getattr(args, "json", False):
+        import json
+        print(json.dumps({"code": code, "message": message}))
+    else:
+        print(f"iservice {args.command}: {message}", file=sys.stderr)
+    return status
+
+
 def _control(args: argparse.Namespace, **fields: Any) -> wc.Reply | int:
-    """One control request; the reply, or an exit status after printing the problem."""
+    """One control request; the reply, or an exit status after reporting the problem."""
     from iservice import client
     from iservice.wire import control as wc
     try:
         req = wc.Request(**fields)
     except wc.ControlError as exc:  # refused before sending (say a name too long)
-        print(f"iservice {args.command}: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(args, EXIT_USAGE, exc.code, exc.message)
     try:
         reply = client.control_request(_control_socket(args), req)
     except client.ServiceUnavailable as exc:
-        print(f"iservice: {exc.explain(args.instance)}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return fail(args, EXIT_UNAVAILABLE, "unavailable", exc.explain(args.instance))
     except (OSError, wc.ReplyError) as exc:
-        print(f"iservice: talking to the service failed: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return fail(args, EXIT_UNAVAILABLE, "protocol",
+                    f"talking to the service failed: {exc}")
     if isinstance(reply, wc.ErrorReply):
-        print(f"iservice {args.command}: {reply.error}", file=sys.stderr)
-        return EXIT_USAGE if reply.code == "bad-request" else EXIT_REFUSED
+        return fail(args, EXIT_USAGE if reply.code == "bad-request" else EXIT_REFUSED,
+                    reply.code, reply.error)
     return reply
 
 
@@ -355,16 +369,14 @@ def cmd_log(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except client.ServiceUnavailable as exc:
-        print(f"iservice: {exc.explain(args.instance)}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return fail(args, EXIT_UNAVAILABLE, "unavailable", exc.explain(args.instance))
     except (OSError, wc.ReplyError) as exc:
-        print(f"iservice: talking to the service failed: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return fail(args, EXIT_UNAVAILABLE, "protocol", f"talking to the service failed: {exc}")
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iservice", description=(
+    p = _Parser(prog="iservice", description=(
         "OpenVPN Interactive Service for Linux: unprivileged users run openvpn, "
         "the service makes the network changes and undoes them."))
     p.add_argument("--version", action="version", version=f"iservice {__version__}")
@@ -517,9 +529,24 @@ def _instance(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors come as JSON when ``--json`` was asked for."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_errors:
+            import json
+            print(json.dumps({"code": "usage", "message": f"{self.prog}: {message}"}))
+            sys.exit(EXIT_USAGE)
+        super().error(message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = "--json" in words[:words.index("--") if "--" in words else None]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

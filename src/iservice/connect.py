@@ -40,6 +40,8 @@ from iservice import management as mg
 from iservice.errors import ReplyFormatError
 from iservice.keyring import Credentials
 from iservice.policy.argv import quote_argv
+from iservice.termsafe import print_safe as print
+from iservice.termsafe import safe
 from iservice.wire import control as wc
 from iservice.wire import startup as w
 
@@ -108,6 +110,7 @@ class Terminal:
         self.askpass = askpass if askpass is not None else askpass_from_env()
 
     def progress(self, text: str) -> None:
+        text = safe(text)  # state details and server texts: no control characters
         if text == self._last:
             return
         self._last = text
@@ -120,7 +123,7 @@ class Terminal:
 
     def message(self, text: str) -> None:
         self.end_line()
-        self.out.write(text + "\n")
+        self.out.write(safe(text, keep_newlines=True) + "\n")
         self.out.flush()
 
     def end_line(self) -> None:
@@ -131,6 +134,7 @@ class Terminal:
 
     def ask(self, prompt: str, *, secret: bool) -> str:
         self.end_line()
+        prompt = safe(prompt)  # the server's challenge text
         if self.askpass:
             return run_askpass(self.askpass, prompt, secret=secret)
         try:

@@ -53,5 +53,5 @@ def test_help_imports_only_argparse() -> None:
     assert result["status"] == 0 and "connect" in str(result["out"])
     modules = set(result["modules"])  # type: ignore[arg-type]
     ours = {m for m in modules if m.startswith("iservice")}
-    assert ours == {"iservice", "iservice.cli"}, ours
+    assert ours == {"iservice", "iservice.cli", "iservice.termsafe"}, ours
     assert not modules & {"dataclasses", "socket", *SERVICE_SIDE}
