@@ -24,10 +24,12 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from iservice import audit
 from iservice import profiles as own_profiles
 from iservice.linux.identity import is_admin, peer_credentials, run_as_fs_user, user_identity
 from iservice.policy.profile import ProfileError, valid_profile_name
@@ -198,10 +200,41 @@ def list_profiles(config_dir: str) -> list[wc.Profile]:
     return found
 
 
+SEND_TIMEOUT = 5.0  # a client that does not read for this long is dropped
+MAX_CONTROL_CONNECTIONS = 1024  # all users together: bounded by file descriptors
+
+
+class ClientStalled(OSError):
+    """The client did not take a reply within ``SEND_TIMEOUT``: it is dropped."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many control connections may be open: ``per_uid`` for each user, ``total``
+    for everyone; past ``total`` a user with none open still gets one (up to ``hard``),
+    so that one user's flood never locks the others out."""
+
+    per_uid: int
+    total: int
+    hard: int = MAX_CONTROL_CONNECTIONS
+
+    def admit(self, open_by_uid: int, open_total: int) -> bool:
+        if open_by_uid >= self.per_uid or open_total >= self.hard:
+            return False
+        return open_total < self.total or open_by_uid == 0
+
+
 class ControlServer:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.active = 0  # open control connections (log --follow keeps one open)
+        self.by_uid: Counter[int] = Counter()
+        s = server.settings
+        # The service socket's per-user limit also bounds each user's control connections
+        # (32 by default: far above what a person's terminals hold); everyone together may
+        # hold 4 x max_clients, and a user with none open is admitted even past that.
+        self.budget = Budget(per_uid=s.max_clients_per_user,
+                             total=min(4 * s.max_clients, MAX_CONTROL_CONNECTIONS))
 
     async def serve(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -216,16 +249,44 @@ class ControlServer:
                 conn.setblocking(False)
                 tg.create_task(self._handle(conn))
 
+    async def _send(self, conn: socket.socket, reply: wc.Reply) -> None:
+        """One reply message, or ``ClientStalled`` when the client does not read: nobody
+        can hold the service (or a task of it) by never reading."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await loop.sock_sendall(conn, wc.encode_reply(reply))
+        except TimeoutError:
+            raise ClientStalled("the client did not read the reply") from None
+
     async def _handle(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        self.active += 1
         try:
             creds = peer_credentials(conn)
+        except OSError:
+            conn.close()
+            return
+        uid = creds.uid
+        admitted = self.budget.admit(self.by_uid[uid], self.active)
+        self.active += 1
+        self.by_uid[uid] += 1
+        try:
             try:
-                if self.active > self.server.settings.max_clients:
+                if not admitted:
+                    audit.record(logging.WARNING, "too-many-clients", uid=uid,
+                                 client_pid=creds.pid, what="control connection",
+                                 verdict="refused", reason="busy")
+                    # take the request first (briefly): closing with it unread could reset
+                    # the connection before the client reads the reply
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.5):
+                            await loop.sock_recv(conn, wc.MAX_REQUEST + 1)
                     raise ControlError("busy", "too many control connections; try again")
-                async with asyncio.timeout(REQUEST_TIMEOUT):
-                    raw = await loop.sock_recv(conn, wc.MAX_REQUEST + 1)
+                try:
+                    async with asyncio.timeout(REQUEST_TIMEOUT):
+                        raw = await loop.sock_recv(conn, wc.MAX_REQUEST + 1)
+                except TimeoutError:
+                    raise ControlError("bad-request", "no request within 2 s") from None
                 req = decode_request(raw)
                 user = user_identity(creds.uid, creds.gid)
                 group = self.server.settings.ovpn_admin_group
@@ -235,17 +296,16 @@ class ControlServer:
                          creds.uid, creds.pid, req.name, req.all)
                 await self._dispatch(conn, req, creds.uid, user)
             except ControlError as exc:
-                await loop.sock_sendall(conn, wc.encode_reply(wc.ErrorReply(exc.code,
-                                                                            exc.message)))
-            except TimeoutError:
-                await loop.sock_sendall(conn, wc.encode_reply(wc.ErrorReply(
-                    "bad-request", "no request within 2 s")))
+                await self._send(conn, wc.ErrorReply(exc.code, exc.message))
         except OSError:
-            pass  # the client went away
+            pass  # the client went away, or stopped reading
         except Exception:
             log.exception("event=control-bug")
         finally:
             self.active -= 1
+            self.by_uid[uid] -= 1
+            if not self.by_uid[uid]:
+                del self.by_uid[uid]
             conn.close()
 
     def _visible(self, uid: int, everyone: bool) -> list[Session]:
@@ -265,7 +325,7 @@ class ControlServer:
         loop = asyncio.get_running_loop()
 
         async def send(reply: wc.Reply) -> None:
-            await loop.sock_sendall(conn, wc.encode_reply(reply))
+            await self._send(conn, reply)
 
         if req.op == "sessions":
             await send(wc.SessionsReply(tuple(session_info(s)
@@ -378,11 +438,11 @@ class ControlServer:
         try:
             first = True
             for group in wc.chunk_lines(lines) if lines else iter([()]):
-                await loop.sock_sendall(conn, wc.encode_reply(wc.LogLines(group, first)))
+                await self._send(conn, wc.LogLines(group, first))
                 first = False
             if queue is None:
                 if req.follow:
-                    await loop.sock_sendall(conn, wc.encode_reply(wc.LogEnd()))
+                    await self._send(conn, wc.LogEnd())
                 return
             hangup = asyncio.ensure_future(loop.sock_recv(conn, 1))  # EOF = client left
             try:
@@ -399,9 +459,9 @@ class ControlServer:
                     ended = None in batch
                     text = [x for x in batch if x is not None]
                     for group in wc.chunk_lines(text):
-                        await loop.sock_sendall(conn, wc.encode_reply(wc.LogLines(group)))
+                        await self._send(conn, wc.LogLines(group))
                     if ended:
-                        await loop.sock_sendall(conn, wc.encode_reply(wc.LogEnd()))
+                        await self._send(conn, wc.LogEnd())
                         return
             finally:
                 hangup.cancel()
