@@ -1,4 +1,4 @@
-"""Fuzz targets: the five parsers that read hostile input, each with an oracle.
+"""Fuzz targets: the seven parsers that read hostile input, each with an oracle.
 
 Each target takes raw bytes and either returns normally or raises ``Crash`` /
 lets a foreign exception escape.  The rule (style anchors §1, h11): the only
@@ -28,11 +28,13 @@ from ipaddress import IPv4Address, IPv6Address, ip_network
 
 from iservice import errors
 from iservice.errors import ChannelError, SettingsError, StartupDataError
+from iservice.policy import profile as pp
 from iservice.policy import requests as rq
 from iservice.policy.argv import quote_argv, split_command_line
 from iservice.policy.options import WHITELIST, validate_options
 from iservice.policy.ownership import MACHINE, Owners
 from iservice.settings import parse_settings
+from iservice.wire import control as wc
 from iservice.wire import msg as m
 from iservice.wire import startup as w
 
@@ -264,10 +266,63 @@ def fuzz_settings(data: bytes) -> None:
         raise Crash(f"accepted {s!r}")
 
 
+# -- an imported profile (policy/profile.py) ----------------------------------------
+
+def fuzz_profile(data: bytes) -> None:
+    """Whatever is accepted renders to a profile that names no file, holds no refused
+    directive and parses back to the same directives."""
+    try:
+        plan = pp.examine(pp.parse(_text(data)))
+        rendered = pp.render(plan, {f.path: data[:64] for f in plan.files})
+    except pp.ProfileError as exc:
+        if not exc.problems:
+            raise Crash("a ProfileError without problems") from None
+        str(exc)
+        return
+    try:
+        again = pp.examine(pp.parse(rendered))
+    except pp.ProfileError as exc:
+        raise Crash(f"the rendered profile is refused: {exc}") from None
+    if again.files:
+        raise Crash(f"the rendered profile still names files: {again.files}")
+    for d in (*again.directives, *(x for y in again.directives for x in y.block)):
+        if d.name in pp.REFUSED or d.name not in pp.OPENVPN_OPTIONS:
+            raise Crash(f"{d.name!r} passed")
+    kept = [(d.name, d.args) for d in plan.directives if d.name not in pp.FILE_OPTIONS]
+    back = [(d.name, d.args) for d in again.directives
+            if d.name not in pp.FILE_OPTIONS and d.name != "key-direction"]
+    if kept != back:
+        raise Crash(f"rendering changed the directives: {kept} -> {back}")
+
+
+# -- the control socket's codec (wire/control.py) ---------------------------------------
+
+def fuzz_control(data: bytes) -> None:
+    """A request decodes or is a bad-request; what decodes round-trips.  Any reply bytes
+    decode or raise ReplyError, for every op."""
+    try:
+        req = wc.decode_request(data)
+    except wc.ControlError as exc:
+        if exc.code != "bad-request" or not exc.message:
+            raise Crash(f"unexpected refusal {exc.code!r} {exc.message!r}") from None
+    else:
+        if wc.decode_request(wc.encode_request(req)) != req:
+            raise Crash(f"{req!r} does not round-trip")
+    for op in wc.OPS:
+        for first in (True, False):
+            try:
+                reply = wc.decode_reply(data, op, first=first)
+            except wc.ReplyError:
+                continue
+            wc.encode_reply(reply)  # what decodes can be sent again
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "startup": fuzz_startup,
     "msg": fuzz_msg,
     "argv": fuzz_argv,
     "options": fuzz_options,
     "settings": fuzz_settings,
+    "profile": fuzz_profile,
+    "control": fuzz_control,
 }

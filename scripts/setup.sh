@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 VENV=${ISERVICE_VENV:-/opt/iservice}
 # gcc + libc6-dev: pip builds the openvpn plugin (setup.py; openvpn-plugin.h comes with
 # openvpn); without them the install still works and the service uses the script hook.
+# gnome-keyring: the real Secret Service for the saved-credentials test (on a private
+# session bus); systemd: systemd-socket-activate for the socket-activation test.
 PKGS=(openvpn iproute2 iputils-ping nftables openssl python3-venv procps util-linux
-      dbus-daemon gcc libc6-dev)
+      dbus-daemon gcc libc6-dev gnome-keyring systemd)
 # the Debian package's build (scripts/build-deb.sh, docs/install.md), and zsh to check
 # the generated zsh completion
 PKGS+=(debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools

@@ -1,9 +1,16 @@
-"""The client side of the service socket (SPEC §2): one connection, one request.
+"""The client side of the service's two sockets: one connection, one request.
 
-Used by ``iservice start`` and by tests.  Before sending anything (the startup
-data may carry a management password) it checks that the peer of the socket is
-root, so a process that planted a socket at the service's path cannot collect
-requests (the Linux side of CVE-2024-4877).
+* The service socket (SPEC §2): ``start`` sends one startup request (``iservice
+  start``, ``iservice connect``, tests).
+* The control socket (``docs/control.md``): ``control_request`` and
+  ``control_stream`` send one ``wire.control.Request`` and decode the replies.
+
+Before sending anything (the startup data may carry a management password) the
+peer of the socket must be root, so a process that planted a socket at the
+service's path cannot collect requests (the Linux side of CVE-2024-4877).
+
+Client side only: no asyncio, no ctypes, nothing of the service (``iservice
+sessions`` starts in a few milliseconds).
 """
 
 from __future__ import annotations
@@ -11,19 +18,43 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from iservice.errors import ReplyFormatError
-from iservice.linux.identity import peer_credentials
+from iservice.wire import control as wc
 from iservice.wire import startup as w
 
 REPLY_BUFSIZE = 65536
 
 
 class ServiceUnavailable(Exception):
-    """The service socket cannot be reached, or its peer is not the service."""
+    """The service socket cannot be reached, or its peer is not the service.
+
+    ``not_running``: nothing listens at the path (as opposed to a peer that is not
+    root's, or a broken reply): ``explain`` then says how the service is started."""
+
+    def __init__(self, message: str, *, not_running: bool = False) -> None:
+        super().__init__(message)
+        self.not_running = not_running
+
+    def explain(self, instance: str = "") -> str:
+        """The message, and for a service that does not run, how to start it."""
+        if not self.not_running:
+            return str(self)
+        at = f"@{instance}" if instance else ""
+        return (f"{self}\nThe service is not running. An administrator starts it (and has it "
+                f"started on demand from then on) with:\n  systemctl enable --now "
+                f"iservice{at}.socket iservice-control{at}.socket")
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end (``SO_PEERCRED``: pid, uid, gid)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    uid: int = struct.unpack("3i", raw)[1]
+    return uid
 
 
 @dataclass
@@ -71,8 +102,10 @@ def connect(path: str, *, timeout: float | None = 10.0, require_root_peer: bool 
             exc = err
         sock.close()
         raise ServiceUnavailable(f"cannot connect to the service at {path}: "
-                                 f"{exc.strerror or exc}") from None
-    if require_root_peer and peer_credentials(sock).uid != 0:
+                                 f"{exc.strerror or exc}",
+                                 not_running=exc.errno in (errno.ENOENT, errno.ECONNREFUSED,
+                                                           errno.ENOTDIR)) from None
+    if require_root_peer and peer_uid(sock) != 0:
         sock.close()
         raise ServiceUnavailable(f"{path} is not served by root: refusing to talk to it")
     return Connection(sock)
@@ -96,3 +129,34 @@ def start(path: str, workdir: str, options: str, stdin: str = "", *,
 
 def default_workdir() -> str:
     return os.getcwd()
+
+
+# --------------------------------------------------------------------------- control socket
+
+
+def control_stream(path: str, req: wc.Request, *, timeout: float | None = 30.0
+                   ) -> Iterator[wc.Reply]:
+    """Send one control request; yield each reply message until the service closes.
+
+    Raises ``ServiceUnavailable`` (cannot connect, not root's), ``OSError`` (the
+    connection broke) and ``wc.ReplyError`` (the service's reply is malformed)."""
+    conn = connect(path, timeout=timeout)
+    sock = conn.sock
+    try:
+        sock.send(wc.encode_request(req))
+        first = True
+        while True:
+            raw = sock.recv(wc.MAX_REPLY)
+            if not raw:
+                return
+            yield wc.decode_reply(raw, req.op, first=first)
+            first = False
+    finally:
+        sock.close()
+
+
+def control_request(path: str, req: wc.Request, *, timeout: float | None = 30.0) -> wc.Reply:
+    """One request, its (first) reply."""
+    for reply in control_stream(path, req, timeout=timeout):
+        return reply
+    raise ServiceUnavailable("the service closed the connection without a reply")

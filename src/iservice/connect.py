@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import re
 import select
 import signal
 import stat
@@ -32,12 +33,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
-from iservice import client, control
+from iservice import client
 from iservice import management as mg
 from iservice.errors import ReplyFormatError
+from iservice.keyring import Credentials
 from iservice.policy.argv import quote_argv
+from iservice.termsafe import print_safe as print
+from iservice.termsafe import safe
+from iservice.wire import control as wc
 from iservice.wire import startup as w
 
 # Exit statuses (README "Exit statuses"; 0-3 mean what they mean for `iservice start`).
@@ -88,15 +93,24 @@ class Cancelled(Exception):
 
 
 class Terminal:
-    """Prompts and progress.  On a terminal, progress is one rewritten line."""
+    """Prompts and progress.  On a terminal, progress is one rewritten line.
 
-    def __init__(self, out: IO[str] | None = None, *, tty: bool | None = None) -> None:
+    Prompts go to the controlling terminal; with an askpass program (``--askpass``, or
+    ``SSH_ASKPASS`` by OpenSSH's rules: used when there is no terminal and a desktop
+    session, or always with ``SSH_ASKPASS_REQUIRE=prefer|force``) the program is run
+    with the prompt as its argument and its output is the answer, so a desktop launcher
+    without a terminal can connect."""
+
+    def __init__(self, out: IO[str] | None = None, *, tty: bool | None = None,
+                 askpass: str | None = None) -> None:
         self.out = out or sys.stdout
         self.tty = self.out.isatty() if tty is None else tty
         self._open_line = False
         self._last = ""
+        self.askpass = askpass if askpass is not None else askpass_from_env()
 
     def progress(self, text: str) -> None:
+        text = safe(text)  # state details and server texts: no control characters
         if text == self._last:
             return
         self._last = text
@@ -109,7 +123,7 @@ class Terminal:
 
     def message(self, text: str) -> None:
         self.end_line()
-        self.out.write(text + "\n")
+        self.out.write(safe(text, keep_newlines=True) + "\n")
         self.out.flush()
 
     def end_line(self) -> None:
@@ -120,12 +134,81 @@ class Terminal:
 
     def ask(self, prompt: str, *, secret: bool) -> str:
         self.end_line()
+        prompt = safe(prompt)  # the server's challenge text
+        if self.askpass:
+            return run_askpass(self.askpass, prompt, secret=secret)
         try:
             if secret:
                 return getpass.getpass(prompt)
             return _read_line(prompt)
         except (EOFError, KeyboardInterrupt):
             raise Cancelled() from None
+
+
+def open_in_browser(url: str, env: dict[str, str] | None = None) -> bool:
+    """Open an http(s) URL with ``xdg-open`` when a desktop session is there
+    (``DISPLAY``/``WAYLAND_DISPLAY``); False (the caller prints it) otherwise.  Other
+    schemes are never opened: the server chose the URL."""
+    import shutil
+    import subprocess
+    env = dict(os.environ) if env is None else env
+    if not url.lower().startswith(("https://", "http://")) or any(c.isspace() for c in url) \
+            or not (env.get("DISPLAY") or env.get("WAYLAND_DISPLAY")):
+        return False
+    opener = shutil.which("xdg-open", path=env.get("PATH"))
+    if opener is None:
+        return False
+    try:
+        subprocess.Popen([opener, url], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    except OSError:
+        return False
+    return True
+
+
+def _have_terminal() -> bool:
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC))
+        return True
+    except OSError:
+        return False
+
+
+def askpass_from_env(env: dict[str, str] | None = None, *,
+                     have_terminal: bool | None = None) -> str | None:
+    """``SSH_ASKPASS`` when OpenSSH would use it: ``SSH_ASKPASS_REQUIRE`` ``force`` or
+    ``prefer``, or no terminal and a desktop session (``DISPLAY``/``WAYLAND_DISPLAY``);
+    never with ``SSH_ASKPASS_REQUIRE=never``."""
+    env = dict(os.environ) if env is None else env
+    program = env.get("SSH_ASKPASS", "")
+    require = env.get("SSH_ASKPASS_REQUIRE", "")
+    if not program or require == "never":
+        return None
+    if require in ("force", "prefer"):
+        return program
+    desktop = bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+    if have_terminal is None:
+        have_terminal = _have_terminal()
+    return program if desktop and not have_terminal else None
+
+
+def run_askpass(program: str, prompt: str, *, secret: bool) -> str:
+    """The askpass program's answer to ``prompt`` (its first output line); a non-zero
+    exit (the user pressed Cancel) is ``Cancelled``.  The answer reaches us through a
+    pipe, never argv or the environment; ``SSH_ASKPASS_PROMPT`` is left unset (an entry
+    prompt), as OpenSSH does for passphrases."""
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != "SSH_ASKPASS_PROMPT"}
+    try:
+        cp = subprocess.run([program, prompt], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=None, env=env, timeout=600,
+                            check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Cancelled(f"the askpass program {program} failed: {exc}") from None
+    if cp.returncode != 0:
+        raise Cancelled()
+    answer = cp.stdout.decode("utf-8", "replace")
+    return answer.split("\n", 1)[0].rstrip("\r")
 
 
 def _read_line(prompt: str) -> str:
@@ -165,11 +248,24 @@ class Dialog:
     """
 
     def __init__(self, term: Terminal, send: Callable[[bytes | bytearray], None], *,
-                 username: str | None = None, auth_retries: int = 0) -> None:
+                 username: str | None = None, auth_retries: int = 0,
+                 saved: Callable[[], Credentials | None] | None = None,
+                 open_url: Callable[[str], bool] | None = None) -> None:
         self.term = term
+        self._open_url = open_url or open_in_browser
+        # AUTH_PENDING's timeout (seconds): the caller's deadline becomes now + this
+        self.pending_timeout: float | None = None
         self._send = send
         self.username = username
         self.auth_retries = auth_retries
+        # Saved credentials (the keyring): tried once, before asking; if the server
+        # refuses them, the next attempt asks (and does not count as a retry).
+        self._saved = saved
+        self.saved_used = False
+        self.saved_refused = False
+        # What the user typed for 'Auth' (username, password before any challenge
+        # answer is added): the only thing --save-credentials may keep.
+        self.typed: Credentials | None = None
         self.state = "STARTING"
         self.remote = ""
         self.local_ip = ""
@@ -208,7 +304,10 @@ class Dialog:
         elif isinstance(ev, mg.VerificationFailed):
             return self._failed(ev)
         elif isinstance(ev, mg.WebAuth):
-            self.term.message(f"Log in with your browser to continue: {ev.url}")
+            if self._open_url(ev.url):
+                self.term.message(f"Opened the login page in your browser: {ev.url}")
+            else:
+                self.term.message(f"Log in with your browser to continue: {ev.url}")
         elif isinstance(ev, mg.CrText):
             answer = self.term.ask(f"{ev.text}: ", secret=not ev.echo)
             self.prompted = True
@@ -227,6 +326,14 @@ class Dialog:
 
     def _state(self, ev: mg.State) -> Outcome | None:
         self.state = ev.name
+        if ev.name == "AUTH_PENDING":
+            # The server's word on how long the login may take ("timeout N"; openvpn's
+            # hand-window, 60 s, without one) replaces --timeout.
+            m = re.search(r"timeout (\d+)", ev.detail)
+            self.pending_timeout = float(m.group(1)) if m else 60.0
+            self.term.progress(f"waiting for the login to complete (up to "
+                               f"{self.pending_timeout:g} s)")
+            return None
         if ev.remote_ip:
             self.remote = ev.remote_ip + (f":{ev.remote_port}" if ev.remote_port else "")
         if ev.local_ip:
@@ -247,6 +354,9 @@ class Dialog:
         if ev.detail in ("auth-failure", "private-key-password-failure") and \
                 ev.name in ("RECONNECTING", "EXITING"):
             self.auth_failed = True
+            if ev.detail == "auth-failure" and self.saved_used and self.typed is None:
+                self._saved_refused()  # the saved credentials failed: the next prompt asks
+                return None
             if self.auth_retries <= 0 and self.challenge is None:
                 return Outcome(EXIT_AUTH, "authentication failed: the server refused "
                                           "the credentials")
@@ -264,6 +374,26 @@ class Dialog:
             del answer
             return
         label = {"Auth": "", "Private Key": "Private key "}.get(ev.kind, f"{ev.kind} ")
+        stored = None
+        if ev.kind == "Auth" and ev.need_password and self._saved is not None \
+                and not self.saved_used:
+            self.saved_used = True
+            stored = self._saved()
+        if stored is not None:
+            password: str | None = stored.password
+            if ev.static_challenge is not None:  # the OTP is asked every time
+                challenge = ev.static_challenge
+                response = self.term.ask(f"{challenge.text}: ", secret=not challenge.echo)
+                self.prompted = True
+                password = mg.static_challenge_password(stored.password, response, challenge)
+                del response
+            self.term.progress("using the saved credentials")
+            for cmd in mg.password_commands(
+                    "Auth", username=(self.username or stored.username)
+                    if ev.need_username else None, password=password):
+                self.send(cmd)
+            del password, stored
+            return
         username = None
         if ev.need_username:
             username = self.username or self.term.ask(
@@ -274,6 +404,8 @@ class Dialog:
             prompt = "Private key passphrase: " if ev.kind == "Private Key" else \
                 f"{label}Password: "
             password = self.term.ask(prompt, secret=True)
+            if ev.kind == "Auth" and ev.need_username and username is not None:
+                self.typed = Credentials(username, password)
             sc = ev.static_challenge
             if sc is not None and ev.kind == "Auth":
                 response = self.term.ask(f"{sc.text}: ", secret=not sc.echo)
@@ -284,9 +416,19 @@ class Dialog:
             self.send(cmd)
         del password
 
+    def _saved_refused(self) -> bool:
+        """The saved credentials were just refused: ask once, without using a retry."""
+        if self.saved_used and not self.saved_refused and self.typed is None:
+            self.saved_refused = True
+            self.term.message("The saved credentials were refused; asking.")
+            return True
+        return False
+
     def _failed(self, ev: mg.VerificationFailed) -> Outcome | None:
         if ev.challenge is not None:
             self.challenge = ev.challenge  # asked at the next "Need 'Auth'"
+            return None
+        if ev.kind == "Auth" and self._saved_refused():
             return None
         what = "private key passphrase" if ev.kind == "Private Key" else "credentials"
         if self.auth_retries > 0:
@@ -355,16 +497,18 @@ def resolve_profile(text: str, control_path: str) -> Profile:
         path = os.path.abspath(text)
         if not os.path.isfile(path):
             raise LookupError(f"no such file: {path}")
-        return Profile(control.profile_name(path), path)
+        return Profile(wc.profile_name(path), path)
     try:
-        reply = control.request(control_path, {"op": "profiles"}, timeout=10)
-    except (control.ControlUnavailable, OSError) as exc:
-        raise LookupError(f"cannot list the approved profiles: {exc}") from None
-    profiles = reply.get("profiles") or []
+        reply = client.control_request(control_path, wc.Request("profiles"), timeout=10)
+    except (OSError, wc.ReplyError) as exc:
+        raise client.ServiceUnavailable(f"cannot list the approved profiles: {exc}") from None
+    if isinstance(reply, wc.ErrorReply):
+        raise LookupError(f"cannot list the approved profiles: {reply.error}")
+    profiles = reply.profiles if isinstance(reply, wc.ProfilesReply) else ()
     for p in profiles:
-        if text in (p.get("name"), os.path.basename(str(p.get("path")))):
-            return Profile(str(p["name"]), str(p["path"]))
-    known = ", ".join(str(p.get("name")) for p in profiles) or "none"
+        if text in (p.name, os.path.basename(p.path)):
+            return Profile(p.name, p.path)
+    known = ", ".join(p.name for p in profiles) or "none"
     raise LookupError(f"no profile {text!r} (approved profiles you can use: {known})")
 
 
@@ -381,6 +525,9 @@ class Options:
     username: str | None = None
     auth_retries: int = 0
     verb: int | None = None
+    instance: str = ""
+    save_credentials: bool = False
+    askpass: str | None = None
 
 
 def _alive(pid: int) -> bool:
@@ -393,12 +540,13 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _session_of(control_path: str, pid: int) -> dict[str, Any] | None:
+def _session_of(control_path: str, pid: int) -> wc.SessionInfo | None:
     with contextlib.suppress(Exception):
-        reply = control.request(control_path, {"op": "sessions"}, timeout=5)
-        for s in reply.get("sessions", []):
-            if s.get("pid") == pid:
-                return dict(s)
+        reply = client.control_request(control_path, wc.Request("sessions"), timeout=5)
+        if isinstance(reply, wc.SessionsReply):
+            for s in reply.sessions:
+                if s.pid == pid:
+                    return s
     return None
 
 
@@ -408,20 +556,53 @@ def _log_tail(control_path: str, pid: int, lines: int = 12) -> list[str]:
     if s is None:
         return []
     with contextlib.suppress(Exception):
-        reply = control.request(control_path, {"op": "log", "name": s["name"],
-                                               "lines": lines}, timeout=5)
-        return [str(x) for x in reply.get("lines", [])]
+        reply = client.control_request(control_path, wc.Request("log", s.name, lines=lines),
+                                       timeout=5)
+        if isinstance(reply, wc.LogLines):
+            return list(reply.lines)
     return []
 
 
+def _saved(instance: str, profile: str) -> Callable[[], Credentials | None]:
+    """Look the profile's saved credentials up when openvpn first asks for them."""
+    def lookup() -> Credentials | None:
+        from iservice.keyring import KeyringError, SecretService, attributes
+        try:
+            with SecretService.open() as keyring:
+                return keyring.lookup(attributes(profile, instance))
+        except KeyringError:
+            return None  # no keyring: ask, as without one
+    return lookup
+
+
+def _save(opts: Options, term: Terminal, profile: str, creds: Credentials | None) -> None:
+    """--save-credentials once connected: only what was typed for 'Auth'."""
+    if creds is None:
+        term.message("Nothing to save: openvpn did not ask for a username and password "
+                     "(or the saved ones were used).")
+        return
+    from iservice.keyring import KeyringError, SecretService, attributes
+    try:
+        with SecretService.open() as keyring:
+            keyring.store(attributes(profile, opts.instance), f"iservice: {profile}", creds)
+    except KeyringError as exc:
+        term.message(f"Warning: the credentials were not saved: {exc}")
+        return
+    term.message(f"Saved the username and password for {profile} in your keyring "
+                 f"(`iservice forget {profile}` removes them).")
+
+
 def run(opts: Options, term: Terminal | None = None) -> int:
-    term = term or Terminal()
+    term = term or Terminal(askpass=opts.askpass)
     err = sys.stderr
     try:
         profile = resolve_profile(opts.profile, opts.control_path)
     except LookupError as exc:
         print(f"iservice connect: {exc}", file=err)
         return EXIT_USAGE
+    except client.ServiceUnavailable as exc:  # nothing listens: not the user's mistake
+        print(f"iservice connect: {exc.explain(opts.instance)}", file=err)
+        return EXIT_UNAVAILABLE
     try:
         mgmt_path = management_path(private_dir(), profile.name)
         with contextlib.suppress(FileNotFoundError):
@@ -435,7 +616,7 @@ def run(opts: Options, term: Terminal | None = None) -> int:
         conn, reply = client.start(opts.socket_path, os.path.dirname(profile.path), options)
     except client.ServiceUnavailable as exc:
         term.end_line()
-        print(f"iservice connect: {exc}", file=err)
+        print(f"iservice connect: {exc.explain(opts.instance)}", file=err)
         return EXIT_UNAVAILABLE
     except (OSError, ReplyFormatError) as exc:
         term.end_line()
@@ -449,11 +630,16 @@ def run(opts: Options, term: Terminal | None = None) -> int:
                   + (f" ({reply.func})" if reply.message.strip() else ""), file=err)
             return EXIT_REFUSED
         assert isinstance(reply, w.PidReply)
+        code = EXIT_OPENVPN
         try:
-            return _drive(opts, term, conn, reply.pid, mgmt_path, profile)
+            code = _drive(opts, term, conn, reply.pid, mgmt_path, profile)
+            return code
         finally:
-            with contextlib.suppress(OSError):
-                os.unlink(mgmt_path)
+            # A session left running keeps its management socket: `iservice auth` answers
+            # its later prompts there (openvpn removes it when it exits).
+            if opts.foreground or code not in (EXIT_OK, EXIT_PARTIAL):
+                with contextlib.suppress(OSError):
+                    os.unlink(mgmt_path)
 
 
 def _exit_reply(conn: client.Connection, wait: float) -> str:
@@ -485,7 +671,8 @@ def _drive(opts: Options, term: Terminal, conn: client.Connection, pid: int,
         for line in _log_tail(opts.control_path, pid):
             print(f"  openvpn: {line}", file=err)
         return EXIT_OPENVPN
-    dialog = Dialog(term, mgmt.send, username=opts.username, auth_retries=opts.auth_retries)
+    dialog = Dialog(term, mgmt.send, username=opts.username, auth_retries=opts.auth_retries,
+                    saved=_saved(opts.instance, profile.name))
     outcome: Outcome | None = None
     stopping = False  # we asked openvpn to exit
     deadline = time.monotonic() + opts.timeout
@@ -542,10 +729,15 @@ def _drive(opts: Options, term: Terminal, conn: client.Connection, pid: int,
                     if dialog.prompted:  # time spent typing does not count
                         dialog.prompted = False
                         deadline = time.monotonic() + opts.timeout
+                    if dialog.pending_timeout is not None:  # the server's own deadline
+                        deadline = time.monotonic() + dialog.pending_timeout + 5
+                        dialog.pending_timeout = None
                     if result is None or stopping:
                         continue
                     if result.code in (EXIT_OK, EXIT_PARTIAL):
                         outcome = result
+                        if opts.save_credentials:  # the server accepted them
+                            _save(opts, term, profile.name, dialog.typed)
                         if not opts.foreground:
                             break
                         term.message(_connected_text(opts, pid, dialog, profile, result)
@@ -600,11 +792,11 @@ def _drive(opts: Options, term: Terminal, conn: client.Connection, pid: int,
 def _connected_text(opts: Options, pid: int, dialog: Dialog, profile: Profile,
                     outcome: Outcome) -> str:
     s = _session_of(opts.control_path, pid)
-    name = s["name"] if s else f"pid {pid}"
+    name = s.name if s else f"pid {pid}"
     where = []
-    if s and s.get("tun"):
-        where.append(f"on {s['tun']}")
-    addrs = (s or {}).get("addresses") or ([dialog.local_ip] if dialog.local_ip else [])
+    if s and s.tun:
+        where.append(f"on {s.tun}")
+    addrs = list(s.addresses if s else ()) or ([dialog.local_ip] if dialog.local_ip else [])
     if addrs:
         where.append("address " + ", ".join(addrs))
     head = "Connected" if outcome.code == EXIT_OK else f"Warning: {outcome.message}\nConnected"
@@ -613,3 +805,100 @@ def _connected_text(opts: Options, pid: int, dialog: Dialog, profile: Profile,
         text += f"\nDisconnect with: iservice disconnect {name}"
     return text
 
+
+
+# --------------------------------------------------------------------------- iservice auth
+
+
+@dataclass
+class AuthOptions:
+    name: str
+    control_path: str
+    timeout: float = 120.0
+    username: str | None = None
+    instance: str = ""
+    askpass: str | None = None
+
+
+def reauth(opts: AuthOptions, term: Terminal | None = None) -> int:
+    """``iservice auth NAME``: answer what a running session asks again (an OTP at a
+    reconnect, a new password), as openvpn3's ``session-auth`` does.  Connects to the
+    session's management socket (peer checked to be its openvpn), answers the prompts,
+    and returns once it is connected again.  The session is never ended here: on a
+    failure or Ctrl-C it goes on waiting, and ``iservice auth`` can be run again."""
+    term = term or Terminal(askpass=opts.askpass)
+    err = sys.stderr
+    try:
+        reply = client.control_request(opts.control_path, wc.Request("status", opts.name),
+                                       timeout=10)
+    except client.ServiceUnavailable as exc:
+        print(f"iservice auth: {exc.explain(opts.instance)}", file=err)
+        return EXIT_UNAVAILABLE
+    except (OSError, wc.ReplyError) as exc:
+        print(f"iservice auth: talking to the service failed: {exc}", file=err)
+        return EXIT_UNAVAILABLE
+    if isinstance(reply, wc.ErrorReply):
+        print(f"iservice auth: {reply.error}", file=err)
+        return EXIT_USAGE if reply.code == "bad-request" else EXIT_REFUSED
+    assert isinstance(reply, wc.StatusReply)
+    s = reply.session
+    if not s.waits_for_credentials:
+        print(f"iservice auth: {s.name} does not wait for credentials (state {s.state}"
+              + (f", {s.detail}" if s.detail else "") + ")", file=err)
+        return EXIT_REFUSED
+    if s.management is None or s.pid is None:
+        print(f"iservice auth: {s.name} was not started by `iservice connect` (it has no "
+              "management socket to answer through)", file=err)
+        return EXIT_REFUSED
+    try:
+        mgmt = mg.Client.connect(s.management, timeout=5, expected_pid=s.pid)
+    except (mg.ManagementError, OSError) as exc:
+        print(f"iservice auth: {exc}", file=err)
+        return EXIT_REFUSED
+    dialog = Dialog(term, mgmt.send, username=opts.username,
+                    saved=_saved(opts.instance, s.profile))
+    deadline = time.monotonic() + opts.timeout
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
+    for sig in old:
+        signal.signal(sig, _interrupt)
+    outcome: Outcome | None = None
+    try:
+        while outcome is None and not mgmt.closed:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                outcome = Outcome(EXIT_TIMEOUT, f"not connected within {opts.timeout:g} s "
+                                                f"(stuck in {dialog.state})")
+                break
+            ready, _, _ = select.select([mgmt], [], [], wait)
+            if not ready:
+                continue
+            for ev in mgmt.read():
+                result = dialog.handle(ev)
+                if dialog.prompted:
+                    dialog.prompted = False
+                    deadline = time.monotonic() + opts.timeout
+                if dialog.pending_timeout is not None:
+                    deadline = time.monotonic() + dialog.pending_timeout + 5
+                    dialog.pending_timeout = None
+                if result is not None:
+                    outcome = result
+                    break
+    except (KeyboardInterrupt, Cancelled):
+        outcome = Outcome(EXIT_INTERRUPTED, f"interrupted: {s.name} still waits "
+                                            "(`iservice auth` again to answer)")
+    except OSError as exc:
+        outcome = Outcome(EXIT_OPENVPN, f"openvpn went away: {exc}")
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        mgmt.close()
+    term.end_line()
+    if outcome is None:
+        print(f"iservice auth: openvpn of {s.name} exited", file=err)
+        return EXIT_OPENVPN
+    if outcome.code in (EXIT_OK, EXIT_PARTIAL):
+        print(f"Connected again: {s.name}" + (f" ({outcome.message})"
+                                              if outcome.code == EXIT_PARTIAL else ""))
+        return outcome.code
+    print(f"iservice auth: {outcome.message}", file=err)
+    return outcome.code

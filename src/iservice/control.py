@@ -8,91 +8,52 @@ JSON message, or — for ``log`` with ``follow`` — a stream of messages closed
 touches only their own sessions; ``all`` (everyone's sessions) is for root and members
 of ``ovpn_admin_group``.
 
-Pure parts (tested without a service): request decoding (``decode_request``), the
-decision who may do what (``authorize``), finding sessions by name (``select``),
-naming (``profile_name``, ``session_name``) and the session state derived from
-openvpn's output (``VpnState``).  ``ControlServer`` is the I/O on top, inside the
-service; ``request``/``stream`` are the client side.
+The wire format (requests, replies, names) is ``iservice.wire.control``, shared
+with the client.  Pure parts here (tested without a service): the decision who may
+do what (``authorize``), finding sessions by name (``select``) and the session
+state derived from openvpn's output (``VpnState``).  ``ControlServer`` is the I/O
+on top, inside the service.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import errno
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from iservice import audit
+from iservice import profiles as own_profiles
 from iservice.linux.identity import is_admin, peer_credentials, run_as_fs_user, user_identity
+from iservice.policy.profile import ProfileError, valid_profile_name
+from iservice.wire import control as wc
+from iservice.wire.control import (
+    ControlError,
+    Request,
+    decode_request,
+    profile_name,
+    session_name,
+)
 
 if TYPE_CHECKING:
     from iservice.server import Server
     from iservice.session import Session
 
+__all__ = ["ControlError", "ControlServer", "Named", "Request", "VpnState", "authorize",
+           "decode_request", "list_profiles", "profile_name", "select", "session_info",
+           "session_name"]
+
 log = logging.getLogger("iservice.control")
 
-MAX_REQUEST = 4096
-MAX_MESSAGE = 60000  # a reply above this is split (log lines) to stay well below wmem limits
 REQUEST_TIMEOUT = 2.0
-OPS = frozenset({"sessions", "status", "disconnect", "log", "profiles"})
-PROFILE_SUFFIXES = (".ovpn", ".conf")
 MAX_PROFILES = 1000
-
-
-class ControlError(Exception):
-    """A request is refused; ``code`` is one of the codes in docs/control.md."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-# --------------------------------------------------------------------------- requests
-
-
-@dataclass(frozen=True)
-class Request:
-    op: str
-    name: str | None = None
-    all: bool = False
-    follow: bool = False
-    lines: int = 200
-
-
-def decode_request(raw: bytes) -> Request:
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ControlError("bad-request", "the request is not JSON text") from None
-    if not isinstance(obj, dict):
-        raise ControlError("bad-request", "the request must be a JSON object")
-    unknown = set(obj) - {"op", "name", "all", "follow", "lines"}
-    if unknown:
-        raise ControlError("bad-request", f"unknown field(s): {', '.join(sorted(unknown))}")
-    op = obj.get("op")
-    if op not in OPS:
-        raise ControlError("bad-request", f"op must be one of {', '.join(sorted(OPS))}")
-    name = obj.get("name")
-    if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 256):
-        raise ControlError("bad-request", "name must be a non-empty string")
-    flags = {k: obj.get(k, False) for k in ("all", "follow")}
-    if any(not isinstance(v, bool) for v in flags.values()):
-        raise ControlError("bad-request", "all and follow must be true or false")
-    lines = obj.get("lines", 200)
-    if isinstance(lines, bool) or not isinstance(lines, int) or not 0 <= lines <= 100000:
-        raise ControlError("bad-request", "lines must be an integer 0 ... 100000")
-    req = Request(op, name, flags["all"], flags["follow"], lines)
-    if op in ("status", "log") and name is None:
-        raise ControlError("bad-request", f"{op} needs a session name")
-    if op == "disconnect" and name is None and not req.all:
-        raise ControlError("bad-request", "disconnect needs a session name or all")
-    return req
 
 
 def authorize(req: Request, admin: bool, admin_group: str) -> None:
@@ -103,21 +64,6 @@ def authorize(req: Request, admin: bool, admin_group: str) -> None:
 
 
 # --------------------------------------------------------------------------- names
-
-
-def profile_name(config: str | None) -> str:
-    """``/etc/openvpn/client/work.ovpn`` → ``work``; no config → ``-``."""
-    if not config:
-        return "-"
-    base = os.path.basename(config)
-    for suffix in PROFILE_SUFFIXES:
-        if base.endswith(suffix) and len(base) > len(suffix):
-            return base[: -len(suffix)]
-    return base
-
-
-def session_name(profile: str, session_id: int) -> str:
-    return f"{profile if profile != '-' else 'session'}-{session_id}"
 
 
 @dataclass(frozen=True)
@@ -157,6 +103,8 @@ _STATE_MARKS: tuple[tuple[str, str, str], ...] = (
     ("Restart pause", "RECONNECTING", ""),
     ("Need hold release from management interface", "HOLD", ""),
     ("Need information from management interface", "AUTH", "waiting for credentials"),
+    ("Need password(s) from management interface", "AUTH", "waiting for credentials"),
+    ("AUTH_PENDING received", "AUTH_PENDING", "waiting for the login to complete"),
     ("PUSH: Received control message", "GET_CONFIG", ""),
     ("Peer Connection Initiated", "AUTH", ""),
     ("TLS: Initial packet from", "WAIT", ""),
@@ -199,72 +147,94 @@ def _read_counter(tun: str | None, name: str) -> int | None:
         return None
 
 
-def session_info(s: Session) -> dict[str, Any]:
-    """The JSON view of one live session (docs/control.md, "session object")."""
+def session_info(s: Session) -> wc.SessionInfo:
+    """The view of one live session (docs/control.md, "SESSION object")."""
     assert s.session_id is not None
     profile = profile_name(s.config)
     vpn = s.vpn
-    addresses = sorted(f"{k.address}/{k.prefix_len}" for k in s.records.addresses)
-    return {
-        "name": session_name(profile, s.session_id),
-        "id": s.session_id,
-        "user": s.user.name if s.user else str(s.creds.uid),
-        "uid": s.creds.uid,
-        "profile": profile,
-        "config": s.config,
-        "state": vpn.name if s.phase.value == "running" else s.phase.value.upper(),
-        "detail": vpn.detail,
-        "state_since": round(vpn.since, 3),
-        "started": round(s.started_at, 3) if s.started_at else None,
-        "tun": s.tun_name,
-        "addresses": addresses,
+    addresses = tuple(sorted(f"{k.address}/{k.prefix_len}" for k in s.records.addresses))
+    return wc.SessionInfo(
+        name=session_name(profile, s.session_id),
+        id=s.session_id,
+        user=s.user.name if s.user else str(s.creds.uid),
+        uid=s.creds.uid,
+        profile=profile,
+        config=s.config,
+        state=vpn.name if s.phase.value == "running" else s.phase.value.upper(),
+        detail=vpn.detail,
+        state_since=round(vpn.since, 3),
+        started=round(s.started_at, 3) if s.started_at else None,
+        tun=s.tun_name,
+        addresses=addresses,
         # rx on the tun = what came out of the tunnel = bytes in
-        "bytes_in": _read_counter(s.tun_name, "rx_bytes"),
-        "bytes_out": _read_counter(s.tun_name, "tx_bytes"),
-        "pid": s.child.pid if s.child else None,
-    }
+        bytes_in=_read_counter(s.tun_name, "rx_bytes"),
+        bytes_out=_read_counter(s.tun_name, "tx_bytes"),
+        pid=s.child.pid if s.child else None,
+        management=management_socket(s.user_argv),
+    )
 
 
-def list_profiles(config_dir: str) -> list[dict[str, str]]:
+def management_socket(argv: Sequence[str]) -> str | None:
+    """The unix management socket openvpn was started with (``--management PATH unix``),
+    as ``iservice connect`` starts it: where ``iservice auth`` answers later prompts."""
+    for i, arg in enumerate(argv[:-2]):
+        if arg == "--management" and argv[i + 2] == "unix":
+            return argv[i + 1]
+    return None
+
+
+def list_profiles(config_dir: str) -> list[wc.Profile]:
     """Readable configs under ``config_dir`` (run with the caller's file-system rights)."""
-    found: list[dict[str, str]] = []
+    found: list[wc.Profile] = []
     for root, dirs, files in os.walk(config_dir):
         dirs.sort()
         for f in sorted(files):
-            if not f.endswith(PROFILE_SUFFIXES):
+            if not f.endswith(wc.PROFILE_SUFFIXES):
                 continue
             path = os.path.join(root, f)
             if os.path.isfile(path) and os.access(path, os.R_OK, effective_ids=True):
                 rel = os.path.relpath(path, config_dir)
-                found.append({"name": profile_name(rel), "path": path})
+                found.append(wc.Profile(profile_name(rel), path))
                 if len(found) >= MAX_PROFILES:
                     return found
     return found
 
 
-def encode(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+SEND_TIMEOUT = 5.0  # a client that does not read for this long is dropped
+MAX_CONTROL_CONNECTIONS = 1024  # all users together: bounded by file descriptors
 
 
-def chunks(lines: list[str], limit: int = MAX_MESSAGE) -> Iterator[list[str]]:
-    """Split lines into groups whose JSON stays below ``limit`` bytes."""
-    group: list[str] = []
-    size = 0
-    for line in lines:
-        n = len(line.encode("utf-8")) * 2 + 8  # worst-case JSON escaping
-        if group and size + n > limit:
-            yield group
-            group, size = [], 0
-        group.append(line)
-        size += n
-    if group:
-        yield group
+class ClientStalled(OSError):
+    """The client did not take a reply within ``SEND_TIMEOUT``: it is dropped."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many control connections may be open: ``per_uid`` for each user, ``total``
+    for everyone; past ``total`` a user with none open still gets one (up to ``hard``),
+    so that one user's flood never locks the others out."""
+
+    per_uid: int
+    total: int
+    hard: int = MAX_CONTROL_CONNECTIONS
+
+    def admit(self, open_by_uid: int, open_total: int) -> bool:
+        if open_by_uid >= self.per_uid or open_total >= self.hard:
+            return False
+        return open_total < self.total or open_by_uid == 0
 
 
 class ControlServer:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.active = 0  # open control connections (log --follow keeps one open)
+        self.by_uid: Counter[int] = Counter()
+        s = server.settings
+        # The service socket's per-user limit also bounds each user's control connections
+        # (32 by default: far above what a person's terminals hold); everyone together may
+        # hold 4 x max_clients, and a user with none open is admitted even past that.
+        self.budget = Budget(per_uid=s.max_clients_per_user,
+                             total=min(4 * s.max_clients, MAX_CONTROL_CONNECTIONS))
 
     async def serve(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -279,18 +249,44 @@ class ControlServer:
                 conn.setblocking(False)
                 tg.create_task(self._handle(conn))
 
+    async def _send(self, conn: socket.socket, reply: wc.Reply) -> None:
+        """One reply message, or ``ClientStalled`` when the client does not read: nobody
+        can hold the service (or a task of it) by never reading."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await loop.sock_sendall(conn, wc.encode_reply(reply))
+        except TimeoutError:
+            raise ClientStalled("the client did not read the reply") from None
+
     async def _handle(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        self.active += 1
         try:
             creds = peer_credentials(conn)
+        except OSError:
+            conn.close()
+            return
+        uid = creds.uid
+        admitted = self.budget.admit(self.by_uid[uid], self.active)
+        self.active += 1
+        self.by_uid[uid] += 1
+        try:
             try:
-                if self.active > self.server.settings.max_clients:
+                if not admitted:
+                    audit.record(logging.WARNING, "too-many-clients", uid=uid,
+                                 client_pid=creds.pid, what="control connection",
+                                 verdict="refused", reason="busy")
+                    # take the request first (briefly): closing with it unread could reset
+                    # the connection before the client reads the reply
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.5):
+                            await loop.sock_recv(conn, wc.MAX_REQUEST + 1)
                     raise ControlError("busy", "too many control connections; try again")
-                async with asyncio.timeout(REQUEST_TIMEOUT):
-                    raw = await loop.sock_recv(conn, MAX_REQUEST + 1)
-                if len(raw) > MAX_REQUEST:
-                    raise ControlError("bad-request", f"requests are at most {MAX_REQUEST} bytes")
+                try:
+                    async with asyncio.timeout(REQUEST_TIMEOUT):
+                        raw = await loop.sock_recv(conn, wc.MAX_REQUEST + 1)
+                except TimeoutError:
+                    raise ControlError("bad-request", "no request within 2 s") from None
                 req = decode_request(raw)
                 user = user_identity(creds.uid, creds.gid)
                 group = self.server.settings.ovpn_admin_group
@@ -300,17 +296,16 @@ class ControlServer:
                          creds.uid, creds.pid, req.name, req.all)
                 await self._dispatch(conn, req, creds.uid, user)
             except ControlError as exc:
-                await loop.sock_sendall(conn, encode({"ok": False, "code": exc.code,
-                                                      "error": exc.message}))
-            except TimeoutError:
-                await loop.sock_sendall(conn, encode({"ok": False, "code": "bad-request",
-                                                      "error": "no request within 2 s"}))
+                await self._send(conn, wc.ErrorReply(exc.code, exc.message))
         except OSError:
-            pass  # the client went away
+            pass  # the client went away, or stopped reading
         except Exception:
             log.exception("event=control-bug")
         finally:
             self.active -= 1
+            self.by_uid[uid] -= 1
+            if not self.by_uid[uid]:
+                del self.by_uid[uid]
             conn.close()
 
     def _visible(self, uid: int, everyone: bool) -> list[Session]:
@@ -329,38 +324,110 @@ class ControlServer:
     async def _dispatch(self, conn: socket.socket, req: Request, uid: int, user: Any) -> None:
         loop = asyncio.get_running_loop()
 
-        async def send(obj: dict[str, Any]) -> None:
-            await loop.sock_sendall(conn, encode(obj))
+        async def send(reply: wc.Reply) -> None:
+            await self._send(conn, reply)
 
         if req.op == "sessions":
-            await send({"ok": True, "sessions": [session_info(s)
-                                                  for s in self._visible(uid, req.all)]})
+            await send(wc.SessionsReply(tuple(session_info(s)
+                                              for s in self._visible(uid, req.all))))
         elif req.op == "status":
             assert req.name is not None
-            await send({"ok": True, "session": session_info(self._find(req.name, uid, req.all))})
+            await send(wc.StatusReply(session_info(self._find(req.name, uid, req.all))))
         elif req.op == "profiles":
             config_dir = self.server.settings.config_dir
             profiles = await loop.run_in_executor(
                 None, run_as_fs_user, user, lambda: list_profiles(config_dir))
-            await send({"ok": True, "config_dir": config_dir, "profiles": profiles})
+            profiles += await self._own_profiles(uid)
+            await send(wc.ProfilesReply(config_dir, tuple(profiles)))
+        elif req.op == "import":
+            await send(wc.ImportReply(await self._import(req, uid, user)))
+        elif req.op == "remove":
+            assert req.name is not None
+            self._user_profiles_on()
+            state_dir = self.server.settings.state_dir
+            name = req.name
+            if not await loop.run_in_executor(None, own_profiles.remove, state_dir, uid, name):
+                raise ControlError("not-found", f"no profile {name!r} of your own")
+            log.info("event=profile-removed uid=%d name=%r", uid, name)
+            await send(wc.RemoveReply(name))
         elif req.op == "disconnect":
             targets = (self._visible(uid, True) if req.name is None
                        else [self._find(req.name, uid, req.all)])
-            names = [session_info(s)["name"] for s in targets]
+            names = [session_info(s).name for s in targets]
             for s in targets:
                 s.request_stop()
             # Answer once every session is undone: "disconnected" means nothing is left.
             deadline = loop.time() + self.server.settings.stop_grace + 10
             while any(s.phase.value != "done" for s in targets) and loop.time() < deadline:
                 await asyncio.sleep(0.05)
-            left = [session_info(s)["name"] for s in targets if s.phase.value != "done"]
+            left = [session_info(s).name for s in targets if s.phase.value != "done"]
             if left:
                 raise ControlError("timeout", "still ending: " + ", ".join(left))
-            await send({"ok": True, "disconnected": names})
+            await send(wc.DisconnectReply(tuple(names)))
         elif req.op == "log":
             assert req.name is not None
             s = self._find(req.name, uid, req.all)
             await self._log(conn, s, req)
+
+    def _user_profiles_on(self) -> None:
+        if not self.server.settings.user_profiles:
+            raise ControlError("forbidden", "the administrator has not allowed profiles of "
+                                            "your own (user_profiles = yes in iservice.conf)")
+
+    async def _own_profiles(self, uid: int) -> list[wc.Profile]:
+        if not self.server.settings.user_profiles:
+            return []
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, own_profiles.list_own,
+                                              self.server.settings.state_dir, uid)
+        except OSError as exc:
+            log.error("event=profiles-failed uid=%d error=%s", uid, exc)
+            return []
+
+    async def _import(self, req: Request, uid: int, user: Any) -> wc.Profile:
+        """Read the file with the caller's rights, judge it, store it for the caller."""
+        self._user_profiles_on()
+        assert req.path is not None
+        loop = asyncio.get_running_loop()
+        settings = self.server.settings
+        path = req.path
+        name = req.name or profile_name(path)
+        if not valid_profile_name(name):
+            raise ControlError("bad-request", f"{name!r} cannot be a profile name: use 1-64 "
+                               "letters, digits, '_', '.' and '-', not starting with '.' "
+                               "or '-' (--name NAME)")
+        approved = await loop.run_in_executor(
+            None, run_as_fs_user, user, lambda: list_profiles(settings.config_dir))
+        if any(p.name == name for p in approved):
+            raise ControlError("exists", f"an approved profile is called {name!r}: choose "
+                                         "another name (--name NAME)")
+
+        def read() -> str:
+            return own_profiles.read_and_render(path)
+
+        try:
+            text = await loop.run_in_executor(None, run_as_fs_user, user, read)
+        except ProfileError as exc:
+            log.info("event=profile-refused uid=%d path=%r problems=%d", uid, path,
+                     len(exc.problems))
+            raise ControlError("invalid", f"{path} cannot be imported: {exc}") from None
+        except OSError as exc:
+            raise ControlError("not-found" if exc.errno == errno.ENOENT else "forbidden",
+                               f"cannot read {path} with your rights: "
+                               f"{exc.strerror or exc}") from None
+        try:
+            stored = await loop.run_in_executor(
+                None, lambda: own_profiles.save(settings.state_dir, uid, name, text,
+                                                replace=req.replace))
+        except FileExistsError as exc:
+            raise ControlError("exists", f"{exc.strerror}: --replace replaces it") from None
+        except OSError as exc:
+            log.error("event=profile-store-failed uid=%d name=%r error=%s", uid, name, exc)
+            raise ControlError("failed", f"the service could not store the profile: "
+                                         f"{exc.strerror or exc}") from None
+        log.info("event=profile-imported uid=%d name=%r path=%r", uid, name, path)
+        return stored
 
     async def _log(self, conn: socket.socket, s: Session, req: Request) -> None:
         loop = asyncio.get_running_loop()
@@ -370,13 +437,12 @@ class ControlServer:
         queue = output.follow() if (req.follow and output is not None) else None
         try:
             first = True
-            for group in chunks(lines) if lines else iter([[]]):
-                await loop.sock_sendall(conn, encode({"ok": True, "lines": group}
-                                                     if first else {"lines": group}))
+            for group in wc.chunk_lines(lines) if lines else iter([()]):
+                await self._send(conn, wc.LogLines(group, first))
                 first = False
             if queue is None:
                 if req.follow:
-                    await loop.sock_sendall(conn, encode({"end": True}))
+                    await self._send(conn, wc.LogEnd())
                 return
             hangup = asyncio.ensure_future(loop.sock_recv(conn, 1))  # EOF = client left
             try:
@@ -392,10 +458,10 @@ class ControlServer:
                         batch.append(queue.get_nowait())
                     ended = None in batch
                     text = [x for x in batch if x is not None]
-                    for group in chunks(text):
-                        await loop.sock_sendall(conn, encode({"lines": group}))
+                    for group in wc.chunk_lines(text):
+                        await self._send(conn, wc.LogLines(group))
                     if ended:
-                        await loop.sock_sendall(conn, encode({"end": True}))
+                        await self._send(conn, wc.LogEnd())
                         return
             finally:
                 hangup.cancel()
@@ -404,50 +470,3 @@ class ControlServer:
         finally:
             if queue is not None and output is not None:
                 output.unfollow(queue)
-
-
-# --------------------------------------------------------------------------- client side
-
-
-class ControlUnavailable(Exception):
-    """The control socket cannot be reached (the service does not run, or is not root's)."""
-
-
-def _connect(path: str, timeout: float | None) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-    except OSError as exc:
-        sock.close()
-        raise ControlUnavailable(f"cannot connect to the service at {path}: "
-                                 f"{exc.strerror or exc}") from None
-    if peer_credentials(sock).uid != 0:
-        sock.close()
-        raise ControlUnavailable(f"{path} is not served by root: refusing to talk to it")
-    return sock
-
-
-def stream(path: str, req: dict[str, Any], *, timeout: float | None = 30.0
-           ) -> Iterator[dict[str, Any]]:
-    """Send one request; yield each reply message until the service closes."""
-    sock = _connect(path, timeout)
-    try:
-        sock.send(encode(req))
-        while True:
-            raw = sock.recv(MAX_MESSAGE * 2 + 65536)
-            if not raw:
-                return
-            obj = json.loads(raw.decode("utf-8"))
-            if not isinstance(obj, dict):
-                raise ControlUnavailable("the service sent something that is not a JSON object")
-            yield obj
-    finally:
-        sock.close()
-
-
-def request(path: str, req: dict[str, Any], *, timeout: float | None = 30.0) -> dict[str, Any]:
-    """One request, one reply."""
-    for reply in stream(path, req, timeout=timeout):
-        return reply
-    raise ControlUnavailable("the service closed the connection without a reply")

@@ -68,6 +68,32 @@ def sd_notify(state: str) -> None:
         s.sendto(state.encode(), addr)
 
 
+def systemd_listeners() -> dict[str, socket.socket]:
+    """The listening sockets systemd passed (``LISTEN_PID``, ``LISTEN_FDS``), by role.
+
+    ``LISTEN_FDNAMES`` carries each socket unit's ``FileDescriptorName=``: ``control``
+    is the control socket (``iservice-control.socket``); any other name (``service``,
+    or the unit's own name when none is set), or no names at all, is the service socket.
+    """
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return {}
+    count = int(os.environ.get("LISTEN_FDS", "0") or "0")
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    found: dict[str, socket.socket] = {}
+    for i in range(count):
+        sock = socket.socket(fileno=3 + i)  # SD_LISTEN_FDS_START
+        role = "control" if i < len(names) and names[i] == "control" else "service"
+        if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
+            raise StartupError(f"the {role} socket from systemd is not an AF_UNIX "
+                               "SOCK_SEQPACKET one")
+        if role in found:
+            raise StartupError(f"systemd passed two {role} sockets (LISTEN_FDNAMES="
+                               f"{os.environ.get('LISTEN_FDNAMES', '')!r})")
+        sock.setblocking(False)
+        found[role] = sock
+    return found
+
+
 def check_private_dir(path: str, what: str) -> None:
     """A directory the service trusts must be root-owned and not writable by others.
 
@@ -280,6 +306,7 @@ class Server:
         self._trim: asyncio.TimerHandle | None = None  # memory give-back once idle
         self.monitor: Monitor
         self._control_listener: socket.socket
+        self._activated: dict[str, socket.socket] = {}
 
     # -- used by sessions -----------------------------------------------------
 
@@ -382,14 +409,8 @@ class Server:
         return os.path.join(d, "journal.sqlite3")
 
     def _listen(self) -> socket.socket:
-        if os.environ.get("LISTEN_PID") == str(os.getpid()) and \
-                int(os.environ.get("LISTEN_FDS", "0")) >= 1:
-            sock = socket.socket(fileno=3)  # SD_LISTEN_FDS_START
-            if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
-                raise StartupError("the socket from systemd is not an AF_UNIX SOCK_SEQPACKET one")
-            sock.setblocking(False)
-            return sock
-        return self._bind(self.settings.socket_path)
+        sock = self._activated.get("service")
+        return sock if sock is not None else self._bind(self.settings.socket_path)
 
     def _bind(self, path: str) -> socket.socket:
         """A listening SEQPACKET socket at ``path`` with the configured mode and group."""
@@ -472,20 +493,24 @@ class Server:
         log.info("event=cgroups base=%s", cgroups.base)
         try:
             await self._recover()
+            self._activated = systemd_listeners()
             listener = self._listen()
             try:
-                # The control socket (sessions, status, log, disconnect) is never
-                # socket-activated: without a running service there is nothing to show.
-                self._control_listener = self._bind(self.settings.control_socket_path)
+                # The control socket comes from systemd too when its socket unit is
+                # enabled (iservice-control.socket): `iservice sessions` starts the service.
+                control = self._activated.get("control")
+                self._control_listener = control or self._bind(
+                    self.settings.control_socket_path)
                 try:
                     await self._serve(listener)
                 finally:
                     self._control_listener.close()
-                    with contextlib.suppress(OSError):
-                        os.unlink(self.settings.control_socket_path)
+                    if control is None:
+                        with contextlib.suppress(OSError):
+                            os.unlink(self.settings.control_socket_path)
             finally:
                 listener.close()
-                if not os.environ.get("LISTEN_FDS"):
+                if "service" not in self._activated:
                     with contextlib.suppress(OSError):
                         os.unlink(self.settings.socket_path)
         finally:

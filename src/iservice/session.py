@@ -51,6 +51,7 @@ from iservice.policy.requests import (
     SetBlock,
 )
 from iservice.ports import BatchSender, Child, Hook, PeerCredentials, Platform, UserIdentity
+from iservice.profiles import profile_dir
 from iservice.settings import Settings
 from iservice.wire import msg as m
 from iservice.wire import startup as w
@@ -141,6 +142,7 @@ class Session:
     # For `iservice sessions/status` (control.py): the approved config, when openvpn
     # started (wall clock), and openvpn's state as seen in its output.
     config: str | None = None
+    user_argv: tuple[str, ...] = ()
     started_at: float | None = None
     vpn: VpnState = field(default_factory=VpnState)
     records: SessionRecords = field(default_factory=lambda: SessionRecords({}, {}))
@@ -234,12 +236,16 @@ class Session:
         self._log(logging.INFO, "request", what="startup", user=user.name, admin=admin,
                   workdir=data.workdir, options=data.options)
         self.server.check_session_limit(self)
+        # The caller's own imported profiles are approved for the caller alone.
+        own_profiles = profile_dir(settings.state_dir, user.uid) \
+            if settings.user_profiles else None
 
         def check() -> tuple[Approved, OptionFacts]:
             approved = validate_options(data.options, data.workdir,
                                         config_dir=settings.config_dir,
                                         admin_group=settings.ovpn_admin_group,
-                                        is_admin=admin, resolver=OsPathResolver())
+                                        is_admin=admin, resolver=OsPathResolver(),
+                                        user_profile_dir=own_profiles)
             try:
                 os.close(os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC))
             except OSError as exc:
@@ -276,6 +282,7 @@ class Session:
                       reason="openvpn's output does not show PUSH_REPLY (--verb < 3 or --log): "
                              "a pushed redirect-gateway or block-outside-dns is not seen")
         self.config = approved.config
+        self.user_argv = approved.argv  # control.py: the management socket, for iservice auth
         svc_end, child_end = self.server.platform.channel.channel_pair()
         self.channel = svc_end
         svc_end.setblocking(False)

@@ -56,6 +56,8 @@ Keys (original value names first)
                         plugin when it was built, else the script
 ``hook_path``           absolute path or unset (derived at run time); used with
                         ``hook = script`` (and by ``auto`` without the plugin)
+``user_profiles``       boolean, default false: users may import profiles of their
+                        own (``iservice import``, docs/profiles.md)
 ``max_clients``, ``max_clients_per_user``, ``max_sessions_per_user``,
 ``max_routes``, ``max_routes_per_user``, ``max_addresses``,
 ``max_addresses_per_user``, ``max_dns_servers``, ``max_bypass_routes``
@@ -263,6 +265,7 @@ class Settings:
     route_scope: str = "machine"
     hook: str = "auto"
     hook_path: str | None = None
+    user_profiles: bool = False
     max_clients: int = 64  # connections not (yet) a running session, all users
     max_clients_per_user: int = 8  # the same, per user: one user cannot fill max_clients
     max_sessions_per_user: int = 16
@@ -323,6 +326,7 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     "route_scope": _check_route_scope,
     "hook": _check_hook,
     "hook_path": _check_abs_path,
+    "user_profiles": lambda value: None,
     "max_clients": _check_limit,
     "max_clients_per_user": _check_limit,
     "max_sessions_per_user": _check_limit,
@@ -339,7 +343,8 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
 _TYPES: dict[str, type | tuple[type, ...]] = {
     name: int if name.startswith(("max_", "audit_")) else str for name in _CHECKS
 }
-_TYPES.update(priority=int, socket_mode=int, block_dns=bool, stop_grace=(int, float))
+_TYPES.update(priority=int, socket_mode=int, block_dns=bool, user_profiles=bool,
+              stop_grace=(int, float))
 
 
 # --- text -> value parsers (each ends with the matching check) ---
@@ -425,6 +430,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "route_scope": _parse_route_scope,
     "hook": _parse_hook,
     "hook_path": _parse_str(_check_abs_path),
+    "user_profiles": _parse_bool,
     "max_clients": _parse_limit,
     "max_clients_per_user": _parse_limit,
     "max_sessions_per_user": _parse_limit,

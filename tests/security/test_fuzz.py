@@ -1,7 +1,8 @@
 """The short fuzz pass of the normal test run (the long one: ``python fuzz/run.py``).
 
 Per target (``fuzz/targets.py``: startup codec, openvpn-msg codec + request policy,
-argv splitter, option validator, settings parser): every seed of ``fuzz/corpus``,
+argv splitter, option validator, settings parser, imported-profile parser and
+directive table, control-socket codec): every seed of ``fuzz/corpus``,
 then a coverage-guided atheris run of 20,000 inputs; where atheris is not installed,
 a hypothesis run over mutated seeds instead.  A crash is any exception other than
 the parser's own error type, or a failed oracle.

@@ -107,14 +107,6 @@ def test_vpn_state_follows_the_log() -> None:
     assert s.since == since
 
 
-def test_chunks_bound_message_size() -> None:
-    lines = ["x" * 1000] * 200
-    groups = list(ctl.chunks(lines, limit=10000))
-    assert sum(len(g) for g in groups) == 200
-    assert all(len(json.dumps({"lines": g})) < 10000 for g in groups)
-    assert list(ctl.chunks([])) == []
-
-
 # -- the connect dialog -----------------------------------------------------------
 
 
@@ -140,6 +132,7 @@ def dialog(answers: list[str], **kw: object) -> tuple[c.Dialog, FakeTerm, list[b
         sent.append(bytes(cmd))
         seen.append(cmd)
 
+    kw.setdefault("open_url", lambda url: False)  # no browser in unit tests
     d = c.Dialog(term, send, **kw)  # type: ignore[arg-type]
     d.seen = seen  # type: ignore[attr-defined]
     return d, term, sent
@@ -227,3 +220,116 @@ def test_options_string_is_whitelisted_only() -> None:
     assert argv[:2] == ["--config", "/etc/openvpn/client/a b.ovpn"]
     assert {a[2:] for a in argv if a.startswith("--")} <= WHITELIST
     assert "--management-hold" in argv and "--management-query-passwords" in argv
+
+
+# -- saved credentials and askpass (connect --save-credentials, --askpass) ---------------
+
+
+def test_dialog_uses_saved_credentials_once_then_asks() -> None:
+    from iservice.keyring import Credentials
+    looked: list[int] = []
+
+    def saved() -> Credentials:
+        looked.append(1)
+        return Credentials("alice", "stored-pw")
+
+    d, term, sent = dialog(["bob", "typed-pw"], saved=saved)
+    d.handle(ev(">PASSWORD:Need 'Auth' username/password"))
+    assert term.asked == [] and sent == [b"username Auth alice\n", b"password Auth stored-pw\n"]
+    # refused: asked once more, without using up a retry, and only what was typed is kept
+    assert d.handle(ev(">PASSWORD:Verification Failed: 'Auth'")) is None
+    assert d.handle(ev(">STATE:1,RECONNECTING,auth-failure,,,,,")) is None
+    d.handle(ev(">PASSWORD:Need 'Auth' username/password"))
+    assert term.asked == [("Username: ", False), ("Password: ", True)] and looked == [1]
+    assert d.typed == Credentials("bob", "typed-pw")
+    out = d.handle(ev(">PASSWORD:Verification Failed: 'Auth'"))
+    assert out is not None and out.code == c.EXIT_AUTH
+
+
+def test_saved_password_with_a_static_challenge_asks_the_otp_and_keeps_no_otp() -> None:
+    from iservice.keyring import Credentials
+    d, term, sent = dialog(["123456"], saved=lambda: Credentials("alice", "pw"))
+    d.handle(ev(">PASSWORD:Need 'Auth' username/password SC:1,Enter OTP"))
+    assert term.asked == [("Enter OTP: ", False)]
+    assert sent[-1] == b'password Auth "SCRV1:cHc=:MTIzNDU2"\n'
+    d, term, _ = dialog(["carol", "pw", "654321"])
+    d.handle(ev(">PASSWORD:Need 'Auth' username/password SC:1,Enter OTP"))
+    assert d.typed == Credentials("carol", "pw")  # the password alone, never the OTP
+
+
+def test_no_saved_credentials_means_asking() -> None:
+    d, term, _ = dialog(["u", "p"], saved=lambda: None)
+    d.handle(ev(">PASSWORD:Need 'Auth' username/password"))
+    assert [p for p, _ in term.asked] == ["Username: ", "Password: "]
+    d, term, _ = dialog(["kp"], saved=lambda: None)  # a key passphrase is never looked up
+    d.handle(ev(">PASSWORD:Need 'Private Key' password"))
+    assert d.typed is None
+
+
+@pytest.mark.parametrize(("env", "tty", "expected"), [
+    ({"SSH_ASKPASS": "/x"}, False, None),  # no desktop
+    ({"SSH_ASKPASS": "/x", "DISPLAY": ":0"}, False, "/x"),
+    ({"SSH_ASKPASS": "/x", "WAYLAND_DISPLAY": "w"}, True, None),  # a terminal is there
+    ({"SSH_ASKPASS": "/x", "SSH_ASKPASS_REQUIRE": "force"}, True, "/x"),
+    ({"SSH_ASKPASS": "/x", "SSH_ASKPASS_REQUIRE": "prefer"}, True, "/x"),
+    ({"SSH_ASKPASS": "/x", "SSH_ASKPASS_REQUIRE": "never", "DISPLAY": ":0"}, False, None),
+    ({"DISPLAY": ":0"}, False, None),
+])
+def test_askpass_follows_openssh_rules(env: dict[str, str], tty: bool,
+                                       expected: str | None) -> None:
+    assert c.askpass_from_env(env, have_terminal=tty) == expected
+
+
+def test_run_askpass(tmp_path: object) -> None:
+    from pathlib import Path
+    prog = Path(str(tmp_path)) / "askpass"
+    prog.write_text('#!/bin/sh\ncase "$1" in *Password*) printf "s3cret\\nignored";; '
+                    '*) exit 1;; esac\n')
+    prog.chmod(0o755)
+    assert c.run_askpass(str(prog), "Password: ", secret=True) == "s3cret"
+    with pytest.raises(c.Cancelled):
+        c.run_askpass(str(prog), "Username: ", secret=False)  # Cancel = non-zero exit
+    term = c.Terminal(io.StringIO(), tty=False, askpass=str(prog))
+    assert term.ask("Password: ", secret=True) == "s3cret"
+
+
+def test_credentials_never_show_the_password() -> None:
+    from iservice.keyring import Credentials
+    assert "pw-xyz" not in repr(Credentials("u", "pw-xyz"))
+
+
+def test_web_auth_opens_the_browser_and_auth_pending_sets_the_deadline() -> None:
+    opened: list[str] = []
+    d, term, _ = dialog([], open_url=lambda url: opened.append(url) is None)
+    d.handle(ev(">INFOMSG:WEB_AUTH::https://idp.example/login?x=1"))
+    assert opened == ["https://idp.example/login?x=1"]
+    assert "Opened the login page in your browser" in term.out.getvalue()  # type: ignore
+    d.handle(ev(">STATE:1,AUTH_PENDING,timeout 300,,,,,"))
+    assert d.pending_timeout == 300
+    d, _, _ = dialog([])
+    d.handle(ev(">STATE:1,AUTH_PENDING,,,,,,"))
+    assert d.pending_timeout == 60  # openvpn's hand-window when the server gives none
+
+
+@pytest.mark.parametrize(("url", "env", "opened"), [
+    ("https://idp.example/x", {"DISPLAY": ":0"}, True),
+    ("http://idp.example/x", {"WAYLAND_DISPLAY": "wayland-0"}, True),
+    ("https://idp.example/x", {}, False),  # no desktop: printed instead
+    ("file:///etc/passwd", {"DISPLAY": ":0"}, False),  # only http(s)
+    ("javascript:alert(1)", {"DISPLAY": ":0"}, False),
+    ("https://a b", {"DISPLAY": ":0"}, False),
+])
+def test_open_in_browser(tmp_path: object, url: str, env: dict[str, str], opened: bool) -> None:
+    from pathlib import Path
+    bin_dir = Path(str(tmp_path))
+    log = bin_dir / "opened"
+    fake = bin_dir / "xdg-open"  # a test double for the desktop's URL opener
+    fake.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {log}\n')
+    fake.chmod(0o755)
+    assert c.open_in_browser(url, {**env, "PATH": str(bin_dir)}) is opened
+    if opened:
+        import time
+        deadline = time.monotonic() + 10
+        while not log.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert log.read_text() == url

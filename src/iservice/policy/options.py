@@ -46,6 +46,9 @@ Smuggling routes closed for non-admins (each refused with the config sentence)
 
 Config check (non-admins; stricter than the original's lexical prefix test)
 ---------------------------------------------------------------------------
+* ``user_profile_dir`` (the caller's own imported profiles, ``iservice import``;
+  ``None`` unless ``user_profiles`` is on) is approved like ``config_dir``, for
+  that caller only: the service passes each user their own directory alone.
 * path = ``workdir/cfg`` when relative, else ``cfg``;
   resolved = ``resolver.realpath(path)`` (symlinks followed, must exist).
   ``OSError`` -> the "cannot access" sentence: the file is missing or the user
@@ -243,6 +246,7 @@ def _check_config(
     config_dir: str,
     admin_group: str,
     resolver: PathResolver,
+    user_profile_dir: str | None = None,
 ) -> str:
     """The non-admin config check; returns the resolved path or raises."""
     approval = _CONFIG_SENTENCE.format(cfg=cfg, workdir=workdir, group=admin_group)
@@ -254,8 +258,10 @@ def _check_config(
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise _refuse(_CANNOT_ACCESS.format(cfg=cfg, workdir=workdir, reason=reason)) from None
-    base = _resolve_or_none(resolver, config_dir)
-    if base is None or not posixpath.isabs(resolved) or not _inside(resolved, base):
+    approved = [b for b in (_resolve_or_none(resolver, d)
+                            for d in (config_dir, user_profile_dir) if d is not None)
+                if b is not None]
+    if not posixpath.isabs(resolved) or not any(_inside(resolved, b) for b in approved):
         raise _refuse(approval)
     if resolver.is_dir(resolved) or not resolver.can_read(resolved):
         raise _refuse(_CANNOT_READ.format(cfg=cfg, workdir=workdir))
@@ -270,6 +276,7 @@ def validate_options(
     admin_group: str,
     is_admin: bool,
     resolver: PathResolver,
+    user_profile_dir: str | None = None,
 ) -> Approved:
     """Decide whether ``options`` may be run from ``workdir`` (rules in the module doc).
 
@@ -321,6 +328,7 @@ def validate_options(
                     config_dir=config_dir,
                     admin_group=admin_group,
                     resolver=resolver,
+                    user_profile_dir=user_profile_dir,
                 )
                 final[i + 1] = config
             seen_config = True
