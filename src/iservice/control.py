@@ -25,13 +25,12 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from iservice import audit
 from iservice import profiles as own_profiles
-from iservice.linux.identity import is_admin, peer_credentials, run_as_fs_user, user_identity
 from iservice.policy.profile import ProfileError, valid_profile_name
 from iservice.wire import control as wc
 from iservice.wire.control import (
@@ -43,11 +42,42 @@ from iservice.wire.control import (
 )
 
 if TYPE_CHECKING:
-    from iservice.server import Server
-    from iservice.session import Session
+    from iservice.output import SessionOutput
+    from iservice.ports import PeerCredentials, Platform
+    from iservice.settings import Settings
+
+
+class Controlled(Protocol):
+    """What the control socket sees of a session (``Session`` is one)."""
+
+    session_id: int | None
+    started_at: float | None
+    creds: PeerCredentials
+    config: str | None
+    output: SessionOutput | None
+
+    @property
+    def finished(self) -> bool: ...
+
+    def info(self) -> wc.SessionInfo: ...
+
+    def request_stop(self) -> None: ...
+
+
+class ControlHost(Protocol):
+    """What the control socket needs of the service (``Server`` is one)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def platform(self) -> Platform: ...
+
+    @property
+    def sessions(self) -> Iterable[Controlled]: ...
 
 __all__ = ["ControlError", "ControlServer", "Named", "Request", "VpnState", "authorize",
-           "decode_request", "list_profiles", "profile_name", "select", "session_info",
+           "decode_request", "list_profiles", "profile_name", "select",
            "session_name"]
 
 log = logging.getLogger("iservice.control")
@@ -137,7 +167,7 @@ class VpnState:
 # --------------------------------------------------------------------------- service side
 
 
-def _read_counter(tun: str | None, name: str) -> int | None:
+def read_counter(tun: str | None, name: str) -> int | None:
     if not tun:
         return None
     try:
@@ -145,33 +175,6 @@ def _read_counter(tun: str | None, name: str) -> int | None:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
-
-
-def session_info(s: Session) -> wc.SessionInfo:
-    """The view of one live session (docs/control.md, "SESSION object")."""
-    assert s.session_id is not None
-    profile = profile_name(s.config)
-    vpn = s.vpn
-    addresses = tuple(sorted(f"{k.address}/{k.prefix_len}" for k in s.records.addresses))
-    return wc.SessionInfo(
-        name=session_name(profile, s.session_id),
-        id=s.session_id,
-        user=s.user.name if s.user else str(s.creds.uid),
-        uid=s.creds.uid,
-        profile=profile,
-        config=s.config,
-        state=vpn.name if s.phase.value == "running" else s.phase.value.upper(),
-        detail=vpn.detail,
-        state_since=round(vpn.since, 3),
-        started=round(s.started_at, 3) if s.started_at else None,
-        tun=s.tun_name,
-        addresses=addresses,
-        # rx on the tun = what came out of the tunnel = bytes in
-        bytes_in=_read_counter(s.tun_name, "rx_bytes"),
-        bytes_out=_read_counter(s.tun_name, "tx_bytes"),
-        pid=s.child.pid if s.child else None,
-        management=management_socket(s.user_argv),
-    )
 
 
 def management_socket(argv: Sequence[str]) -> str | None:
@@ -225,7 +228,7 @@ class Budget:
 
 
 class ControlServer:
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ControlHost) -> None:
         self.server = server
         self.active = 0  # open control connections (log --follow keeps one open)
         self.by_uid: Counter[int] = Counter()
@@ -233,7 +236,7 @@ class ControlServer:
         # The service socket's per-user limit also bounds each user's control connections
         # (32 by default: far above what a person's terminals hold); everyone together may
         # hold 4 x max_clients, and a user with none open is admitted even past that.
-        self.budget = Budget(per_uid=s.max_clients_per_user,
+        self.budget = Budget(per_uid=4 * s.max_clients_per_user,
                              total=min(4 * s.max_clients, MAX_CONTROL_CONNECTIONS))
 
     async def serve(self, listener: socket.socket) -> None:
@@ -262,7 +265,8 @@ class ControlServer:
     async def _handle(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         try:
-            creds = peer_credentials(conn)
+            identity = self.server.platform.identity
+            creds = identity.peer_credentials(conn)
         except OSError:
             conn.close()
             return
@@ -288,9 +292,9 @@ class ControlServer:
                 except TimeoutError:
                     raise ControlError("bad-request", "no request within 2 s") from None
                 req = decode_request(raw)
-                user = user_identity(creds.uid, creds.gid)
+                user = identity.user_identity(creds.uid, creds.gid)
                 group = self.server.settings.ovpn_admin_group
-                admin = is_admin(user, group)
+                admin = identity.is_admin(user, group)
                 authorize(req, admin, group)
                 log.info("event=control op=%s uid=%d client_pid=%d name=%r all=%s", req.op,
                          creds.uid, creds.pid, req.name, req.all)
@@ -308,13 +312,13 @@ class ControlServer:
                 del self.by_uid[uid]
             conn.close()
 
-    def _visible(self, uid: int, everyone: bool) -> list[Session]:
+    def _visible(self, uid: int, everyone: bool) -> list[Controlled]:
         return sorted((s for s in self.server.sessions
                        if s.session_id is not None and s.started_at is not None
                        and (everyone or s.creds.uid == uid)),
                       key=lambda s: s.session_id or 0)
 
-    def _find(self, name: str, uid: int, everyone: bool) -> Session:
+    def _find(self, name: str, uid: int, everyone: bool) -> Controlled:
         live = self._visible(uid, everyone)
         named = [Named(s.session_id or 0, session_name(profile_name(s.config), s.session_id or 0),
                        profile_name(s.config), s.creds.uid) for s in live]
@@ -328,15 +332,16 @@ class ControlServer:
             await self._send(conn, reply)
 
         if req.op == "sessions":
-            await send(wc.SessionsReply(tuple(session_info(s)
+            await send(wc.SessionsReply(tuple(s.info()
                                               for s in self._visible(uid, req.all))))
         elif req.op == "status":
             assert req.name is not None
-            await send(wc.StatusReply(session_info(self._find(req.name, uid, req.all))))
+            await send(wc.StatusReply(self._find(req.name, uid, req.all).info()))
         elif req.op == "profiles":
             config_dir = self.server.settings.config_dir
+            as_user = self.server.platform.identity.run_as_fs_user
             profiles = await loop.run_in_executor(
-                None, run_as_fs_user, user, lambda: list_profiles(config_dir))
+                None, as_user, user, lambda: list_profiles(config_dir))
             profiles += await self._own_profiles(uid)
             await send(wc.ProfilesReply(config_dir, tuple(profiles)))
         elif req.op == "import":
@@ -353,14 +358,14 @@ class ControlServer:
         elif req.op == "disconnect":
             targets = (self._visible(uid, True) if req.name is None
                        else [self._find(req.name, uid, req.all)])
-            names = [session_info(s).name for s in targets]
+            names = [s.info().name for s in targets]
             for s in targets:
                 s.request_stop()
             # Answer once every session is undone: "disconnected" means nothing is left.
             deadline = loop.time() + self.server.settings.stop_grace + 10
-            while any(s.phase.value != "done" for s in targets) and loop.time() < deadline:
+            while not all(s.finished for s in targets) and loop.time() < deadline:
                 await asyncio.sleep(0.05)
-            left = [session_info(s).name for s in targets if s.phase.value != "done"]
+            left = [s.info().name for s in targets if not s.finished]
             if left:
                 raise ControlError("timeout", "still ending: " + ", ".join(left))
             await send(wc.DisconnectReply(tuple(names)))
@@ -397,8 +402,9 @@ class ControlServer:
             raise ControlError("bad-request", f"{name!r} cannot be a profile name: use 1-64 "
                                "letters, digits, '_', '.' and '-', not starting with '.' "
                                "or '-' (--name NAME)")
+        as_user = self.server.platform.identity.run_as_fs_user
         approved = await loop.run_in_executor(
-            None, run_as_fs_user, user, lambda: list_profiles(settings.config_dir))
+            None, as_user, user, lambda: list_profiles(settings.config_dir))
         if any(p.name == name for p in approved):
             raise ControlError("exists", f"an approved profile is called {name!r}: choose "
                                          "another name (--name NAME)")
@@ -407,7 +413,7 @@ class ControlServer:
             return own_profiles.read_and_render(path)
 
         try:
-            text = await loop.run_in_executor(None, run_as_fs_user, user, read)
+            text = await loop.run_in_executor(None, as_user, user, read)
         except ProfileError as exc:
             log.info("event=profile-refused uid=%d path=%r problems=%d", uid, path,
                      len(exc.problems))
@@ -429,7 +435,7 @@ class ControlServer:
         log.info("event=profile-imported uid=%d name=%r path=%r", uid, name, path)
         return stored
 
-    async def _log(self, conn: socket.socket, s: Session, req: Request) -> None:
+    async def _log(self, conn: socket.socket, s: Controlled, req: Request) -> None:
         loop = asyncio.get_running_loop()
         output = s.output
         lines = output.lines() if output is not None else []

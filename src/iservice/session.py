@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from iservice import audit, errors
 from iservice.aio import readable, shielded
-from iservice.control import VpnState
+from iservice.control import VpnState, management_socket, profile_name, read_counter, session_name
 from iservice.errors import StartupDataError
 from iservice.facts import SessionFacts, read_option_facts
 from iservice.monitor import (
@@ -53,6 +53,7 @@ from iservice.policy.requests import (
 from iservice.ports import BatchSender, Child, Hook, PeerCredentials, Platform, UserIdentity
 from iservice.profiles import profile_dir
 from iservice.settings import Settings
+from iservice.wire import control as wc
 from iservice.wire import msg as m
 from iservice.wire import startup as w
 from iservice.wire.msg import WFP_BLOCK_DNS
@@ -155,6 +156,39 @@ class Session:
     route_table: int | None = None  # route_scope = user: the session's own routing table
     _tasks: set[asyncio.Future[Any]] = field(default_factory=set)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # -- what the control socket sees (control.py) ---------------------------
+
+    def info(self) -> wc.SessionInfo:
+        """The view of one live session (docs/control.md, "SESSION object")."""
+        assert self.session_id is not None
+        profile = profile_name(self.config)
+        vpn = self.vpn
+        addresses = tuple(sorted(f"{k.address}/{k.prefix_len}"
+                                 for k in self.records.addresses))
+        return wc.SessionInfo(
+            name=session_name(profile, self.session_id),
+            id=self.session_id,
+            user=self.user.name if self.user else str(self.creds.uid),
+            uid=self.creds.uid,
+            profile=profile,
+            config=self.config,
+            state=vpn.name if self.phase is Phase.RUNNING else self.phase.value.upper(),
+            detail=vpn.detail,
+            state_since=round(vpn.since, 3),
+            started=round(self.started_at, 3) if self.started_at else None,
+            tun=self.tun_name,
+            addresses=addresses,
+            # rx on the tun = what came out of the tunnel = bytes in
+            bytes_in=read_counter(self.tun_name, "rx_bytes"),
+            bytes_out=read_counter(self.tun_name, "tx_bytes"),
+            pid=self.child.pid if self.child else None,
+            management=management_socket(self.user_argv),
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.phase is Phase.DONE
 
     # -- logging --------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iservice import control as ctl
+from iservice import platform
 from iservice.settings import Settings
 from iservice.wire import control as wc
 
@@ -34,12 +35,12 @@ def test_admission(per_uid: int, total: int, mine: int, everyone: int) -> None:
 def test_defaults_leave_room() -> None:
     server = SimpleNamespace(settings=Settings(), sessions=set())
     budget = ctl.ControlServer(server).budget  # type: ignore[arg-type]
-    assert budget.per_uid == 32 and budget.total == 256
+    assert budget.per_uid == 32 and budget.total == 256  # 4 x max_clients_per_user
 
 
 async def _serve(settings: Settings, path: str) -> tuple[ctl.ControlServer, asyncio.Task[None],
                                                          socket.socket]:
-    server = SimpleNamespace(settings=settings, sessions=set())
+    server = SimpleNamespace(settings=settings, sessions=set(), platform=platform.linux())
     cs = ctl.ControlServer(server)  # type: ignore[arg-type]
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)
@@ -57,12 +58,12 @@ def test_per_user_budget_and_a_client_that_never_reads(monkeypatch: pytest.Monke
         loop = asyncio.get_running_loop()
         held = []
         try:
-            for _ in range(3):  # the budget, held without a request
+            for _ in range(cs.budget.per_uid):  # the budget, held without a request
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 s.setblocking(False)
                 await loop.sock_connect(s, path)
                 held.append(s)
-            while cs.active < 3:
+            while cs.active < cs.budget.per_uid:
                 await asyncio.sleep(0.01)
             extra = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             extra.setblocking(False)
