@@ -292,8 +292,8 @@ class Pipeline:
 
     def release(self) -> None:
         """The session ended: its routes and addresses no longer count for anybody."""
-        for key in self.records.routes:
-            self.owners.remove(self.scope, self.session_id, self.uid, key.dst)
+        for version, plen, value in self.records.routes.networks():
+            self.owners.remove_raw(self.scope, self.session_id, self.uid, version, plen, value)
         self._addresses_less(len(self.records.addresses))
         self.records.routes.clear()
         self.records.addresses.clear()

@@ -47,6 +47,7 @@ from iservice.policy.redirect import OptionFacts
 from iservice.policy.requests import (
     Limits,
     RequestPolicy,
+    RouteTable,
     SessionRecords,
     SetBlock,
 )
@@ -146,7 +147,7 @@ class Session:
     user_argv: tuple[str, ...] = ()
     started_at: float | None = None
     vpn: VpnState = field(default_factory=VpnState)
-    records: SessionRecords = field(default_factory=lambda: SessionRecords({}, {}))
+    records: SessionRecords = field(default_factory=lambda: SessionRecords(RouteTable(), {}))
     facts: SessionFacts | None = None  # for the hook: full tunnel, block-outside-dns
     _option_facts: OptionFacts | None = None  # read while validating, used by _launch
     _servers: tuple[str, ...] = ()  # VPN server addresses the kill switch lets through
@@ -627,7 +628,7 @@ class Session:
             return
         servers = tuple(dict.fromkeys(
             [*self.facts.watcher.servers,
-             *(str(k.dst.network_address) for k in self.records.routes if k.bypass)]))
+             *(str(k.dst.network_address) for k in self.records.routes.bypass_keys())]))
         if servers == self._servers:
             return
         self._servers = servers

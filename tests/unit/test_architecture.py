@@ -30,16 +30,25 @@ def lint(src: Path) -> subprocess.CompletedProcess[str]:
                           cwd=str(ROOT), check=False)
 
 
+def _ours(name: str) -> bool:
+    return name == "iservice" or name.startswith("iservice.")
+
+
 def graph(src: Path) -> grimp.ImportGraph:
+    """The import graph of the package under ``src`` (grimp finds the package through
+    the import system: the modules already imported are set aside meanwhile, and put
+    back, so the other tests keep the very classes they imported)."""
+    saved = {k: v for k, v in sys.modules.items() if _ours(k)}
+    for name in saved:
+        del sys.modules[name]
     sys.path.insert(0, str(src))
     try:
-        for name in [m for m in sys.modules if m == "iservice" or m.startswith("iservice.")]:
-            del sys.modules[name]  # the copy, not the installed package
         return grimp.build_graph("iservice", exclude_type_checking_imports=False)
     finally:
         sys.path.remove(str(src))
-        for name in [m for m in sys.modules if m == "iservice" or m.startswith("iservice.")]:
+        for name in [m for m in sys.modules if _ours(m)]:
             del sys.modules[name]
+        sys.modules.update(saved)
 
 
 def linux_importers(g: grimp.ImportGraph) -> set[str]:

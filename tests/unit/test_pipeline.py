@@ -231,3 +231,23 @@ def test_owners_follow_the_records_whatever_the_kernel_says(
         assert owners.exact(MACHINE, key.dst, but=-1)
     p.release()
     assert owners.count() == 0 and owners.routes_of_user == {}
+
+
+nets = st.one_of(
+    st.builds(lambda a, p: IPv4Network((a, p), strict=False),
+              st.integers(0, 2**32 - 1), st.integers(0, 32)),
+    st.builds(lambda a, p: __import__("ipaddress").IPv6Network((a, p), strict=False),
+              st.integers(0, 2**128 - 1), st.integers(0, 128)))
+
+
+@given(nets, st.integers(-1, 2**32 - 1))
+def test_route_table_keeps_every_key_exactly(dst: IPv4Network, metric: int) -> None:
+    from iservice.policy.requests import RouteKey, RouteTable
+    key = RouteKey(dst, False, metric)
+    assert RouteTable.unpack(RouteTable.pack(key)) == key
+    table = RouteTable({key: 7, RouteKey(dst, True, metric): 8})
+    assert table[key] == 7 and len(table) == 2 and table.bypass_count == 1
+    assert sorted(table.values()) == [7, 8]
+    assert (dst.version, dst.prefixlen, int(dst.network_address)) in set(table.networks())
+    del table[key]
+    assert key not in table and len(table) == 1

@@ -69,11 +69,16 @@ class Owners:
         self.routes_of_user[uid] += 1
 
     def remove(self, scope: Scope, session: int, uid: int, dst: Network) -> None:
-        key = (scope, dst.version, dst.prefixlen)
+        self.remove_raw(scope, session, uid, dst.version, dst.prefixlen,
+                        int(dst.network_address))
+
+    def remove_raw(self, scope: Scope, session: int, uid: int, version: int, plen: int,
+                   value: int) -> None:
+        """``remove`` by the network's parts (no network object made)."""
+        key = (scope, version, plen)
         table = self._routes.get(key)
         if table is None:
             return
-        value = int(dst.network_address)
         cur = table.get(value)
         if cur is None or session not in _as_tuple(cur):
             return
@@ -87,10 +92,10 @@ class Owners:
             del table[value]
             if not table:
                 del self._routes[key]
-        lengths = self._lengths[(scope, dst.version)]
-        lengths[dst.prefixlen] -= 1
-        if not lengths[dst.prefixlen]:
-            del lengths[dst.prefixlen]
+        lengths = self._lengths[(scope, version)]
+        lengths[plen] -= 1
+        if not lengths[plen]:
+            del lengths[plen]
         self.routes_of_user[uid] -= 1
         if self.routes_of_user[uid] <= 0:
             del self.routes_of_user[uid]
