@@ -9,5 +9,5 @@ VENV=${ISERVICE_VENV:-/opt/iservice}
 echo "== ruff"; "$VENV/bin/ruff" check src tests bench scripts
 echo "== mypy"; "$VENV/bin/mypy"
 echo "== pytest"
-# PYTHONPATH=. makes tests/lab.py importable; iservice itself is the installed copy.
+# PYTHONPATH=. makes tests/lab/ importable; iservice itself is the installed copy.
 PYTHONPATH=. exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
