@@ -38,9 +38,14 @@ restart): its *stage* (``before-journal``, ``tun``, ``pid-without-start-time``,
 addresses, routes in every table (``ip [-6] route show table all``), ip rules,
 nftables tables, the resolv.conf (byte for byte, and no temporary file beside it), the
 journal (no session, no change), and every process of the lab user (the session's
-openvpn and anything it forked).  A trial records its phase, trigger, delay, stage,
-the leftovers by category and the restart-to-clean time; leftovers are then removed
-(by PID, by name) so the next trial starts clean.
+openvpn and anything it forked): one still running 0.3 s after the restarted service
+is ready (its recovery done) outlived recovery and counts, even if it ends by itself
+later (an openvpn whose tun is gone exits when it gets to open it).  In the two start
+phases the session's openvpn talks to a port where no server answers, so it lives
+until something ends it and a leftover cannot hide by exiting on its own first.  A
+trial records its phase, trigger, delay, stage, the leftovers by category and the
+restart-to-clean time; leftovers are then removed (by PID, by name) so the next trial
+starts clean.
 
 The run stops after ``--trials`` trials or ``--seconds`` seconds, prints the figures,
 and exits 0 when no trial left anything, 1 when one did, 2 when a trial could not be
@@ -92,6 +97,7 @@ ORIGINAL_RESOLV_CONF = (b"# the administrator's resolver\n"
                         b"options ndots:2 timeout:1\n")
 DNS_PUSH = ('push "dhcp-option DNS 10.9.0.1"\n'
             'push "dhcp-option DOMAIN corp.example"\n')
+IDLE_PORT = 1199  # on the VPN remote's address, where nothing listens
 STARTED = re.compile(r"event=started .*?session=(\d+) pid=(\d+)")
 
 
@@ -262,6 +268,7 @@ class Campaign:
         self.baseline: dict[str, set[str]] = {}
         self.user: User | None = None
         self.config_name = "campaign.ovpn"
+        self.idle_config_name = "campaign-idle.ovpn"  # no server answers there
         self._tools: list[LabProcess] = []
         self.broken: str | None = None  # the lab could not be put back: no more trials
 
@@ -279,6 +286,7 @@ class Campaign:
         t = time.monotonic()
         lab.start_server(route_pushes(self.routes) + DNS_PUSH, timeout=60 + self.routes / 200)
         lab.write_client_config(self.config_name)
+        lab.write_client_config(self.idle_config_name, port=IDLE_PORT)
         self.user = lab.add_user("isvcamp")
         for mode in DNS_MODES:
             conf = lab.write_file(f"dns-{mode}/resolv.conf", "")
@@ -455,6 +463,8 @@ class Campaign:
             left = self.leftovers()
             if not left and first_clean is None:
                 first_clean = t_check - t_restart
+            if survivors and set(left) == {"processes"}:
+                break  # everything else is clean; the survivors are leftovers anyway
             if not left and survivors is not None:
                 if not survivors:
                     trial.restart_to_clean_s = first_clean
@@ -465,14 +475,13 @@ class Campaign:
             time.sleep(0.05)
         if survivors:
             gone = time.monotonic() - t_ready
-            trial.leftovers.setdefault("processes", [])
+            trial.leftovers = {k: v for k, v in left.items() if k != "processes"}
             trial.leftovers["processes"] = [
                 f"{p} {c} outlived recovery; "
                 + (f"still running {gone:.1f} s after it" if pid_alive(p)
                    else f"exited by itself within {gone:.1f} s")
                 for p, c in survivors.items()] + [
-                x for x in trial.leftovers["processes"]
-                if int(x.split()[0]) not in survivors]
+                x for x in left.get("processes", []) if int(x.split()[0]) not in survivors]
         trial.seconds = time.monotonic() - t0
         if trial.leftovers:
             try:
@@ -489,11 +498,12 @@ class Campaign:
         def service_alive() -> bool:
             return svc.proc is not None and svc.proc.poll() is None
 
-        start = self.lab.popen_client(
-            svc.start_cmd("--config", self.config_name, "--setenv", "ISERVICE_KILL_SWITCH",
-                          "1"), user=self.user, label="campaign-start")
-        self._tools.append(start)
         phase = trial.phase
+        config = self.idle_config_name if phase.startswith("start-") else self.config_name
+        start = self.lab.popen_client(
+            svc.start_cmd("--config", config, "--setenv", "ISERVICE_KILL_SWITCH", "1"),
+            user=self.user, label="campaign-start")
+        self._tools.append(start)
         ending = False
         if phase == "start-before-reply":
             self._kill_after(trial, svc, log, "request", "event=request ")
@@ -583,7 +593,7 @@ class Campaign:
         """Remove what a trial left, so that the next one starts from the same state."""
         lab, ns = self.lab, self.lab.client_ns
         if pids := self._user_pids():
-            kill_pids(pids, why="left behind by a crash-campaign trial")
+            kill_pids(pids, why="left behind by a crash-campaign trial", grace=0.2)
         for name in self.snapshot()["tun"] - self.baseline["tun"]:
             lab.ns_run(ns, ["ip", "link", "delete", name], check=False)
         for table in self.snapshot()["nft"] - self.baseline["nft"]:

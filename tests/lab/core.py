@@ -30,6 +30,7 @@ from tests.lab.procs import (
     log,
     missing_tools,
     namespace_pids,
+    pid_alive,
     pids_of_uids,
     run,
     start_time,
@@ -167,7 +168,7 @@ class LabCore:
             proc.close_files()
 
     def _kill_user_processes(self) -> None:
-        pids = pids_of_uids(u.uid for u in self._users)
+        pids = [p for p in pids_of_uids(u.uid for u in self._users) if pid_alive(p)]
         if pids:
             kill_pids(pids, why="still running as a lab user")
 
