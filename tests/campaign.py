@@ -97,6 +97,10 @@ ORIGINAL_RESOLV_CONF = (b"# the administrator's resolver\n"
                         b"options ndots:2 timeout:1\n")
 DNS_PUSH = ('push "dhcp-option DNS 10.9.0.1"\n'
             'push "dhcp-option DOMAIN corp.example"\n')
+# The lab server's keepalive 2 10 pushes ping-restart 10: on a loaded machine openvpn can
+# spend longer than that on 10,000 pushed routes and restart right after it connected,
+# which is not the phase a trial aims at.
+KEEPALIVE = "keepalive 10 120\n"
 IDLE_PORT = 1199  # on the VPN remote's address, where nothing listens
 STARTED = re.compile(r"event=started .*?session=(\d+) pid=(\d+)")
 
@@ -185,11 +189,13 @@ class Trial:
     trigger: str = ""
     delay_ms: float = 0.0
     stage: str = ""
+    journal_at_kill: dict[str, int] = field(default_factory=dict)  # changes by kind
     dns_at_kill: str = ""
     leftovers: dict[str, list[str]] = field(default_factory=dict)
     restart_to_clean_s: float | None = None
     error: str | None = None
     seconds: float = 0.0
+    openvpn_tail: list[str] = field(default_factory=list)  # its last lines at the kill
 
     def line(self) -> str:
         left = ", ".join(f"{k}: {len(v)}" for k, v in self.leftovers.items()) or "none"
@@ -284,7 +290,8 @@ class Campaign:
     def setup(self) -> None:
         lab = self.lab
         t = time.monotonic()
-        lab.start_server(route_pushes(self.routes) + DNS_PUSH, timeout=60 + self.routes / 200)
+        lab.start_server(route_pushes(self.routes) + DNS_PUSH + KEEPALIVE,
+                         timeout=60 + self.routes / 200)
         lab.write_client_config(self.config_name)
         lab.write_client_config(self.idle_config_name, port=IDLE_PORT)
         self.user = lab.add_user("isvcamp")
@@ -499,6 +506,7 @@ class Campaign:
             return svc.proc is not None and svc.proc.poll() is None
 
         phase = trial.phase
+        session_log: LogWatch | None = None
         config = self.idle_config_name if phase.startswith("start-") else self.config_name
         start = self.lab.popen_client(
             svc.start_cmd("--config", config, "--setenv", "ISERVICE_KILL_SWITCH", "1"),
@@ -554,6 +562,9 @@ class Campaign:
         view = JournalView.read(svc.state_dir)
         trial.stage = view.stage(routes=self.routes, ending=ending,
                                  exited="event=exited " in log.poll())
+        trial.journal_at_kill = {"sessions": len(view.sessions), **view.kinds}
+        if session_log is not None:
+            trial.openvpn_tail = [line[:300] for line in session_log.poll().splitlines()[-8:]]
         trial.dns_at_kill = self.dns_state(trial.dns_mode)
 
     def _kill_after(self, trial: Trial, svc: Service, log: LogWatch, trigger: str,
