@@ -10,7 +10,7 @@ VENV=${ISERVICE_VENV:-/opt/iservice}
 echo "== ruff"; "$VENV/bin/ruff" check src tests bench scripts
 echo "== mypy"; "$VENV/bin/mypy"
 echo "== pytest"
-# PYTHONPATH=. makes tests/lab.py importable; iservice itself is the installed copy.
+# PYTHONPATH=. makes tests/lab/ importable; iservice itself is the installed copy.
 PYTHONPATH=. "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
 # The whole run (no arguments, as CI) also builds the Debian package, installs it, tests
 # it and purges it (docs/install.md, "Tests").

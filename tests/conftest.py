@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: the throw-away PKI and network lab of ``tests/lab.py``.
+"""Shared pytest fixtures: the throw-away PKI and network lab of ``tests/lab/``.
 
 Tests marked ``root`` (integration tests with namespaces, users and a real openvpn) are
 skipped with a reason when not run as root or when a needed tool is missing.

@@ -1,4 +1,4 @@
-"""Run the real iservice inside a lab (tests/lab.py): settings, start, stop, clients.
+"""Run the real iservice inside a lab (tests/lab/): settings, start, stop, clients.
 
 The service runs as root in the lab's client namespace, in a private mount
 namespace with a 0666 /dev/net/tun (SPEC §9); users talk to it with the installed

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iservice.linux import dns
-from iservice.linux.dns import MARKER, FileDns, render
+from iservice.linux.dns import MARKER, FileDns, render, torn_between
 from iservice.policy.dns import LinkDns
 
 ORIGINAL = (b"# admin\nnameserver 192.168.1.1\nnameserver 192.168.1.2\n"
@@ -33,6 +35,7 @@ class Journal:
 
     def __init__(self) -> None:
         self.records: dict[int, dict[str, Any]] = {}
+        self.changes: dict[int, int] = {}  # session → its record's id
         self.ids = itertools.count(1)
 
     def update(self, change: int, data: dict[str, Any]) -> None:
@@ -43,12 +46,13 @@ def start(f: FileDns, j: Journal, session: int, cfg: LinkDns) -> None:
     """What the monitor does: the record first, then the change."""
     change = next(j.ids)
     j.records[change] = f.undo_data(session, 100 + session, f"istun{session}")
+    j.changes[session] = change
     f.apply(session, 100 + session, f"istun{session}", cfg, change)
-    j.records[session * 1000] = j.records[change]
 
 
 def end(f: FileDns, j: Journal, session: int) -> None:
-    f.revert(session, j.records[session * 1000])
+    """What the monitor does: revert with the record as the journal holds it now."""
+    f.revert(session, j.records[j.changes[session]])
 
 
 def lines(path: Path, key: str) -> list[str]:
@@ -191,3 +195,88 @@ def test_our_own_leftover_without_a_record_is_refused(conf: Path) -> None:
     f = FileDns(str(conf), Journal().update)
     with pytest.raises(OSError):
         f.undo_data(1, 101, "istun1")
+
+
+# -- torn files (issue 17 item 3) -------------------------------------------------------
+
+def _all_torn(old: bytes, new: bytes) -> set[bytes]:
+    """Every content an in-place write of new over old can leave when killed: k bytes of
+    new written (0..len(new)), then the truncation, or not yet."""
+    return {new[:k] + old[k:] for k in range(len(new) + 1)} | {new}
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=40), st.binary(max_size=40), st.data())
+def test_every_torn_write_is_recognised(old: bytes, new: bytes, data: st.DataObject) -> None:
+    k = data.draw(st.integers(0, len(new)))
+    assert torn_between(new[:k] + old[k:], old, new)
+    assert torn_between(new, old, new) and torn_between(old, old, new)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=12), st.binary(max_size=12), st.binary(max_size=14))
+def test_nothing_else_is_recognised(old: bytes, new: bytes, other: bytes) -> None:
+    assert torn_between(other, old, new) == (other in _all_torn(old, new))
+
+
+def test_issue_17_torn_revert_is_ours_and_an_admins_edit_is_not() -> None:
+    ours = render(ORIGINAL, [("istun1", A)])
+    torn = ORIGINAL + ours[len(ORIGINAL):]  # the original written back, not truncated
+    assert torn != ORIGINAL and MARKER not in torn  # no marker: the old undo left it
+    assert torn_between(torn, ours, ORIGINAL)
+    assert not torn_between(ORIGINAL.replace(b"rotate", b"rotatE"), ours, ORIGINAL)
+    assert not torn_between(b"nameserver 192.168.7.7\n", ours, ORIGINAL)
+
+
+def _crash_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make ``os.<name>`` raise (a stand-in for the kill) once it has run for our file."""
+    real = getattr(os, name)
+
+    def dying(*args: Any, **kw: Any) -> Any:
+        real(*args, **kw)
+        raise KeyboardInterrupt(f"killed after {name}")
+    monkeypatch.setattr(os, name, dying)
+
+
+@pytest.mark.parametrize("step", ["write", "ftruncate"])
+def test_a_torn_revert_in_place_is_restored_by_the_next_undo(
+        conf: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    """The unit-level twin of tests/security/test_dns_file_crash.py (which kills a real
+    process): an in-place revert stopped after its write, then a new FileDns."""
+    monkeypatch.setattr(dns, "_is_mount_point", lambda path: path == str(conf))
+    j = Journal()
+    f = FileDns(str(conf), j.update)
+    start(f, j, 1, A)
+    with monkeypatch.context() as m:
+        _crash_at(m, step)
+        with pytest.raises(KeyboardInterrupt):
+            end(f, j, 1)
+    if step == "write":
+        assert conf.read_bytes() != ORIGINAL and not conf.read_bytes().startswith(MARKER)
+    record = j.records[j.changes[1]]
+    assert record["change"] == j.changes[1] and "write" in record
+    g = FileDns(str(conf), j.update)  # the next start
+    g.revert(1, record)
+    assert conf.read_bytes() == ORIGINAL
+
+
+def test_a_temporary_file_left_by_a_kill_is_removed(conf: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    j = Journal()
+    f = FileDns(str(conf), j.update)
+    with monkeypatch.context() as m:
+        _crash_at(m, "fsync")
+        with pytest.raises(KeyboardInterrupt):
+            start(f, j, 1, A)
+    tmp = Path(str(conf) + dns.TEMP_SUFFIX)
+    assert tmp.exists() and conf.read_bytes() == ORIGINAL
+    record = j.records[j.changes[1]]
+    assert record["write"]["tmp"] == str(tmp)
+    FileDns(str(conf), j.update).revert(1, record)
+    assert not tmp.exists() and conf.read_bytes() == ORIGINAL
+    # and a later session is not pushed onto the in-place path by a stale one
+    tmp.write_bytes(b"stale")
+    g = FileDns(str(conf), j.update)
+    inode = conf.stat().st_ino
+    start(g, j, 2, A)
+    assert conf.stat().st_ino != inode and not tmp.exists()

@@ -278,18 +278,65 @@ def read_file(path: str) -> bytes:
     return data
 
 
+TEMP_SUFFIX = ".iservice-new"
+
+
+def temp_path(path: str) -> str:
+    """The temporary file a new content is written to before the rename (journaled
+    before it is created, removed by the undo after a crash)."""
+    return os.path.realpath(path) + TEMP_SUFFIX
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    lo, step = 0, 4096
+    while lo < n and a[lo:lo + step] == b[lo:lo + step]:  # compare in C, a page at a time
+        lo += step
+    lo = min(lo, n)
+    while lo < n and a[lo] == b[lo]:
+        lo += 1
+    return lo
+
+
+def torn_between(current: bytes, old: bytes, new: bytes) -> bool:
+    """Could ``current`` be what writing ``new`` over ``old`` in place left behind, the
+    writer killed at any moment?
+
+    The write goes from offset 0 on, then the file is truncated to ``len(new)``: a kill
+    leaves ``new[:k] + old[k:]`` for some ``k`` (the write stopped after ``k`` bytes, or
+    all of ``new`` went in but the truncation did not), or ``new``.  Pure: the undo uses
+    it to tell a torn file of its own from an administrator's.
+    """
+    if current in (old, new):
+        return True
+    prefix = _common_prefix(current, new)  # k <= prefix
+    if len(current) != len(old):
+        # longer than old: only new's bytes can be past old's end (k = len(current));
+        # shorter: only the truncation shortens, and it comes after all of new
+        return len(current) > len(old) and prefix == len(current) <= len(new)
+    # old[k:] == current[k:] for every k >= len(current) - suffix
+    suffix = _common_prefix(current[::-1], old[::-1])
+    return len(current) - suffix <= prefix
+
+
 def write_file(path: str, data: bytes) -> None:
     """Replace the file's content: rename a new file over it, or write in place where it
-    is a mount point (a bind-mounted file: rename gives EBUSY there)."""
+    is a mount point (a bind-mounted file: rename gives EBUSY there).
+
+    A kill at any moment leaves the old content, the new one, or (in place only) a torn
+    mix ``torn_between`` recognises; and at most the temporary file ``temp_path(path)``,
+    which the caller journals before."""
     real = os.path.realpath(path)
     st = os.stat(real)
     if not _is_mount_point(real):
-        tmp = f"{real}.iservice-new"
+        tmp = real + TEMP_SUFFIX
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # ours, left by a kill between creating and renaming it
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                          st.st_mode & 0o7777)
             try:
-                os.write(fd, data)
+                _write_all(fd, data)
                 os.fchown(fd, st.st_uid, st.st_gid)
                 os.fchmod(fd, st.st_mode & 0o7777)
                 os.fsync(fd)
@@ -305,11 +352,21 @@ def write_file(path: str, data: bytes) -> None:
                 raise
     fd = os.open(real, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        os.write(fd, data)
+        _write_all(fd, data)
         os.ftruncate(fd, len(data))
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 class FileDns:
@@ -325,6 +382,15 @@ class FileDns:
     a substring removal).  If something else replaced the file while sessions were
     live (it no longer starts with our marker and is not what we wrote), that
     content becomes the original; at the end a file we did not write is left alone.
+
+    Crashes: before every write, each live session's record (and, for the last
+    write, the ending session's) is updated with the write about to happen: the
+    content it replaces, the new content and the temporary file's name (``write``),
+    and the record's own journal id (``change``).  A kill at any moment therefore
+    leaves a file that the undo recognises as its own — our marker, one of the two
+    texts, or an in-place write cut short (``torn_between``) — and a temporary file
+    it removes; the undo's own write back is journaled the same way, so a kill
+    during the undo is recognised by the next one.
     """
 
     name = "file"
@@ -341,7 +407,7 @@ class FileDns:
     def _data(self, ifname: str) -> dict[str, Any]:
         assert self._original is not None
         return {"backend": self.name, "path": self.path, "ifname": ifname,
-                "original": base64.b64encode(self._original).decode()}
+                "original": _b64(self._original)}
 
     def undo_data(self, session_id: int, ifindex: int, ifname: str) -> dict[str, Any]:
         if self._original is None:
@@ -370,7 +436,9 @@ class FileDns:
                 self._original = None
             raise
 
-    def _write(self) -> None:
+    def _write(self, ending: tuple[str, int] | None = None) -> None:
+        """Render the live sessions into the file (journaled first, see the class) in
+        their records and in ``ending``'s (tun name, record) if a session is ending."""
         assert self._original is not None
         current = read_file(self.path)
         if current != self._written and not current.startswith(MARKER) \
@@ -378,30 +446,68 @@ class FileDns:
             log.warning("event=resolv-conf-replaced path=%s: adopting it as the original",
                         self.path)
             self._original = current
-            for _, ifname, _, change in self._live.values():
-                self._update_record(change, self._data(ifname))
         links = sorted(self._live.values(), key=lambda v: -v[0])
         data = render(self._original, [(ifname, link) for _, ifname, link, _ in links])
+        pending = self._pending(self.path, current, data)
+        records = [(ifname, change) for _, ifname, _, change in self._live.values()]
+        for ifname, change in [*records, *([ending] if ending else [])]:
+            self._update_record(change, {**self._data(ifname), "change": change,
+                                         "write": pending})
         write_file(self.path, data)
         self._written = data
 
+    @staticmethod
+    def _pending(path: str, old: bytes, new: bytes) -> dict[str, str]:
+        return {"from": _b64(old), "to": _b64(new), "tmp": temp_path(path)}
+
     def revert(self, session_id: int, data: dict[str, Any]) -> None:
-        self._live.pop(session_id, None)
+        ended = self._live.pop(session_id, None)
         if self._live:
-            self._write()
+            self._write(None if ended is None else (ended[1], ended[3]))
             return
         original = self._original
         if original is None:  # after a crash: the record has it
             original = base64.b64decode(data["original"])
         path = str(data.get("path", self.path))
+        change = ended[3] if ended is not None else data.get("change")
+        self._remove_temp(path, data)
         current = read_file(path)
-        if current.startswith(MARKER) or current == self._written:
-            write_file(path, original)
-        elif current != original:
-            log.warning("event=resolv-conf-left path=%s: replaced by something else while "
-                        "the tunnel was up; left as it is", path)
+        if current != original:
+            if self._ours(current, data):
+                if isinstance(change, int):
+                    self._update_record(change, {**data, "change": change,
+                                                 "write": self._pending(path, current, original)})
+                else:  # its session never wrote (killed before): nothing of it to tear
+                    log.warning("event=resolv-conf-restore-unjournaled path=%s", path)
+                write_file(path, original)
+                self._remove_temp(path, data)
+            else:
+                log.warning("event=resolv-conf-left path=%s: replaced by something else while "
+                            "the tunnel was up; left as it is", path)
         self._original = None
         self._written = None
+
+    def _ours(self, current: bytes, data: dict[str, Any]) -> bool:
+        """Did iservice write this content (whole, or cut short by a kill)?"""
+        if current.startswith(MARKER) or current == self._written:
+            return True
+        pending = data.get("write")
+        if not isinstance(pending, dict):
+            return False
+        try:
+            old, new = base64.b64decode(pending["from"]), base64.b64decode(pending["to"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        return torn_between(current, old, new)
+
+    @staticmethod
+    def _remove_temp(path: str, data: dict[str, Any]) -> None:
+        """Remove the temporary file a killed write left (only the one of ``path``)."""
+        pending = data.get("write")
+        tmp = pending.get("tmp") if isinstance(pending, dict) else None
+        if tmp is not None and tmp == temp_path(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def flush(self) -> None:
         pass
