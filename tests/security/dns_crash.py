@@ -37,10 +37,13 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any, TypeVar
 
+from iservice import platform
 from iservice.linux.dns import TEMP_SUFFIX, FileDns
-from iservice.monitor import Monitor
+from iservice.monitor import Apply, Monitor, Undo
 from iservice.policy import requests as rq
 from iservice.policy.dns import DnsState
+
+LANE = ("dns-crash", 0)
 
 T = TypeVar("T")
 LO = 1  # the ifindex the sessions' DNS is set on (its name is only written into records)
@@ -145,14 +148,19 @@ def _bind_privately(src: str, dst: str) -> None:
 def _child(action: str, step: str, path: str, journal: str) -> int:
     inject = Injector(step, path)
     inject.install()
-    mon = Monitor(journal, dns_factory=lambda update: FileDns(path, update))
+    mon = Monitor(journal, platform=platform.linux(), cgroups=None,
+                  dns_factory=lambda update: FileDns(path, update))
 
-    def call(fn: Callable[..., T], *args: Any) -> T:
-        return mon._pool.submit(fn, *args).result()
+    def run(job: Any) -> Any:
+        return mon.submit_sync(LANE, job).result()
+
+    def undo(sid: int) -> list[str]:
+        return list(run(Undo(sid)).problems)
 
     def start(state: DnsState) -> int:
-        sid = call(mon.begin_session, 1000, os.getpid(), {})
-        [res] = call(mon.apply, sid, LO, [rq.SetDns(state=state, previous=DnsState())])
+        # the monitor thread is idle between the jobs waited for: the journal may be used
+        sid: int = mon.journal.new_session(1000, os.getpid(), {})
+        [res] = run(Apply(sid, LO, (rq.SetDns(state=state, previous=DnsState()),)))
         if res.error:
             raise SystemExit(f"set_dns failed: {res.error}")
         return sid
@@ -169,15 +177,15 @@ def _child(action: str, step: str, path: str, journal: str) -> int:
             first = start(A)
             start(B)
             inject.armed = True
-            call(mon.undo_session, first)
+            undo(first)
         elif action == "revert":
             sid = start(A)
             inject.armed = True
-            call(mon.undo_session, sid)
+            undo(sid)
         elif action == "recover":
             inject.armed = True
-            for rec in call(mon.leftover_sessions):
-                problems = call(mon.undo_session, rec.id)
+            for rec in mon.journal.sessions():
+                problems = undo(rec.id)
                 if problems:
                     raise SystemExit(f"undo of session {rec.id}: {problems}")
         else:
