@@ -39,7 +39,6 @@ from iservice.linux.identity import peer_credentials
 from iservice.linux.netlink import Rtnl
 from iservice.monitor import Monitor
 from iservice.plugin import plugin_path
-from iservice.policy.redirect import FACTS_ENV
 from iservice.policy.requests import DefaultRoute
 from iservice.session import Phase, Session
 from iservice.settings import Settings
@@ -240,10 +239,8 @@ class Server:
 
     # -- used by sessions -----------------------------------------------------
 
-    def service_options(self, tun: str, channel_fd: int,
-                        facts_fd: int | None = None) -> list[str]:
+    def service_options(self, tun: str, channel_fd: int) -> list[str]:
         """Appended last, so they win over the user's options (SPEC §4)."""
-        facts = [] if facts_fd is None else ["--setenv", FACTS_ENV, str(facts_fd)]
         if self.hook.kind == "plugin":
             # In-process: no script, so no --script-security 2; openvpn calls the plugin
             # at up, route-up, route-pre-down and down, as it would run the scripts.
@@ -253,7 +250,7 @@ class Server:
             hooks = ["--script-security", "2", "--up", cmd, "--route-up", cmd,
                      "--route-pre-down", cmd, "--down", cmd]
         return ["--dev", tun, "--dev-type", "tun", "--disable-dco",
-                "--ifconfig-noexec", "--route-noexec", *hooks, "--up-restart", *facts]
+                "--ifconfig-noexec", "--route-noexec", *hooks, "--up-restart"]
 
     def session_log_path(self, session_id: int) -> str | None:
         if self.settings.log_dir is None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from iservice import audit, errors
 from iservice.aio import readable
 from iservice.control import VpnState
+from iservice.envstream import EnvStream, Reply
 from iservice.errors import ChannelError, MessageTooLargeError, StartupDataError
 from iservice.facts import SessionFacts, read_option_facts
 from iservice.linux import launch, mmsg
@@ -39,7 +40,7 @@ from iservice.monitor import Applied, Started, StartFailed
 from iservice.output import SessionOutput
 from iservice.policy.dns import BlockState
 from iservice.policy.options import Approved, OsPathResolver, validate_options
-from iservice.policy.redirect import OptionFacts
+from iservice.policy.redirect import Facts, OptionFacts
 from iservice.policy.requests import (
     AddAddress,
     AddRoute,
@@ -54,6 +55,7 @@ from iservice.policy.requests import (
     SetBlock,
     SetDns,
 )
+from iservice.produce import Context
 from iservice.wire import msg as m
 from iservice.wire import startup as w
 from iservice.wire.msg import WFP_BLOCK_DNS
@@ -68,7 +70,8 @@ STARTUP_BUFSIZE = w.MAX_STARTUP_UNITS * 2 + 2  # one unit more than allowed: "to
 CHANNEL_BATCH = 4096  # messages decided and applied together (one journal transaction)
 MAX_INFLIGHT = 2  # batches handed to the monitor and not yet answered
 
-Batch = list[tuple[int, int | Operation]]  # (message_id, ack error | decided operation)
+# (message_id, ack error | decided operation, how to answer: None = an ack to the sender)
+Batch = list[tuple[int, int | Operation, Reply | None]]
 
 
 def _in_flight(op: Operation) -> bool:
@@ -161,7 +164,7 @@ class Session:
     started_at: float | None = None
     vpn: VpnState = field(default_factory=VpnState)
     records: SessionRecords = field(default_factory=lambda: SessionRecords({}, {}))
-    facts: SessionFacts | None = None  # for the hook: full tunnel, block-outside-dns
+    facts: SessionFacts | None = None  # for the producer: full tunnel, block-outside-dns
     _option_facts: OptionFacts | None = None  # read while validating, used by _launch
     _servers: tuple[str, ...] = ()  # VPN server addresses the kill switch lets through
     _servers_stale = True  # not yet handed to the monitor since they may have changed
@@ -294,13 +297,12 @@ class Session:
 
         def spawn(tun_name: str) -> launch.Child:
             # In the monitor thread, right after the tun exists (Monitor.start_session).
-            assert facts.child_fd is not None
-            argv[:] = [*approved.argv, *self.server.service_options(
-                tun_name, child_end.fileno(), facts.child_fd)]
+            argv[:] = [*approved.argv, *self.server.service_options(tun_name,
+                                                                     child_end.fileno())]
             return launch.start_openvpn(
                 settings.exe_path, argv, user=user, workdir=data.workdir,
                 nice=settings.priority, stdin=stdin, channel_fd=child_end.fileno(),
-                output_fd=out_w, extra_fds=(facts.child_fd,))
+                output_fd=out_w)
 
         replied: list[bool] = []
 
@@ -328,7 +330,6 @@ class Session:
         finally:
             child_end.close()
             os.close(out_w)
-            facts.launched()
         self.session_id, self.tun_name = started.session_id, started.tun_name
         self.tun_ifindex, self.child = started.tun_ifindex, started.child
         self.phase = Phase.RUNNING
@@ -475,6 +476,14 @@ class Session:
             os.set_blocking(self._output_fd, False)
             self.output.drain(self._output_fd)
 
+    def _env_context(self) -> Context:
+        """For the producer (``envstream.py``): openvpn's output read up to now first, so
+        a PUSH_REPLY printed before openvpn called the plugin is in the facts."""
+        self._drain_output()
+        assert self.tun_name is not None and self.tun_ifindex is not None
+        facts = self.facts.watcher.facts if self.facts is not None else Facts()
+        return Context(self.tun_name, self.tun_ifindex, facts)
+
     async def _serve_channel(self) -> None:
         """Read, decide and apply openvpn's requests.  Batches go to the monitor as soon as
         they are decided and are answered in order as they complete, so the monitor's
@@ -487,7 +496,10 @@ class Session:
         reader = mmsg.BatchReader(sock, m.MAX_MESSAGE_SIZE)
         queued: collections.deque[tuple[int, bytes]] = collections.deque()  # read, undecided
         policy = self._policy()
-        held: list[bytes] = []  # a message to decide again once nothing is in flight
+        # a message to decide again once nothing is in flight (bytes, or one made from an
+        # environment), with its reply
+        held: list[tuple[bytes | m.Message, Reply | None]] = []
+        envs = EnvStream(self._env_context, self._log)  # forwarded environments
         inflight: collections.deque[tuple[Batch, asyncio.Future[list[Applied]]]] = \
             collections.deque()
         while True:
@@ -496,7 +508,7 @@ class Session:
             while inflight and (inflight[0][1].done() or len(inflight) >= MAX_INFLIGHT):
                 await self._settle_batch(*inflight.popleft())
             self._drain_output()
-            batch, eof, wait = self._read_batch(reader, queued, policy, held)
+            batch, eof, wait = self._read_batch(reader, queued, policy, held, envs)
             if batch:
                 inflight.append((batch, self._submit(batch)))
             if wait:  # a held message: everything before it must have settled
@@ -512,65 +524,84 @@ class Session:
             await readable(sock.fileno(), until=inflight[0][1] if inflight else None)
 
     def _read_batch(self, reader: mmsg.BatchReader, queued: collections.deque[tuple[int, bytes]],
-                    policy: RequestPolicy, held: list[bytes]) -> tuple[Batch, bool, bool]:
-        """Decide what is queued, up to ``CHANNEL_BATCH`` messages.
+                    policy: RequestPolicy, held: list[tuple[bytes | m.Message, Reply | None]],
+                    envs: EnvStream) -> tuple[Batch, bool, bool]:
+        """Decide what is queued, up to ``CHANNEL_BATCH`` messages: first the requests
+        made from a forwarded environment (``envs``), then what came over the channel.
 
         Returns (batch, eof, wait).  ``wait``: a message names a change that is still in
         flight (an add whose outcome the monitor has not reported yet); it is held back
         and decided again once everything before it has been applied and settled.
         """
-        batch: Batch = []  # (message_id, ack error | op)
+        batch: Batch = []  # (message_id, ack error | op, reply)
         while len(batch) < CHANNEL_BATCH:
             retried = bool(held)
+            reply: Reply | None = None
+            item: bytes | m.Message | None
             if held:
-                raw = held.pop()
-                n = len(raw)
+                item, reply = held.pop()
+            elif (made := envs.next()) is not None:
+                mid, item, reply = made
+                if item is None:  # the environment's end: its one answer, in order
+                    batch.append((mid, 0, reply))
+                    continue
             else:
                 if not queued:
                     queued.extend(reader.read())
                     if not queued:
                         return batch, False, False
-                n, raw = queued.popleft()
+                n, item = queued.popleft()
                 if n == 0:
                     return batch, True, False
-            if not retried and n == len(raw):
-                fast = policy.decide_fast(raw)
+                fast = policy.decide_fast(item) if n == len(item) else None
                 if fast is not None:  # a new route through the tun: nothing in flight
                     self._reserve(fast[1])
-                    batch.append(fast)
+                    batch.append((*fast, None))
                     continue
-            try:
                 if n > m.MAX_MESSAGE_SIZE:
-                    raise MessageTooLargeError(f"message of {n} bytes")
-                msg = m.decode_message(raw)
-            except MessageTooLargeError as exc:
-                # CVE-2024-27459: an oversize message ends the session.
-                self._end_openvpn(str(exc))
-                return batch, True, False
-            except ChannelError as exc:
-                self._log(logging.WARNING, "bad-message", what="channel message",
-                          verdict="malformed", reason=exc.reason, mid=exc.message_id,
-                          error=exc.error_number)
-                batch.append((exc.message_id, exc.error_number))
-                continue
+                    # CVE-2024-27459: an oversize message ends the session.
+                    self._end_openvpn(f"message of {n} bytes")
+                    return batch, True, False
+            if isinstance(item, bytes):
+                try:
+                    msg = m.decode_message(item)
+                except MessageTooLargeError as exc:
+                    self._end_openvpn(str(exc))
+                    return batch, True, False
+                except ChannelError as exc:
+                    self._log(logging.WARNING, "bad-message", what="channel message",
+                              verdict="malformed", reason=exc.reason, mid=exc.message_id,
+                              error=exc.error_number)
+                    batch.append((exc.message_id, exc.error_number, None))
+                    continue
+                if isinstance(msg, m.EnvChunkMsg):  # a piece of openvpn's environment
+                    batch += envs.take(msg)
+                    continue
+            else:
+                msg = item
+                route = None if retried else policy.decide_route_fast(msg)
+                if route is not None:  # made from an environment: the same shortcut
+                    self._reserve(route)
+                    batch.append((msg.message_id, route, reply))
+                    continue
             try:
                 op = policy.decide(msg)
             except Refused as exc:
                 self._log(logging.WARNING, "denied", what=audit.describe(msg),
                           verdict="denied", reason=exc.reason, mid=msg.message_id,
                           error=exc.error_number)
-                batch.append((msg.message_id, exc.error_number))
+                batch.append((msg.message_id, exc.error_number, reply))
                 continue
             if _in_flight(op):
                 if retried:  # nothing is in flight now: a bug, not openvpn's fault
                     self._log(logging.ERROR, "session-bug", what=audit.describe(op),
                               reason="still in flight after settling", mid=msg.message_id)
-                    batch.append((msg.message_id, errors.ERROR_GEN_FAILURE))
+                    batch.append((msg.message_id, errors.ERROR_GEN_FAILURE, reply))
                     continue
-                held.append(raw)
+                held.append((item, reply))
                 return batch, False, True
             self._reserve(op)
-            batch.append((msg.message_id, op))
+            batch.append((msg.message_id, op, reply))
         return batch, False, False
 
     def _reserve(self, op: Operation) -> None:
@@ -616,7 +647,7 @@ class Session:
 
     def _submit(self, batch: Batch) -> asyncio.Future[list[Applied]]:
         """Hand a batch's operations to the monitor (its queue keeps the order)."""
-        ops = [item for _, item in batch if not isinstance(item, int)]
+        ops = [item for _, item, _ in batch if not isinstance(item, int)]
         mon = self.server.monitor
         assert self.session_id is not None and self.tun_ifindex is not None
         if not ops:
@@ -628,15 +659,16 @@ class Session:
 
     async def _settle_batch(self, batch: Batch, applying: asyncio.Future[list[Applied]]) -> None:
         """Wait for a batch's results: settle the records, audit, answer every message."""
-        ops = [item for _, item in batch if not isinstance(item, int)]
+        ops = [item for _, item, _ in batch if not isinstance(item, int)]
         results = iter(await applying)
         acks = bytearray()
+        answers: list[bytes] = []  # the answers to forwarded environments
         # The audit trail: one line per decided message (denials are logged where they
         # are decided), written as one record per batch (audit.record_lines).
         who = self._who()
         applied: list[str] = []
         failed: list[str] = []
-        for message_id, item in batch:
+        for message_id, item, reply in batch:
             if isinstance(item, int):
                 error = item
             else:
@@ -650,7 +682,10 @@ class Session:
                 else:
                     applied.append(f"event=applied {who} what={what} verdict=applied "
                                    f"mid={message_id}")
-            acks += m.ack_bytes(message_id, error)
+            if reply is None:
+                acks += m.ack_bytes(message_id, error)
+            elif answer := reply(error):
+                answers.append(answer)
         audit.record_lines(logging.INFO, applied)
         audit.record_lines(logging.WARNING, failed)
         await self._after_apply(ops)
@@ -666,6 +701,8 @@ class Session:
             sent = self._acks.send(acks)
             for i in range(sent * m.ACK_SIZE, len(acks), m.ACK_SIZE):
                 await loop.sock_sendall(sock, bytes(acks[i:i + m.ACK_SIZE]))
+            for answer in answers:
+                await loop.sock_sendall(sock, answer)
         except OSError:
             return
 
@@ -745,8 +782,6 @@ class Session:
                 problems = ["undo raised"]
             self._log(logging.INFO if not problems else logging.ERROR, "undone",
                       problems="; ".join(problems) or "none")
-        if self.facts is not None:
-            self.facts.close()
         if self.channel is not None:
             self.channel.close()
         if self.output is not None:

@@ -101,10 +101,11 @@ def test_constants() -> None:
         MsgType.REGISTER_DNS: 24, MsgType.ENABLE_DHCP: 288, MsgType.SET_MTU: 296,
         MsgType.ADD_WINS_CFG: 352, MsgType.DEL_WINS_CFG: 352,
         MsgType.CREATE_ADAPTER: 32,
-        MsgType.ISERVICE_DEL_TUN_ROUTES: 24,  # iservice's own extension (hook only)
+        MsgType.ISERVICE_DEL_TUN_ROUTES: 24,  # iservice's own extensions
+        MsgType.ISERVICE_ENV: 1696,
     }  # fmt: skip
     assert [int(t) for t in MsgType] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13, 14, 15, 17, 18,
-                                         19, 20, 0x100]  # fmt: skip
+                                         19, 20, 0x100, 0x101, 0x102]  # fmt: skip
 
 
 def test_iservice_extension_del_tun_routes_is_a_bare_header() -> None:
