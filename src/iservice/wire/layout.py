@@ -283,6 +283,10 @@ class Layout:
                 raise LayoutError(f"{self.name}: {self.cls.__name__} has {want}, the layout "
                                   f"gives {have}")
 
+    def attribute_names(self) -> tuple[str, ...]:
+        """The attributes of ``cls`` in the order ``decode`` gives them."""
+        return self._attributes
+
     def value_names(self) -> tuple[str, ...]:
         """The name of each value ``struct.unpack`` returns, in order (``peek`` helpers
         use it to find their fields by name)."""
