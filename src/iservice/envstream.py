@@ -57,10 +57,11 @@ def _failed(mid: int) -> Reply:
 class _Request:
     """One complete environment's requests: handed out in order, settled in order."""
 
-    def __init__(self, mid: int, messages: list[m.Message]) -> None:
+    def __init__(self, mid: int, messages: list[m.Message], unmade: int) -> None:
         self.mid = mid
         self.messages = messages
         self.queue = collections.deque(messages)
+        self.unmade = unmade  # routes beyond the bound: refused without being made
         self.settled = 0
         self.refused = 0
         self.first_error = 0
@@ -78,8 +79,11 @@ class _Request:
 
     def result(self, _error: int) -> bytes:
         """Everything before has been settled: the one answer."""
-        return _result(self.mid, self.first_error, len(self.messages), self.refused,
-                       self.refused_type)
+        if self.unmade and not self.first_error:
+            self.first_error = errors.ERROR_NOT_ENOUGH_QUOTA
+            self.refused_type = int(m.MsgType.ADD_ROUTE)
+        return _result(self.mid, self.first_error, len(self.messages) + self.unmade,
+                       self.refused + self.unmade, self.refused_type)
 
 
 class EnvStream:
@@ -149,7 +153,11 @@ class EnvStream:
                   verdict="exiting" if made.exiting else "produced")
         for note in made.notes:
             self._log(logging.INFO, "ignored", what=name, mid=mid, reason=note)
-        self._ready.append(_Request(mid, made.messages))
+        if made.unmade:
+            self._log(logging.WARNING, "denied", what=name, mid=mid, verdict="denied",
+                      reason=f"{made.unmade} routes beyond the session's limit not made",
+                      error=errors.ERROR_NOT_ENOUGH_QUOTA)
+        self._ready.append(_Request(mid, made.messages, made.unmade))
         return []
 
     def next(self) -> tuple[int, m.Message | None, Reply] | None:

@@ -77,10 +77,13 @@ class EnvError(Exception):
 
 @dataclass(frozen=True)
 class Context:
-    """What the session knows: its tun, and what openvpn 2.6 does not say (the facts)."""
+    """What the session knows: its tun, what openvpn 2.6 does not say (the facts), and how
+    many routes may be made from one environment (more would be refused anyway: the
+    session's ``max_routes`` and a margin; it bounds the memory an environment takes)."""
     tun_name: str
     tun_ifindex: int
     facts: Facts = field(default_factory=Facts)
+    max_routes: int = 1 << 20
 
 
 @dataclass
@@ -88,6 +91,7 @@ class Produced:
     messages: list[m.Message]
     notes: list[str]  # values left out (a bad DNS name or server): for the audit log
     exiting: bool = False  # route-pre-down/down of an exiting openvpn: nothing to do
+    unmade: int = 0  # routes beyond Context.max_routes: not made, answered as refused
 
 
 def parse_env(data: bytes) -> dict[str, str]:
@@ -163,6 +167,14 @@ def _numbered(env: Env, prefix: str) -> Iterator[int]:
     while f"{prefix}{n}" in env:
         yield n
         n += 1
+
+
+def _count(env: Env, prefix: str, n: int) -> int:
+    """How many of ``prefix<n>``, ``prefix<n+1>``, … are there."""
+    k = n
+    while f"{prefix}{k}" in env:
+        k += 1
+    return k - n
 
 
 def _digits(text: str) -> bool:
@@ -267,8 +279,12 @@ class _Producer:
         route = m.unchecked_route
         net_gw = env.get("route_net_gateway")
         gateways: dict[str, IPv4Address] = {"": IPv4Address(0)}
+        limit, made = self.ctx.max_routes, 0
         n = 1
         while (network := env.get(f"route_network_{n}")) is not None:
+            if made >= limit:
+                self.out.unmade += _count(env, "route_network_", n)
+                break
             prefix = _prefix_of(env.get(f"route_netmask_{n}", "255.255.255.255"))
             value = _v4_int(network) & _NETMASK[prefix]
             gw_text = env.get(f"route_gateway_{n}", "")
@@ -279,9 +295,13 @@ class _Producer:
             metric = -1 if metric_text == "-1" else _int32(metric_text, "metric")
             via = unset if net_gw and gw_text == net_gw else iface
             out.append(route(kind, mid, IPv4Address(value), prefix, gw, via, metric))
+            made += 1
             n += 1
         net_gw6 = env.get("net_gateway_ipv6")
         for n in _numbered(env, "route_ipv6_network_"):
+            if made >= limit:
+                self.out.unmade += _count(env, "route_ipv6_network_", n)
+                break
             net6 = IPv6Network(env[f"route_ipv6_network_{n}"], strict=False)
             gw6_text = env.get(f"route_ipv6_gateway_{n}", "")
             gw6 = ip_address(gw6_text) if gw6_text else IPv6Address(0)
@@ -291,6 +311,7 @@ class _Producer:
             via = unset if net_gw6 and gw6_text and ip_address(net_gw6) == gw6 else iface
             out.append(m.RouteMsg(kind, mid, net6.network_address, net6.prefixlen, gw6, via,
                                   metric))
+            made += 1
 
     def redirect(self, kind: m.MsgType) -> list[m.Message]:
         """The IPv4 full tunnel (``redirect-gateway def1``): the bypass host route to the

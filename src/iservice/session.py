@@ -482,7 +482,9 @@ class Session:
         self._drain_output()
         assert self.tun_name is not None and self.tun_ifindex is not None
         facts = self.facts.watcher.facts if self.facts is not None else Facts()
-        return Context(self.tun_name, self.tun_ifindex, facts)
+        # more routes than max_routes would be refused: not even made (memory)
+        return Context(self.tun_name, self.tun_ifindex, facts,
+                       self.server.settings.max_routes + 64)
 
     async def _serve_channel(self) -> None:
         """Read, decide and apply openvpn's requests.  Batches go to the monitor as soon as

@@ -174,3 +174,18 @@ def test_the_sessions_tun_is_known_to_the_producer() -> None:
     stream.take(chunk(1, m.ENV_FIRST | m.ENV_LAST, b"dev=istun7\0tun_mtu=1400\0"))
     msg = drain(stream)[0][1]
     assert isinstance(msg, m.SetMtuMsg) and msg.iface.index == ctx.tun_ifindex
+
+
+def test_routes_beyond_the_sessions_limit_are_refused_unmade() -> None:
+    ctx = Context("istun7", 7, max_routes=2)
+    stream = EnvStream(lambda: ctx, log := Logged())
+    env = b"dev=istun7\0" + b"".join(f"route_network_{i}=10.9.{i}.0\0".encode()
+                                     for i in range(1, 6))
+    for c in pieces(env, 4, m.EVENT_ROUTE_UP):
+        stream.take(c)
+    items = drain(stream)
+    assert len(items) == 3  # two routes and the end
+    res = settle(items)
+    assert (res.error_number, res.requests, res.refused, res.refused_type) == \
+        (errors.ERROR_NOT_ENOUGH_QUOTA, 5, 3, m.MsgType.ADD_ROUTE)
+    assert any(event == "denied" and "3 routes" in str(kv["reason"]) for event, kv in log)

@@ -315,7 +315,7 @@ def test_an_environment_over_the_bound_is_not_sent(plugin: Plugin) -> None:
     env = {"big": "x" * m.MAX_ENV_BYTES}
     got = run_plugin(plugin, UP, env)
     assert got.rc == ERROR and got.pieces == []
-    assert any("the service takes at most 16777216" in line for line in got.logs)
+    assert any("the service takes at most 8388608" in line for line in got.logs)
 
 
 # -- the answer ---------------------------------------------------------------------------------

@@ -265,3 +265,15 @@ def test_thirty_thousand_routes() -> None:
     assert (last.prefix, last.prefix_len, last.gateway, last.iface, last.metric) == (
         IPv4Address(socket.inet_ntoa(((100 << 24 | 64 << 16) + 64 * 29999).to_bytes(4, "big"))),
         26, IPv4Address("10.8.0.1"), m.Interface(7, "istun7"), -1)
+
+
+def test_routes_beyond_the_bound_are_counted_not_made() -> None:
+    env = {"dev": "istun7", **{f"route_network_{i}": f"10.9.{i}.0" for i in range(1, 11)},
+           **{f"route_ipv6_network_{i}": f"fd00:{i}::/64" for i in range(1, 4)}}
+    got = produce(m.EVENT_ROUTE_UP, env, Context("istun7", 7, max_routes=5))
+    assert len(got.messages) == 5 and got.unmade == 8
+    got = produce(m.EVENT_ROUTE_UP, env, Context("istun7", 7, max_routes=11))
+    assert len(got.messages) == 11 and got.unmade == 2
+    # beyond the bound nothing is even parsed: the answer refuses those routes anyway
+    env["route_network_9"] = "junk"
+    assert produce(m.EVENT_ROUTE_UP, env, Context("istun7", 7, max_routes=5)).unmade == 8

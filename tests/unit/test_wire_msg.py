@@ -772,7 +772,7 @@ def test_the_c_header_has_the_offsets_of_the_hand_vectors() -> None:
         "ISV_ISERVICE_ENV_TYPE": "0x101", "ISV_ENV_SIZE": "1696", "ISV_ENV_DATA_OFFSET": "36",
         "ISV_ENV_DATA_SIZE": "1660", "ISV_ENV_RESULT_SIZE": "40",
         "ISV_ENV_RESULT_REFUSED_TYPE_OFFSET": "36", "ISV_ACK_ERROR_NUMBER_OFFSET": "24",
-        "ISV_ENV_FIRST": "1", "ISV_ENV_LAST": "2", "ISV_MAX_ENV_BYTES": str(16 << 20),
+        "ISV_ENV_FIRST": "1", "ISV_ENV_LAST": "2", "ISV_MAX_ENV_BYTES": str(8 << 20),
     }.items():
         assert defines[name] == value, name
     assert 'case 0x3: return "add_route";' in text

@@ -178,7 +178,9 @@ ADAPTER_TYPE_DCO = 0
 ADAPTER_TYPE_TAP = 1
 
 # ISERVICE_ENV: openvpn's plugin event numbers (openvpn-plugin.h's OPENVPN_PLUGIN_*), the
-# chunk flags, and the bound on one environment (30,000 IPv4 routes are ~3 MB).
+# chunk flags, and the bound on one environment: 8 MiB, ~85,000 IPv4 routes (30,000 are
+# ~3 MB).  The service parses an environment into ~9× its size for a moment (one at a
+# time: it is done in the event loop), so the bound is the service's memory too.
 EVENT_UP = 0
 EVENT_DOWN = 1
 EVENT_ROUTE_UP = 2
@@ -187,7 +189,7 @@ ENV_EVENTS: dict[int, str] = {EVENT_UP: "up", EVENT_DOWN: "down", EVENT_ROUTE_UP
                               EVENT_ROUTE_PREDOWN: "route-pre-down"}
 ENV_FIRST = 1  # the chunk starts an environment
 ENV_LAST = 2  # the chunk ends it: the service makes the requests and answers once
-MAX_ENV_BYTES = 16 << 20
+MAX_ENV_BYTES = 8 << 20
 MAX_MESSAGE_SIZE = 1696  # sizeof(pipe_message_t) = the nrpt message
 ENV_DATA_OFFSET = 36
 ENV_DATA_SIZE = MAX_MESSAGE_SIZE - ENV_DATA_OFFSET  # an environment chunk is the largest size
