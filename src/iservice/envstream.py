@@ -32,7 +32,16 @@ import logging
 from collections.abc import Callable
 
 from iservice import errors
-from iservice.produce import Context, EnvError, parse_env, produce
+from iservice.produce import (
+    EXIT_SIGNALS,
+    Context,
+    EnvError,
+    Produced,
+    parse_env,
+    produce,
+    signal_of,
+    takes_down,
+)
 from iservice.wire import msg as m
 
 # The answer to one settled request: its error number in, the bytes to send out (b"" for
@@ -141,15 +150,20 @@ class EnvStream:
         data = b"".join(self._pieces)
         self._current, self._pieces, self._size = None, [], 0
         name = m.ENV_EVENTS[event]
-        env = parse_env(data)
-        try:
-            made = produce(event, env, self._context(), mid)
-        except EnvError as exc:
-            self._log(logging.WARNING, "bad-environment", what=name, mid=mid,
-                      verdict="malformed", reason=exc.reason, error=errors.ERROR_MESSAGE_DATA)
-            return [(mid, errors.ERROR_MESSAGE_DATA, _failed(mid))]
+        signal = signal_of(data)
+        if takes_down(event) and signal in EXIT_SIGNALS:
+            # what produce() answers, without parsing ~100 bytes a route (fast disconnect)
+            made = Produced([], [], exiting=True)
+        else:
+            try:
+                made = produce(event, parse_env(data), self._context(), mid)
+            except EnvError as exc:
+                self._log(logging.WARNING, "bad-environment", what=name, mid=mid,
+                          verdict="malformed", reason=exc.reason,
+                          error=errors.ERROR_MESSAGE_DATA)
+                return [(mid, errors.ERROR_MESSAGE_DATA, _failed(mid))]
         self._log(logging.INFO, "environment", what=name, mid=mid, bytes=len(data),
-                  signal=env.get("signal"), requests=len(made.messages),
+                  signal=signal, requests=len(made.messages),
                   verdict="exiting" if made.exiting else "produced")
         for note in made.notes:
             self._log(logging.INFO, "ignored", what=name, mid=mid, reason=note)

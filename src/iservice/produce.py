@@ -107,10 +107,29 @@ def exiting(env: Env) -> bool:
     return env.get("signal", "") in EXIT_SIGNALS
 
 
+def signal_of(data: bytes) -> str | None:
+    """``parse_env(data).get("signal")`` without parsing the rest (the first one wins):
+    at route-pre-down and down of an exiting openvpn nothing else is looked at."""
+    at = 0
+    while (at := data.find(b"signal=", at)) >= 0:
+        if at == 0 or data[at - 1] == 0:
+            end = data.find(b"\0", at)
+            return data[at + 7:end if end >= 0 else len(data)].decode(
+                "utf-8", "surrogateescape")
+        at += 1
+    return None
+
+
+def takes_down(event: int) -> bool:
+    return event in (m.EVENT_ROUTE_PREDOWN, m.EVENT_DOWN)
+
+
 def produce(event: int, env: Env, ctx: Context, message_id: int = 0) -> Produced:
     """The requests for ``event`` (``wire.msg.EVENT_*``), numbered ``message_id``.
     Raises only EnvError: a malformed value fails the whole environment, nothing is
     made of it (as an ``--up`` script that fails)."""
+    if takes_down(event) and exiting(env):
+        return Produced([], [], exiting=True)  # the session's undo takes it all with the tun
     out = Produced([], [])
     try:
         _Producer(env, ctx, message_id, out).run(event)
@@ -221,8 +240,6 @@ class _Producer:
         elif event == m.EVENT_ROUTE_UP:
             self.routes(T.ADD_ROUTE)
             self.add(self.redirect(T.ADD_ROUTE))
-        elif event in (m.EVENT_ROUTE_PREDOWN, m.EVENT_DOWN) and exiting(env):
-            self.out.exiting = True  # the session's undo takes it all with the tun
         elif event == m.EVENT_ROUTE_PREDOWN:
             self.add(self.redirect(T.DEL_ROUTE))
             if "route_network_1" not in env and "route_ipv6_network_1" not in env:

@@ -27,6 +27,7 @@ from iservice.produce import (
     exiting,
     parse_env,
     produce,
+    signal_of,
 )
 from iservice.wire import msg as m
 
@@ -277,3 +278,14 @@ def test_routes_beyond_the_bound_are_counted_not_made() -> None:
     # beyond the bound nothing is even parsed: the answer refuses those routes anyway
     env["route_network_9"] = "junk"
     assert produce(m.EVENT_ROUTE_UP, env, Context("istun7", 7, max_routes=5)).unmade == 8
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.sampled_from(["signal", "xsignal", "signa", "dev", "", "s"]),
+                          st.sampled_from(["sigterm", "sigusr1", "", "a=b", "\udcff"])),
+                max_size=6),
+       st.binary(max_size=20))
+def test_signal_of_reads_what_parse_env_reads(pairs: list[tuple[str, str]], junk: bytes) -> None:
+    data = b"".join(f"{k}={v}".encode(errors="surrogateescape") + b"\0" for k, v in pairs)
+    for d in (data, junk + data, data + junk, data.rstrip(b"\0")):
+        assert signal_of(d) == parse_env(d).get("signal")
