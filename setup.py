@@ -39,10 +39,18 @@ class BuildPlugin(build_ext):
         from iservice.wire.msg import c_header
         include = os.path.join(self.build_temp, "include")
         os.makedirs(include, exist_ok=True)
-        with open(os.path.join(include, LAYOUT_HEADER), "w") as f:
-            f.write(c_header())
+        path, text = os.path.join(include, LAYOUT_HEADER), c_header()
+        try:
+            with open(path) as f:
+                same = f.read() == text
+        except OSError:
+            same = False
+        if not same:  # rewritten only when it changed: a newer header rebuilds the plugin
+            with open(path, "w") as f:
+                f.write(text)
         for ext in self.extensions:
             ext.include_dirs.append(include)
+            ext.depends.append(path)
 
     def build_runas(self) -> None:
         """The helper program, next to the plugin; optional like the plugin."""
