@@ -6,7 +6,8 @@ Everything else is in pyproject.toml.  The plugin is a plain shared object that 
 ``dlopen()``s, not a Python extension: it gets a fixed file name (no ABI suffix) and
 links against nothing but libc.  ``optional=True``: without a compiler or openvpn's
 header the install goes on without it (with a warning), and the service falls back to
-the script hook.
+the script hook.  The plugin's layouts (``iservice_layout.h``) are generated here from
+their Python declaration (``iservice/wire/msg.py``), so they are written down once.
 The helper is a small program installed next to it (statically linked when libc.a is
 there: ~0.13 ms less per start, measured); without it the service uses util-linux's
 ``setpriv`` (linux/launch.py says what each costs).
@@ -23,6 +24,7 @@ from setuptools.command.build_ext import build_ext
 RUNAS_SOURCE = "src/iservice/plugin/iservice_runas.c"
 RUNAS_NAME = "iservice-runas"
 C_FLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra"]
+LAYOUT_HEADER = "iservice_layout.h"
 
 
 def warn_loudly(text: str) -> None:
@@ -33,6 +35,7 @@ def warn_loudly(text: str) -> None:
 
 class BuildPlugin(build_ext):
     def run(self) -> None:
+        self.layout_header()
         super().run()
         self.build_runas()
         # Both parts are optional, so a missing gcc or openvpn-plugin.h must at least be said.
@@ -40,6 +43,25 @@ class BuildPlugin(build_ext):
             warn_loudly("the openvpn plugin (iservice_plugin.so) was not built: gcc, "
                         "libc6-dev and openvpn's openvpn-plugin.h are needed; the service "
                         "will use the slower script hook (hook = script)")
+
+    def layout_header(self) -> None:
+        """``iservice_layout.h`` for the plugin, from the layouts' Python declaration."""
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
+        from iservice.wire.msg import c_header
+        include = os.path.join(self.build_temp, "include")
+        os.makedirs(include, exist_ok=True)
+        path, text = os.path.join(include, LAYOUT_HEADER), c_header()
+        try:
+            with open(path) as f:
+                same = f.read() == text
+        except OSError:
+            same = False
+        if not same:  # rewritten only when it changed: a newer header rebuilds the plugin
+            with open(path, "w") as f:
+                f.write(text)
+        for ext in self.extensions:
+            ext.include_dirs.append(include)
+            ext.depends.append(path)
 
     def build_runas(self) -> None:
         """The helper program, next to the plugin; optional like the plugin."""

@@ -33,9 +33,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TARGET_NAMES = ("startup", "msg", "argv", "options", "settings", "profile", "control")
-MAX_LEN = {"startup": 8200, "msg": 1800, "argv": 512, "options": 512, "settings": 2048,
-           "profile": 2048, "control": 4200}
+TARGET_NAMES = ("startup", "msg", "env", "argv", "options", "settings", "profile", "control")
+MAX_LEN = {"startup": 8200, "msg": 1800, "env": 4096, "argv": 512, "options": 512,
+           "settings": 2048, "profile": 2048, "control": 4200}
 
 
 def worker(target: str, libfuzzer_args: list[str]) -> None:

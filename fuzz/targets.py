@@ -1,4 +1,4 @@
-"""Fuzz targets: the seven parsers that read hostile input, each with an oracle.
+"""Fuzz targets: the eight parsers that read hostile input, each with an oracle.
 
 Each target takes raw bytes and either returns normally or raises ``Crash`` /
 lets a foreign exception escape.  The rule (style anchors §1, h11): the only
@@ -21,18 +21,22 @@ unpaired surrogates would carry.
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import socket
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, ip_network
 
 from iservice import errors
+from iservice.envstream import EnvStream
 from iservice.errors import ChannelError, SettingsError, StartupDataError
 from iservice.policy import profile as pp
 from iservice.policy import requests as rq
 from iservice.policy.argv import quote_argv, split_command_line
 from iservice.policy.options import WHITELIST, validate_options
 from iservice.policy.ownership import MACHINE, Owners
+from iservice.policy.redirect import Facts, Redirect
+from iservice.produce import Context, EnvError, parse_env, produce
 from iservice.settings import parse_settings
 from iservice.wire import control as wc
 from iservice.wire import msg as m
@@ -110,6 +114,12 @@ def fuzz_msg(data: bytes) -> None:
         return
     if m.decode_message(m.encode_message(msg)) != msg:
         raise Crash(f"round trip changed {msg!r}")
+    _decide(msg)
+
+
+def _decide(msg: m.Message) -> None:
+    """The request policy's oracles: what it allows stays on the session's tun or is a
+    host route via the default gateway."""
     try:
         op = _policy().decide(msg)
     except rq.Refused as exc:
@@ -130,6 +140,53 @@ def fuzz_msg(data: bytes) -> None:
             raise Crash(f"tun route {op!r} not on the session's tun")
     if isinstance(op, rq.SetMtu) and not 576 <= op.mtu <= 65535:
         raise Crash(f"MTU {op.mtu} accepted")
+
+
+# -- openvpn's environment, forwarded (envstream.py), then the producer --------------
+
+_EVENTS = sorted(m.ENV_EVENTS)
+_ENV_CONTEXTS = (Context(TUN_NAME, TUN_INDEX),
+                 Context(TUN_NAME, TUN_INDEX, Facts(Redirect(), True)))
+
+
+def fuzz_env(data: bytes) -> None:
+    """The first byte picks the event and the facts, the rest is openvpn's environment
+    (``name=value`` strings ended by NULs).  It goes the service's way: cut into
+    ``ISERVICE_ENV`` pieces, put together (``EnvStream``), made into requests
+    (``produce``), each decided with ``fuzz_msg``'s oracles.  Only ``EnvError`` may leave
+    the producer; what it makes must pass the messages' own checks and round-trip the
+    codec; every environment gets exactly one answer."""
+    selector, env = (data[0], data[1:]) if data else (0, b"")
+    event = _EVENTS[selector % len(_EVENTS)]
+    ctx = _ENV_CONTEXTS[(selector >> 2) & 1]
+    try:
+        direct = produce(event, parse_env(env), ctx, 7).messages
+    except EnvError as exc:
+        if not exc.reason:
+            raise Crash("EnvError without a reason") from None
+        direct = None
+    stream = EnvStream(lambda: ctx, lambda *a, **kw: None)
+    answers: list[bytes] = []
+    made: list[m.Message] = []
+    for raw in m.env_chunks(env, event, 7):
+        chunk = m.decode_message(raw)
+        if not isinstance(chunk, m.EnvChunkMsg):
+            raise Crash(f"env_chunks made {chunk!r}")
+        answers += [reply(error) for _, error, reply in stream.take(chunk) if reply]
+    while (item := stream.next()) is not None:
+        _, msg, reply = item
+        if msg is None:
+            answers.append(reply(0))
+            continue
+        made.append(msg)
+        if dataclasses.replace(msg) != msg or m.decode_message(m.encode_message(msg)) != msg:
+            raise Crash(f"made an invalid message {msg!r}")
+        _decide(msg)
+        reply(0)
+    if len(answers) != 1 or m.decode_env_result(answers[0]).message_id != 7:
+        raise Crash(f"{len(answers)} answers to one environment")
+    if direct is not None and made != direct:
+        raise Crash("the pieces made other requests than the environment itself")
 
 
 # -- argv splitter -------------------------------------------------------------
@@ -320,6 +377,7 @@ def fuzz_control(data: bytes) -> None:
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "startup": fuzz_startup,
     "msg": fuzz_msg,
+    "env": fuzz_env,
     "argv": fuzz_argv,
     "options": fuzz_options,
     "settings": fuzz_settings,

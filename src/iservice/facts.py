@@ -1,28 +1,21 @@
-"""What one session's hook should know that openvpn 2.6 does not tell it (the facts).
+"""What the producer should know that openvpn 2.6 does not tell it (the facts).
 
 ``policy.redirect`` says where the facts come from (the approved config and
 command line, and the ``PUSH_REPLY`` lines in openvpn's output).  This module
-keeps them for one session and hands them to the hook: a memfd the service
-writes, and a *read-only* descriptor of it that openvpn (and so every hook it
-runs) inherits; ``--setenv ISERVICE_FACTS_FD n`` tells the hook which one.  The
-facts are advice to an untrusted hook, not authority: the service checks every
-message the hook then sends, exactly as if openvpn.exe had sent it.
+keeps them for one session; the producer (``produce.py``) reads them when an
+environment openvpn forwarded is complete.  The facts are advice, not authority:
+the service checks every request made with them, exactly as if openvpn.exe had
+sent it.
 
-Ordering: openvpn prints a ``PUSH_REPLY`` (and flushes) before it runs the
-``up`` hook, the session reads all pending output before it decides a channel
-batch (``Session._drain_output``), and the ``route-up`` hook runs only after
-the ``up`` hook got its acks; so the ``route-up`` hook always reads facts that
-include the last push.  The ``up`` event's own use of the facts (block-outside-dns →
-add_wfp_block) needs the same care: the script hook's ~30 ms start-up hid the race,
-the plugin is quicker than the service's next read, so it reads the facts only
-after its first messages (MTU, addresses) were acknowledged — by then the session
-has drained the output that preceded them.
+Ordering: openvpn prints a ``PUSH_REPLY`` (and flushes) before it calls the plugin
+(or runs the hook) at ``up``; the plugin sends the environment only then, and the
+session reads all of openvpn's pending output before it makes the requests
+(``Session._env_context``).  So the ``up`` and ``route-up`` environments always meet
+facts that include the last push, however quick the plugin is.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Callable, Sequence
 
 from iservice.policy.redirect import (
@@ -62,33 +55,11 @@ class SessionFacts:
         self.watcher = PushWatcher(opts.facts, opts.route_nopull)
         self.push_visible = opts.push_visible
         self.on_servers: Callable[[list[str]], None] | None = None
-        self._fd = os.memfd_create("iservice-facts", os.MFD_CLOEXEC)
-        self._write()
-        # What openvpn inherits: the same file, opened read-only.
-        self.child_fd: int | None = os.open(f"/proc/self/fd/{self._fd}",
-                                            os.O_RDONLY | os.O_CLOEXEC)
-
-    def _write(self) -> None:
-        data = self.watcher.facts.encode()
-        os.pwrite(self._fd, data, 0)
-        os.ftruncate(self._fd, len(data))
 
     def observe(self, line: str) -> None:
         """A line of openvpn's output (a ``SessionOutput`` observer)."""
         servers = list(self.watcher.servers)
         if not self.watcher.line(line):
             return
-        self._write()
         if self.watcher.servers != servers and self.on_servers is not None:
             self.on_servers(list(self.watcher.servers))
-
-    def launched(self) -> None:
-        """openvpn has its copy: close ours."""
-        if self.child_fd is not None:
-            os.close(self.child_fd)
-            self.child_fd = None
-
-    def close(self) -> None:
-        self.launched()
-        with contextlib.suppress(OSError):
-            os.close(self._fd)

@@ -105,11 +105,10 @@ class LaunchSpec:
     stdin: bytes
     channel_fd: int  # openvpn's end of the session channel
     output_fd: int  # the write end of the session's output pipe
-    facts_fd: int | None
 
     def argv(self, tun_name: str, launcher: LauncherPort) -> list[str]:
         return [*self.user_argv, *launcher.service_options(
-            self.hook_kind, self.hook_path, tun_name, self.channel_fd, self.facts_fd)]
+            self.hook_kind, self.hook_path, tun_name, self.channel_fd)]
 
 
 @dataclass(frozen=True)
@@ -440,7 +439,6 @@ class Monitor:
                 child = self.platform.launcher.start_openvpn(
                     spec.exe, argv, user=spec.user, workdir=spec.workdir, nice=spec.nice,
                     stdin=spec.stdin, channel_fd=spec.channel_fd, output_fd=spec.output_fd,
-                    extra_fds=() if spec.facts_fd is None else (spec.facts_fd,),
                     cgroup_fd=procs_fd)
             except Exception as exc:
                 raise StartFailed(session_id, "spawn", exc) from None

@@ -4,14 +4,16 @@ Like h11's ``Connection``, this holds the state and makes every decision; the se
 (``session.py``) only moves bytes and time through it:
 
 1. ``feed`` the raw messages read from the channel (``(true length, data)``; a true
-   length above the data means the message was cut: oversize);
+   length above the data means the message was cut: oversize); pieces of openvpn's
+   forwarded environment (``ISERVICE_ENV``) go to the ``EnvStream``, whose requests
+   (made by ``produce.py``) are decided like the channel's, before what is read next;
 2. ``next_batch`` decodes and decides what is queued, up to ``CHANNEL_BATCH``
    messages, reserving each decided operation in the session's records (so the rest
    of the batch, and other sessions through ``Owners``, see it at once) — the caller
    hands ``Step.batch``'s operations to the monitor;
 3. ``settle`` takes the monitor's results for a batch, in order: it fixes the records
-   where the kernel refused, and gives the acks (bytes for the channel) and the audit
-   lines.
+   where the kernel refused, and gives the acks (bytes for the channel), the answers to
+   forwarded environments (sent after the acks) and the audit lines.
 
 ``Step.wait``: a message names a change that is still in flight (an add whose outcome
 the monitor has not reported yet); it is held and decided again once everything before
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from iservice import audit, errors
+from iservice.envstream import EnvStream, Reply
 from iservice.errors import ChannelError, MessageTooLargeError
 from iservice.policy.dns import BlockState
 from iservice.policy.ownership import Owners, Scope
@@ -51,16 +54,18 @@ from iservice.wire import msg as m
 
 CHANNEL_BATCH = 4096  # messages decided and applied together (one journal transaction)
 
-Item = tuple[int, "int | Operation"]  # (message_id, ack error | decided operation)
+# (message_id, ack error | decided operation, how to answer: None = an ack to the sender;
+# a Reply for a request made from a forwarded environment, or for its end)
+Item = tuple[int, "int | Operation", "Reply | None"]
 
 
 @dataclass
 class Batch:
-    items: list[tuple[int, int | Operation]] = field(default_factory=list)
+    items: list[tuple[int, int | Operation, Reply | None]] = field(default_factory=list)
 
     @property
     def ops(self) -> list[Operation]:
-        return [item for _, item in self.items if not isinstance(item, int)]
+        return [item for _, item, _ in self.items if not isinstance(item, int)]
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class Step:
 @dataclass(frozen=True)
 class Settled:
     acks: bytes
+    answers: list[bytes]  # to forwarded environments (after the acks)
     applied: list[str]  # audit lines (info)
     failed: list[str]  # audit lines (warning)
     bypass_changed: bool  # a bypass route came or went: the kill switch's servers
@@ -113,7 +119,7 @@ class Pipeline:
     """One session's channel state: what is queued, held and reserved."""
 
     def __init__(self, policy: RequestPolicy, *, owners: Owners, scope: Scope,
-                 session_id: int, uid: int) -> None:
+                 session_id: int, uid: int, envs: EnvStream | None = None) -> None:
         self.policy = policy
         self.records: SessionRecords = policy.records
         self.owners = owners
@@ -121,7 +127,8 @@ class Pipeline:
         self.session_id = session_id
         self.uid = uid
         self._queued: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._held: bytes | None = None
+        self._held: tuple[bytes | m.Message, Reply | None] | None = None
+        self.envs = envs
         self.denials: list[tuple[str, dict[str, object]]] = []  # (event, fields) to audit
 
     # -- input ------------------------------------------------------------------
@@ -131,7 +138,8 @@ class Pipeline:
 
     @property
     def queued(self) -> bool:
-        return bool(self._queued) or self._held is not None
+        return bool(self._queued) or self._held is not None or (
+            self.envs is not None and self.envs.pending)
 
     def set_default_route(self, family: int, route: DefaultRoute | None, now: float) -> None:
         self.policy.set_default_route(family, route, now)
@@ -139,61 +147,84 @@ class Pipeline:
     # -- deciding ---------------------------------------------------------------
 
     def next_batch(self, now: float) -> Step:
-        """Decide what is queued, up to ``CHANNEL_BATCH`` messages (module docstring)."""
+        """Decide what is queued, up to ``CHANNEL_BATCH`` messages (module docstring):
+        first what a forwarded environment made, then what came over the channel."""
         batch = Batch()
         items = batch.items
         policy = self.policy
+        envs = self.envs
         while len(items) < CHANNEL_BATCH:
             retried = self._held is not None
+            reply: Reply | None = None
+            item: bytes | m.Message | None
             if self._held is not None:
-                raw, self._held = self._held, None
-                n = len(raw)
+                (item, reply), self._held = self._held, None
+            elif envs is not None and (made := envs.next()) is not None:
+                mid, item, reply = made
+                if item is None:  # the environment's end: its one answer, in order
+                    items.append((mid, 0, reply))
+                    continue
             else:
                 if not self._queued:
                     return Step(batch)
-                n, raw = self._queued.popleft()
+                n, item = self._queued.popleft()
                 if n == 0:
                     return Step(batch, eof=True)
-            if not retried and n == len(raw):
-                fast = policy.decide_fast(raw)
+                if n > m.MAX_MESSAGE_SIZE:
+                    # CVE-2024-27459: an oversize message ends the session
+                    return Step(batch, eof=True, abort=f"message of {n} bytes")
+                fast = policy.decide_fast(item) if n == len(item) else None
                 if fast is not None:  # a new route through the tun: nothing in flight
                     self.reserve(fast[1])
-                    items.append(fast)
+                    items.append((*fast, None))
                     continue
-            try:
-                if n > m.MAX_MESSAGE_SIZE:
-                    raise MessageTooLargeError(f"message of {n} bytes")
-                msg = m.decode_message(raw)
-            except MessageTooLargeError as exc:
-                return Step(batch, eof=True, abort=str(exc))
-            except ChannelError as exc:
-                self.denials.append(("bad-message", {
-                    "what": "channel message", "verdict": "malformed", "reason": exc.reason,
-                    "mid": exc.message_id, "error": exc.error_number}))
-                items.append((exc.message_id, exc.error_number))
-                continue
+            if isinstance(item, bytes):
+                try:
+                    msg = m.decode_message(item)
+                except MessageTooLargeError as exc:
+                    return Step(batch, eof=True, abort=str(exc))
+                except ChannelError as exc:
+                    self.denials.append(("bad-message", {
+                        "what": "channel message", "verdict": "malformed",
+                        "reason": exc.reason, "mid": exc.message_id,
+                        "error": exc.error_number}))
+                    items.append((exc.message_id, exc.error_number, None))
+                    continue
+                if isinstance(msg, m.EnvChunkMsg):  # a piece of openvpn's environment
+                    if envs is None:
+                        items.append((msg.message_id, errors.ERROR_MESSAGE_TYPE, None))
+                    else:
+                        items += envs.take(msg)
+                    continue
+            else:
+                msg = item
+                route = None if retried else policy.decide_route_fast(msg)
+                if route is not None:  # made from an environment: the same shortcut
+                    self.reserve(route)
+                    items.append((msg.message_id, route, reply))
+                    continue
             try:
                 op = policy.decide(msg, now)
             except NeedDefaultRoute as need:
-                self._held = raw
+                self._held = (item, reply)
                 return Step(batch, need_default_route=need.family)
             except Refused as exc:
                 self.denials.append(("denied", {
                     "what": audit.describe(msg), "verdict": "denied", "reason": exc.reason,
                     "mid": msg.message_id, "error": exc.error_number}))
-                items.append((msg.message_id, exc.error_number))
+                items.append((msg.message_id, exc.error_number, reply))
                 continue
             if in_flight(op):
                 if retried:  # nothing is in flight now: a bug, not openvpn's fault
                     self.denials.append(("session-bug", {
                         "what": audit.describe(op), "reason": "still in flight after settling",
                         "mid": msg.message_id}))
-                    items.append((msg.message_id, errors.ERROR_GEN_FAILURE))
+                    items.append((msg.message_id, errors.ERROR_GEN_FAILURE, reply))
                     continue
-                self._held = raw
+                self._held = (item, reply)
                 return Step(batch, wait=True)
             self.reserve(op)
-            items.append((msg.message_id, op))
+            items.append((msg.message_id, op, reply))
         return Step(batch)
 
     def reserve(self, op: Operation) -> None:
@@ -268,10 +299,11 @@ class Pipeline:
         audited when they were decided)."""
         out = iter(results)
         acks = bytearray()
+        answers: list[bytes] = []
         applied: list[str] = []
         failed: list[str] = []
         bypass = added = False
-        for message_id, item in batch.items:
+        for message_id, item, reply in batch.items:
             if isinstance(item, int):
                 error = item
             else:
@@ -287,8 +319,11 @@ class Pipeline:
                 else:
                     applied.append(f"event=applied {who} what={what} verdict=applied "
                                    f"mid={message_id}")
-            acks += m.ack_bytes(message_id, error)
-        return Settled(bytes(acks), applied, failed, bypass, added)
+            if reply is None:
+                acks += m.ack_bytes(message_id, error)
+            elif answer := reply(error):
+                answers.append(answer)
+        return Settled(bytes(acks), answers, applied, failed, bypass, added)
 
     def release(self) -> None:
         """The session ended: its routes and addresses no longer count for anybody."""

@@ -160,8 +160,8 @@ class Child(Protocol):
 
 
 class LauncherPort(Protocol):
-    def service_options(self, hook_kind: str, hook_path: str, tun: str, channel_fd: int,
-                        facts_fd: int | None = None) -> list[str]: ...
+    def service_options(self, hook_kind: str, hook_path: str, tun: str,
+                        channel_fd: int) -> list[str]: ...
     def start_openvpn(self, exe: str, argv: Sequence[str], *, user: UserIdentity,
                       workdir: str, nice: int, stdin: bytes, channel_fd: int, output_fd: int,
                       extra_fds: Sequence[int] = (), cgroup_fd: int | None = None) -> Any: ...

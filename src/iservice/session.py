@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from iservice import audit, errors
 from iservice.aio import readable, shielded
 from iservice.control import VpnState, management_socket, profile_name, read_counter, session_name
+from iservice.envstream import EnvStream
 from iservice.errors import StartupDataError
 from iservice.facts import SessionFacts, read_option_facts
 from iservice.monitor import (
@@ -43,7 +44,7 @@ from iservice.output import SessionOutput
 from iservice.pipeline import Batch, Pipeline
 from iservice.policy.options import Approved, OsPathResolver, validate_options
 from iservice.policy.ownership import Owners, scope_for
-from iservice.policy.redirect import OptionFacts
+from iservice.policy.redirect import Facts, OptionFacts
 from iservice.policy.requests import (
     Limits,
     RequestPolicy,
@@ -52,6 +53,7 @@ from iservice.policy.requests import (
     SetBlock,
 )
 from iservice.ports import BatchSender, Child, Hook, PeerCredentials, Platform, UserIdentity
+from iservice.produce import Context
 from iservice.profiles import profile_dir
 from iservice.settings import Settings
 from iservice.wire import control as wc
@@ -148,7 +150,7 @@ class Session:
     started_at: float | None = None
     vpn: VpnState = field(default_factory=VpnState)
     records: SessionRecords = field(default_factory=lambda: SessionRecords(RouteTable(), {}))
-    facts: SessionFacts | None = None  # for the hook: full tunnel, block-outside-dns
+    facts: SessionFacts | None = None  # for the producer: full tunnel, block-outside-dns
     _option_facts: OptionFacts | None = None  # read while validating, used by _launch
     _servers: tuple[str, ...] = ()  # VPN server addresses the kill switch lets through
     _servers_stale = True  # not yet handed to the monitor since they may have changed
@@ -324,12 +326,11 @@ class Session:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         self._output_fd = out_r
         hook = self.server.hook
-        assert facts.child_fd is not None
         spec = LaunchSpec(
             exe=settings.exe_path, user_argv=tuple(approved.argv), hook_kind=hook.kind,
             hook_path=hook.path, user=user, workdir=data.workdir, nice=settings.priority,
             stdin=data.stdin.encode("utf-8", "surrogatepass"), channel_fd=child_end.fileno(),
-            output_fd=out_w, facts_fd=facts.child_fd)
+            output_fd=out_w)
         job = StartSession(
             uid=user.uid, gid=user.gid, client_pid=self.creds.pid,
             info={"user": user.name, "argv": list(approved.argv), "workdir": data.workdir},
@@ -341,7 +342,6 @@ class Session:
         finally:
             child_end.close()
             os.close(out_w)
-            facts.launched()
         self.session_id, self.tun_name = started.session_id, started.tun_name
         self.tun_ifindex, self.child = started.tun_ifindex, started.child
         self.route_table = started.table
@@ -502,6 +502,16 @@ class Session:
             os.set_blocking(self._output_fd, False)
             self.output.drain(self._output_fd)
 
+    def _env_context(self) -> Context:
+        """For the producer (``envstream.py``): openvpn's output read up to now first, so
+        a PUSH_REPLY printed before openvpn called the plugin is in the facts."""
+        self._drain_output()
+        assert self.tun_name is not None and self.tun_ifindex is not None
+        facts = self.facts.watcher.facts if self.facts is not None else Facts()
+        # more routes than max_routes would be refused: not even made (memory)
+        return Context(self.tun_name, self.tun_ifindex, facts,
+                       self.server.settings.max_routes + 64)
+
     async def _serve_channel(self) -> None:
         """Move openvpn's requests through the pipeline (``pipeline.py``): read, decide,
         hand each decided batch to the monitor as soon as it is decided, answer the
@@ -515,7 +525,8 @@ class Session:
         reader = self.server.platform.channel.reader(sock, m.MAX_MESSAGE_SIZE)
         pipe = self._pipeline = Pipeline(self._policy(), owners=self.server.owners,
                                          scope=self.scope, session_id=self.session_id,
-                                         uid=self.creds.uid)
+                                         uid=self.creds.uid,
+                                         envs=EnvStream(self._env_context, self._log))
         inflight: collections.deque[tuple[Batch, asyncio.Future[list[Applied]]]] = \
             collections.deque()
         while True:
@@ -587,6 +598,8 @@ class Session:
             sent = self._acks.send(acks)
             for i in range(sent * m.ACK_SIZE, len(acks), m.ACK_SIZE):
                 await loop.sock_sendall(sock, bytes(acks[i:i + m.ACK_SIZE]))
+            for answer in settled.answers:  # to forwarded environments, after the acks
+                await loop.sock_sendall(sock, answer)
         except OSError:
             return
 
@@ -605,7 +618,7 @@ class Session:
             assert self._pipeline is not None
             op = SetBlock(flags | forced, flags, self._block_scope(), forced)
             self._pipeline.reserve(op)
-            batch = Batch([(-1, op)])
+            batch = Batch([(-1, op, None)])
             [result] = await self.server.monitor.call(
                 self.lane, Apply(self.session_id, self.tun_ifindex, (op,)))
             self._pipeline.settle(batch, [result], self._who())
@@ -681,8 +694,6 @@ class Session:
                 self.server.undo_later(self.session_id, self.creds.uid)
         if self._pipeline is not None:
             self._pipeline.release()
-        if self.facts is not None:
-            self.facts.close()
         if self.channel is not None:
             self.channel.close()
         if self.output is not None:

@@ -1,24 +1,19 @@
-"""Full tunnel facts (openvpn 2.6) and the hook's DNS, redirect and block messages."""
+"""Full tunnel facts (openvpn 2.6) and the producer's DNS, redirect and block messages."""
 
 from __future__ import annotations
 
-import os
 import socket
-from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address
 
-import pytest
-
-from iservice import hook
 from iservice.policy.redirect import (
     Facts,
     PushWatcher,
     Redirect,
     argv_options,
     config_options,
-    decode_facts,
     options_facts,
 )
+from iservice.produce import Context, produce
 from iservice.wire import msg as m
 
 PUSH = ("2026-11-25 21:09:53 PUSH: Received control message: 'PUSH_REPLY,"
@@ -90,33 +85,34 @@ def test_push_watcher_notes_the_vpn_servers() -> None:
     assert w.servers == ["192.0.2.6", "192.0.2.8", "192.0.2.9", "192.0.2.7"]
 
 
-def test_facts_round_trip_and_garbage_means_nothing() -> None:
-    f = Facts(Redirect(ipv4=True, ipv6=False, local=False, block_local=True), True)
-    assert decode_facts(f.encode()) == f
-    assert decode_facts(b"\0\0garbage") == Facts()
-    assert decode_facts(b"") == Facts()
-
-
-# -- what the hook sends -------------------------------------------------------------------
+# -- what the producer makes ----------------------------------------------------------------
 
 BASE = {"dev": "lo", "tun_mtu": "1500", "ifconfig_local": "10.8.0.2",
         "ifconfig_netmask": "255.255.255.0", "route_vpn_gateway": "10.8.0.1",
         "route_net_gateway": "198.18.0.1", "trusted_ip": "192.0.2.1"}
 LO = m.Interface(socket.if_nametoindex("lo"), "lo")
 UNSET = m.Interface(m.IFACE_INDEX_INVALID, "")
+EVENTS = {"up": m.EVENT_UP, "route-up": m.EVENT_ROUTE_UP,
+          "route-pre-down": m.EVENT_ROUTE_PREDOWN, "down": m.EVENT_DOWN}
 
 
-@pytest.fixture
-def facts_fd() -> Iterator[int]:
-    fd = os.memfd_create("facts")
-    yield fd
-    os.close(fd)
+class _Producer:
+    """``produce`` for an environment with ``script_type`` and the facts the service read
+    (in ``env`` under ``facts``), the session's tun being ``lo``."""
+
+    @staticmethod
+    def messages_for(env: dict[str, object]) -> list[m.Message]:
+        facts = env.get("facts", Facts())
+        assert isinstance(facts, Facts)
+        plain = {k: v for k, v in env.items() if isinstance(v, str)}
+        return produce(EVENTS[plain["script_type"]], plain, Context("lo", LO.index, facts)).messages
 
 
-def env_with(fd: int, facts: Facts, **kw: str) -> dict[str, str]:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, facts.encode(), 0)
-    return {**BASE, "ISERVICE_FACTS_FD": str(fd), **kw}
+producer = _Producer()
+
+
+def env_with(facts: Facts, **kw: str) -> dict[str, object]:
+    return {**BASE, "facts": facts, **kw}
 
 
 def of_type(msgs: list[m.Message], *types: type) -> list[m.Message]:
@@ -132,14 +128,14 @@ def test_up_sends_dhcp_option_dns_per_family_then_register_dns() -> None:
            "foreign_option_5": "dhcp-option DOMAIN bad name!",
            "foreign_option_6": "dhcp-option DNS 127.0.0.1",
            "foreign_option_7": "dhcp-option NTP 10.8.0.1"}
-    msgs = hook.messages_for(env)
+    msgs = producer.messages_for(env)
     assert of_type(msgs, m.DnsCfgMsg) == [
         m.DnsCfgMsg(m.MsgType.ADD_DNS_CFG, 0, LO, "corp.example,a.example", socket.AF_INET,
                     (IPv4Address("10.8.0.1"),)),
         m.DnsCfgMsg(m.MsgType.ADD_DNS_CFG, 0, LO, "", socket.AF_INET6,
                     (IPv6Address("fd00:8::1"),))]
     assert isinstance(msgs[-1], m.RegisterDnsMsg)
-    down = hook.messages_for({**env, "script_type": "down"})
+    down = producer.messages_for({**env, "script_type": "down"})
     assert [x.type for x in down] == [m.MsgType.DEL_DNS_CFG, m.MsgType.DEL_DNS_CFG,
                                       m.MsgType.DEL_ADDRESS]
 
@@ -151,7 +147,7 @@ def test_dns_option_variables_win_and_become_nrpt() -> None:
            "dns_server_1_resolve_domain_1": "corp.example", "dns_server_1_dnssec": "yes",
            "dns_search_domain_1": "a.example",
            "foreign_option_1": "dhcp-option DNS 10.8.0.53"}
-    msgs = hook.messages_for(env)
+    msgs = producer.messages_for(env)
     assert of_type(msgs, m.DnsCfgMsg) == []
     assert of_type(msgs, m.NrptCfgMsg) == [m.NrptCfgMsg(
         m.MsgType.ADD_NRPT_CFG, 0, LO, ("10.8.0.53", "fd00::53"), "corp.example", "a.example",
@@ -159,39 +155,39 @@ def test_dns_option_variables_win_and_become_nrpt() -> None:
 
 
 def test_no_dns_no_messages() -> None:
-    msgs = hook.messages_for({**BASE, "script_type": "up"})
+    msgs = producer.messages_for({**BASE, "script_type": "up"})
     assert not of_type(msgs, m.DnsCfgMsg, m.NrptCfgMsg, m.RegisterDnsMsg, m.WfpBlockMsg)
 
 
-def test_redirect_from_the_facts_bypass_first_and_deleted_last(facts_fd: int) -> None:
-    env = env_with(facts_fd, Facts(Redirect()), script_type="route-up",
+def test_redirect_from_the_facts_bypass_first_and_deleted_last() -> None:
+    env = env_with(Facts(Redirect()), script_type="route-up",
                    route_network_1="10.9.0.0", route_netmask_1="255.255.0.0",
                    route_gateway_1="10.8.0.1")
-    up = hook.messages_for(env)
+    up = producer.messages_for(env)
     assert [(str(x.prefix), x.prefix_len, x.iface) for x in up if isinstance(x, m.RouteMsg)] == [
         ("10.9.0.0", 16, LO), ("192.0.2.1", 32, UNSET), ("0.0.0.0", 1, LO),
         ("128.0.0.0", 1, LO)]
-    down = hook.messages_for({**env, "script_type": "route-pre-down"})
+    down = producer.messages_for({**env, "script_type": "route-pre-down"})
     assert [(str(x.prefix), x.type) for x in down if isinstance(x, m.RouteMsg)] == [
         ("128.0.0.0", m.MsgType.DEL_ROUTE), ("0.0.0.0", m.MsgType.DEL_ROUTE),
         ("192.0.2.1", m.MsgType.DEL_ROUTE), ("10.9.0.0", m.MsgType.DEL_ROUTE)]
 
 
-def test_redirect_local_has_no_bypass_and_no_facts_no_redirect(facts_fd: int) -> None:
-    env = env_with(facts_fd, Facts(Redirect(local=True)), script_type="route-up")
-    assert [str(x.prefix) for x in hook.messages_for(env) if isinstance(x, m.RouteMsg)] == [
+def test_redirect_local_has_no_bypass_and_no_facts_no_redirect() -> None:
+    env = env_with(Facts(Redirect(local=True)), script_type="route-up")
+    assert [str(x.prefix) for x in producer.messages_for(env) if isinstance(x, m.RouteMsg)] == [
         "0.0.0.0", "128.0.0.0"]
-    assert hook.messages_for({**BASE, "script_type": "route-up"}) == []
-    env = env_with(facts_fd, Facts(), script_type="route-up")
-    assert hook.messages_for(env) == []
+    assert producer.messages_for({**BASE, "script_type": "route-up"}) == []
+    env = env_with(Facts(), script_type="route-up")
+    assert producer.messages_for(env) == []
 
 
-def test_openvpn_27_variables_win_over_the_facts(facts_fd: int) -> None:
-    env = env_with(facts_fd, Facts(), script_type="route-up", route_redirect_gateway_ipv4="2")
-    assert len(hook.messages_for(env)) == 3
-    env = env_with(facts_fd, Facts(Redirect()), script_type="route-up",
+def test_openvpn_27_variables_win_over_the_facts() -> None:
+    env = env_with(Facts(), script_type="route-up", route_redirect_gateway_ipv4="2")
+    assert len(producer.messages_for(env)) == 3
+    env = env_with(Facts(Redirect()), script_type="route-up",
                    route_redirect_gateway_ipv6="1")
-    assert hook.messages_for(env) == []  # IPv6 only: openvpn lists those routes itself
+    assert producer.messages_for(env) == []  # IPv6 only: openvpn lists those routes itself
 
 
 def test_ipv6_routes_via_the_net_gateway_bypass_the_tunnel() -> None:
@@ -199,16 +195,16 @@ def test_ipv6_routes_via_the_net_gateway_bypass_the_tunnel() -> None:
            "route_ipv6_network_1": "2001:db8:99::7/128",
            "route_ipv6_gateway_1": "2001:db8:18::1",
            "route_ipv6_network_2": "2000::/4", "route_ipv6_gateway_2": "fd00:8::1"}
-    routes = hook.messages_for(env)
+    routes = producer.messages_for(env)
     assert [(str(x.prefix), x.iface) for x in routes if isinstance(x, m.RouteMsg)] == [
         ("2001:db8:99::7", UNSET), ("2000::", LO)]
 
 
-def test_block_messages(facts_fd: int) -> None:
-    env = env_with(facts_fd, Facts(block_outside_dns=True), script_type="up")
-    assert of_type(hook.messages_for(env), m.WfpBlockMsg) == [
+def test_block_messages() -> None:
+    env = env_with(Facts(block_outside_dns=True), script_type="up")
+    assert of_type(producer.messages_for(env), m.WfpBlockMsg) == [
         m.WfpBlockMsg(m.MsgType.ADD_WFP_BLOCK, 0, m.WFP_BLOCK_DNS, LO)]
     env["ISERVICE_KILL_SWITCH"] = "1"
-    assert of_type(hook.messages_for(env), m.WfpBlockMsg)[0].flags == 3
-    # never deleted by the hook: the block holds across reconnects
-    assert not of_type(hook.messages_for({**env, "script_type": "down"}), m.WfpBlockMsg)
+    assert of_type(producer.messages_for(env), m.WfpBlockMsg)[0].flags == 3
+    # never deleted by the producer: the block holds across reconnects
+    assert not of_type(producer.messages_for({**env, "script_type": "down"}), m.WfpBlockMsg)

@@ -9,7 +9,7 @@ path (None), so refusals and errors keep their one implementation.
 from __future__ import annotations
 
 import struct
-from ipaddress import IPv4Address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_network
 
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -129,3 +129,45 @@ def test_what_the_fast_path_leaves_to_the_full_path() -> None:
     assert p.decide_fast(raw("100.64.2.0", 24)) is not None
     full = policy(limits=Limits(0, 4, 2))  # the session's route limit: a refusal
     assert full.decide_fast(raw("100.64.2.0", 24)) is None
+
+
+# -- the same shortcut for decoded messages and those made from openvpn's environment ------
+
+@settings(max_examples=600)
+@given(raw=raw_routes(), known=st.lists(st.integers(0, 3), max_size=3),
+       max_routes=st.sampled_from([100, 1, 0]))
+def test_when_the_message_shortcut_answers_decide_agrees(raw: bytes, known: list[int],
+                                                         max_routes: int) -> None:
+    records = SessionRecords({}, {})
+    for k in known:
+        records.routes[RouteKey(ip_network(f"100.64.{k}.0/24"), False, -1)] = 40 + k
+    p = policy(records, limits=Limits(max_routes, 4, 2))
+    try:
+        msg = m.decode_message(raw)
+    except ChannelError:
+        return
+    fast = p.decide_route_fast(msg)
+    event("shortcut" if fast is not None else "full path only")
+    try:
+        full = p.decide(msg)
+    except Refused:
+        assert fast is None
+        return
+    if fast is not None:
+        assert fast == full and fast.existing is None
+        # and the bytes' shortcut, where it answers, agrees with this one
+        by_bytes = p.decide_fast(raw)
+        assert by_bytes is None or by_bytes == (msg.message_id, fast)
+
+
+def test_the_message_shortcut_takes_only_new_ipv4_routes_through_the_tun() -> None:
+    p = policy()
+    route = m.RouteMsg(m.MsgType.ADD_ROUTE, 3, IPv4Address("100.64.9.0"), 24,
+                       IPv4Address("0.0.0.0"), TUN, -1)
+    assert p.decide_route_fast(route) == p.decide(route)
+    for other in (m.RouteMsg(m.MsgType.DEL_ROUTE, 3, IPv4Address("100.64.9.0"), 24,
+                             IPv4Address("0.0.0.0"), TUN, -1),
+                  m.RegisterDnsMsg(m.MsgType.REGISTER_DNS, 1),
+                  m.RouteMsg(m.MsgType.ADD_ROUTE, 3, IPv6Address("fd00::"), 64,
+                             IPv6Address("::"), TUN, -1)):
+        assert p.decide_route_fast(other) is None

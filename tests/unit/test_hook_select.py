@@ -68,14 +68,13 @@ def test_the_installed_plugin_is_usable() -> None:
 
 
 def _options(hook: Hook) -> list[str]:
-    return service_options(hook.kind, hook.path, "istun3", 7, facts_fd=9)
+    return service_options(hook.kind, hook.path, "istun3", 7)
 
 
 def test_plugin_mode_options() -> None:
     assert _options(Hook("plugin", "/opt/x/iservice_plugin.so")) == [
         "--dev", "istun3", "--dev-type", "tun", "--disable-dco", "--ifconfig-noexec",
-        "--route-noexec", "--plugin", "/opt/x/iservice_plugin.so", "7", "--up-restart",
-        "--setenv", "ISERVICE_FACTS_FD", "9"]
+        "--route-noexec", "--plugin", "/opt/x/iservice_plugin.so", "7", "--up-restart"]
 
 
 def test_script_mode_options() -> None:
@@ -83,5 +82,5 @@ def test_script_mode_options() -> None:
     assert opts[opts.index("--script-security") + 1] == "2"
     for name in ("--up", "--route-up", "--route-pre-down", "--down"):
         assert opts[opts.index(name) + 1] == "/opt/x/iservice-hook 7"
-    assert "--plugin" not in opts and "--up-restart" in opts
-    assert opts[-3:] == ["--setenv", "ISERVICE_FACTS_FD", "9"]
+    assert "--plugin" not in opts and opts[-1] == "--up-restart"
+    assert "--setenv" not in opts  # the facts stay in the service (produce.py)

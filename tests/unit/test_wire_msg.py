@@ -101,10 +101,11 @@ def test_constants() -> None:
         MsgType.REGISTER_DNS: 24, MsgType.ENABLE_DHCP: 288, MsgType.SET_MTU: 296,
         MsgType.ADD_WINS_CFG: 352, MsgType.DEL_WINS_CFG: 352,
         MsgType.CREATE_ADAPTER: 32,
-        MsgType.ISERVICE_DEL_TUN_ROUTES: 24,  # iservice's own extension (hook only)
+        MsgType.ISERVICE_DEL_TUN_ROUTES: 24,  # iservice's own extensions
+        MsgType.ISERVICE_ENV: 1696,
     }  # fmt: skip
     assert [int(t) for t in MsgType] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13, 14, 15, 17, 18,
-                                         19, 20, 0x100]  # fmt: skip
+                                         19, 20, 0x100, 0x101, 0x102]  # fmt: skip
 
 
 def test_iservice_extension_del_tun_routes_is_a_bare_header() -> None:
@@ -683,3 +684,101 @@ def test_a_decoded_route_passes_the_checked_constructor(
         return  # e.g. a name that is not UTF-8
     assert dataclasses.replace(msg) == msg  # runs every check of the constructor
     assert encode_message(msg) == raw or fam == 2  # IPv4 leaves 12 bytes unread
+
+
+# --------------------------------------------------------------------------- extensions
+
+
+def test_env_piece_hand_vector() -> None:
+    buf = header(0x101, 1696, 21)
+    struct.pack_into("<III", buf, 24, 12, 3, 11)  # route-pre-down, first|last, 11 bytes
+    put(buf, 36, b"dev=istun0\0")
+    msg = wire.EnvChunkMsg(MsgType.ISERVICE_ENV, 21, wire.EVENT_ROUTE_PREDOWN,
+                           wire.ENV_FIRST | wire.ENV_LAST, b"dev=istun0\0")
+    both_ways(buf, msg)
+    assert wire.env_chunks(b"dev=istun0\0", wire.EVENT_ROUTE_PREDOWN, 21) == [bytes(buf)]
+    put(buf, 60, b"ignored after length")
+    assert decode_message(bytes(buf)) == msg
+
+
+@pytest.mark.parametrize(("off", "value", "what"), [
+    (24, 3, "event"), (24, 0xFFFFFFFF, "event"), (28, 4, "flags"), (28, 0x80000001, "flags"),
+    (32, 1661, "length"),
+])  # fmt: skip
+def test_env_piece_rejections(off: int, value: int, what: str) -> None:
+    buf = header(0x101, 1696, 22)
+    struct.pack_into("<I", buf, off, value)
+    with pytest.raises(MessageDataError, match=what) as exc:
+        decode_message(bytes(buf))
+    assert exc.value.message_id == 22
+
+
+def test_env_chunks_cut_anywhere_and_bound() -> None:
+    env = bytes(range(256)) * 20  # 5,120 bytes: 4 pieces, strings cut anywhere
+    raws = wire.env_chunks(env, wire.EVENT_UP, 5)
+    msgs = [decode_message(r) for r in raws]
+    assert [x.flags for x in msgs] == [1, 0, 0, 2]  # type: ignore[union-attr]
+    assert b"".join(x.data for x in msgs) == env  # type: ignore[union-attr]
+    assert [decode_message(r) for r in wire.env_chunks(b"", wire.EVENT_DOWN, 6)] == [
+        wire.EnvChunkMsg(MsgType.ISERVICE_ENV, 6, wire.EVENT_DOWN, 3, b"")]
+    with pytest.raises(ValueError):
+        wire.env_chunks(b"x" * (wire.MAX_ENV_BYTES + 1), wire.EVENT_UP, 7)
+
+
+def test_env_result_hand_vector_and_rejections() -> None:
+    buf = header(0x102, 40, -9)
+    struct.pack_into("<iIII", buf, 24, 13, 30000, 2, 3)
+    res = wire.EnvResultMsg(MsgType.ISERVICE_ENV_RESULT, -9, 13, 30000, 2, 3)
+    assert wire.encode_env_result(res) == bytes(buf)
+    assert wire.decode_env_result(bytes(buf)) == res
+    for bad in (bytes(buf)[:39], bytes(header(0, 40, 1)), encode_ack(Ack(1, 0))):
+        with pytest.raises(MessageDataError):
+            wire.decode_env_result(bad)
+    with pytest.raises(MessageTypeError):  # an answer, never a request
+        decode_message(bytes(buf))
+    with pytest.raises(TypeError):
+        encode_message(res)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- the declarations
+
+
+def test_every_layout_is_its_structs_size_and_offsets() -> None:
+    from iservice.wire import layout
+    for lay in wire.LAYOUTS:
+        assert lay.struct.size == lay.size
+        for t in lay.types:
+            assert wire.LAYOUT_OF[MsgType(t)] is lay
+        if lay.cls is not None:  # attributes in offset order follow type and message_id
+            import dataclasses
+            assert [f.name for f in dataclasses.fields(lay.cls)][:2] == ["type", "message_id"]
+    with pytest.raises(layout.LayoutError, match="overlaps"):
+        layout.Layout("x", None, (99,), 32, (layout.Field(24, "a", layout.INT32),
+                                             layout.Field(26, "b", layout.INT32)))
+    with pytest.raises(layout.LayoutError, match="after its size"):
+        layout.Layout("x", None, (99,), 26, (layout.Field(24, "a", layout.INT32),))
+    with pytest.raises(layout.LayoutError, match="has"):
+        layout.Layout("x", RegisterDnsMsg, (14,), 28, (layout.Field(24, "a", layout.INT32),))
+
+
+def test_the_c_header_has_the_offsets_of_the_hand_vectors() -> None:
+    text = wire.c_header()
+    defines = {words[1]: words[2] for words in map(str.split, text.splitlines())
+               if len(words) == 3 and words[0] == "#define"}
+    for name, value in {
+        "ISV_HEADER_SIZE": "24", "ISV_HEADER_MESSAGE_ID_OFFSET": "16",
+        "ISV_ROUTE_SIZE": "328", "ISV_ROUTE_METRIC_OFFSET": "324", "ISV_ADD_ROUTE_TYPE": "0x3",
+        "ISV_DNS_CFG_ADDRESSES_OFFSET": "804", "ISV_NRPT_CFG_DNSSEC_OFFSET": "1692",
+        "ISV_ISERVICE_ENV_TYPE": "0x101", "ISV_ENV_SIZE": "1696", "ISV_ENV_DATA_OFFSET": "36",
+        "ISV_ENV_DATA_SIZE": "1660", "ISV_ENV_RESULT_SIZE": "40",
+        "ISV_ENV_RESULT_REFUSED_TYPE_OFFSET": "36", "ISV_ACK_ERROR_NUMBER_OFFSET": "24",
+        "ISV_ENV_FIRST": "1", "ISV_ENV_LAST": "2", "ISV_MAX_ENV_BYTES": str(8 << 20),
+    }.items():
+        assert defines[name] == value, name
+    assert 'case 0x3: return "add_route";' in text
+
+
+def test_the_documentation_shows_the_declared_layouts() -> None:
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    assert wire.layout_table() in doc, "docs/architecture.md: paste msg.layout_table() again"

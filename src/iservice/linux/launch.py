@@ -49,7 +49,6 @@ from iservice.aio import readable
 from iservice.linux.cgroup import move_self
 from iservice.linux.identity import UserIdentity
 from iservice.plugin import runas_path
-from iservice.policy.redirect import FACTS_ENV
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -78,14 +77,12 @@ def raise_stack_limit(want: int = OPENVPN_STACK_LIMIT) -> None:
             resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
 
 
-def service_options(hook_kind: str, hook_path: str, tun: str, channel_fd: int,
-                    facts_fd: int | None = None) -> list[str]:
+def service_options(hook_kind: str, hook_path: str, tun: str, channel_fd: int) -> list[str]:
     """The options the service appends to openvpn's command line; last, so they win over
     the user's (SPEC §4).  ``hook_kind`` "plugin": openvpn loads iservice's plugin
     in-process (no script, so no ``--script-security 2``), which it calls at up,
     route-up, route-pre-down and down, as it would run the scripts; "script": the hook
     executable as those four scripts."""
-    facts = [] if facts_fd is None else ["--setenv", FACTS_ENV, str(facts_fd)]
     if hook_kind == "plugin":
         hooks = ["--plugin", hook_path, str(channel_fd)]
     else:
@@ -93,7 +90,7 @@ def service_options(hook_kind: str, hook_path: str, tun: str, channel_fd: int,
         hooks = ["--script-security", "2", "--up", cmd, "--route-up", cmd,
                  "--route-pre-down", cmd, "--down", cmd]
     return ["--dev", tun, "--dev-type", "tun", "--disable-dco",
-            "--ifconfig-noexec", "--route-noexec", *hooks, "--up-restart", *facts]
+            "--ifconfig-noexec", "--route-noexec", *hooks, "--up-restart"]
 
 
 def clean_environment(user: UserIdentity) -> dict[str, str]:

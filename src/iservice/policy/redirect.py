@@ -23,9 +23,9 @@ sources, both read without trusting the user:
    the output does not reach the service and pushes are not seen
    (``options_facts`` reports that as ``push_visible = False``; the session logs it).
 
-The result (``Facts``) goes to the hook through a read-only descriptor; the hook
-turns it into the same route and block messages openvpn.exe would send.  The
-service still checks every one of them: the facts only tell the hook what to ask.
+The result (``Facts``) goes to the producer (``produce.py``), which turns it into the
+same route and block messages openvpn.exe would send.  The service still checks every
+one of them: the facts only tell the producer what to ask for.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 
 MAX_SERVERS = 4  # VPN server addresses kept per session (the latest)
-FACTS_ENV = "ISERVICE_FACTS_FD"  # --setenv'd for the hook: the read-only facts descriptor
 KILL_SWITCH_ENV = "ISERVICE_KILL_SWITCH"  # `--setenv ISERVICE_KILL_SWITCH 1`: wfp_block flag 1
 PUSH_PREFIX = "PUSH: Received control message: '"
 FILTERED_PREFIX = "Pushed option removed by filter: '"
@@ -66,36 +65,9 @@ class Redirect:
 
 @dataclass
 class Facts:
-    """What the hook should know that openvpn 2.6 does not tell it."""
+    """What the producer should know that openvpn 2.6 does not tell it."""
     redirect: Redirect | None = None
     block_outside_dns: bool = False
-
-    def encode(self) -> bytes:
-        """One fixed ASCII line (``FACTS_FORMAT``), so the C plugin parses it with a
-        few comparisons: ``redirect=`` is ``-`` (none) or four 0/1 flags (ipv4, ipv6,
-        local, block_local)."""
-        r = self.redirect
-        flags = "-" if r is None else "".join(
-            "1" if f else "0" for f in (r.ipv4, r.ipv6, r.local, r.block_local))
-        return (f"iservice-facts/1 redirect={flags} "
-                f"block_outside_dns={int(self.block_outside_dns)}\n").encode()
-
-
-# What Facts.encode writes; anything else (old format, garbage, truncated) decodes to
-# "nothing known", here and in the plugin.
-FACTS_FORMAT = re.compile(rb"iservice-facts/1 redirect=(-|[01]{4}) block_outside_dns=([01])\n")
-
-
-def decode_facts(raw: bytes) -> Facts:
-    """The hook's side; anything unreadable means "nothing known"."""
-    m = FACTS_FORMAT.fullmatch(raw.rstrip(b"\0"))
-    if m is None:
-        return Facts()
-    flags = m.group(1)
-    redirect = None if flags == b"-" else Redirect(
-        ipv4=flags[0:1] == b"1", ipv6=flags[1:2] == b"1", local=flags[2:3] == b"1",
-        block_local=flags[3:4] == b"1")
-    return Facts(redirect=redirect, block_outside_dns=m.group(2) == b"1")
 
 
 def config_options(text: str) -> list[list[str]]:

@@ -486,6 +486,20 @@ class RequestPolicy:
         if peek is None:
             return None
         mid, value, prefix_len, iface, metric = peek
+        op = self._new_tun_route(value, prefix_len, iface, metric)
+        return None if op is None else (mid, op)
+
+    def decide_route_fast(self, msg: m.Message) -> AddRoute | None:
+        """``decide_fast`` for a message already decoded, or made from openvpn's
+        environment (``produce.py``): the op when ``decide(msg)`` would give a new IPv4
+        route through this session's tun, else None (decide it fully)."""
+        if type(msg) is not m.RouteMsg or msg.type != m.MsgType.ADD_ROUTE \
+                or type(msg.prefix) is not IPv4Address:
+            return None
+        return self._new_tun_route(int(msg.prefix), msg.prefix_len, msg.iface, msg.metric)
+
+    def _new_tun_route(self, value: int, prefix_len: int, iface: m.Interface,
+                       metric: int) -> AddRoute | None:
         if not 0 <= prefix_len <= 32 or value & ((1 << (32 - prefix_len)) - 1) \
                 or metric < -1 or not self._is_own_iface(iface):
             return None
@@ -497,7 +511,7 @@ class RequestPolicy:
                 not self.admin and owners.taken_from(self.scope, self.session_id, key.dst)
                 is not None):
             return None
-        return mid, AddRoute(key, self.tun_ifindex, None, table=self.route_table)
+        return AddRoute(key, self.tun_ifindex, None, table=self.route_table)
 
     def _address(self, msg: m.Message) -> Operation:
         assert isinstance(msg, m.AddressMsg)

@@ -1,0 +1,149 @@
+"""Fast disconnect (issue 16, item 1) with the real openvpn 2.6: at SIGTERM nothing is
+deleted route by route (the session's undo takes the tun with everything on it), while a
+restart still deletes exactly the old routes.
+
+openvpn's ``signal`` variable at route-pre-down and down, as seen here: ``sigterm`` /
+``sigint`` when it exits, ``sigusr1`` / ``sighup`` / ``ping-restart`` on a restart and
+``UNKNOWN`` when persist-tun takes the routes down after a restart whose pushed
+options changed (``produce.EXIT_SIGNALS``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable, Iterator
+from ipaddress import ip_network
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.isv import Service, Services, wait_for
+from tests.lab import Lab, Pki, User
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, users")]
+
+MANY = 2000
+
+
+def pushes(n: int, second: int, v6: str) -> str:
+    """``n`` IPv4 host routes 10.<second>.x.y and one IPv6 route, pushed."""
+    return "".join(f'push "route 10.{second}.{i // 250}.{i % 250} 255.255.255.255"\n'
+                   for i in range(n)) + f'push "route-ipv6 {v6}"\n'
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
+    try:
+        with Lab(Pki.create(pki_dir)) as lab:
+            yield lab
+    finally:
+        shutil.rmtree(pki_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def make_service(lab: Lab) -> Iterator[Callable[..., Service]]:
+    services = Services(lab)
+    yield services.make
+    services.close()
+
+
+@pytest.fixture
+def user(lab: Lab) -> User:
+    return lab.add_user()
+
+
+def our_routes(lab: Lab) -> list[dict[str, Any]]:
+    return [r for fam in (4, 6) for r in lab.routes(fam) if r.get("protocol") == "158"]
+
+
+def started_pid(cp: Any) -> int:
+    assert cp.returncode == 0, f"{cp.stdout}\n{cp.stderr}"
+    return int(cp.stdout.strip())
+
+
+def audit(svc: Service, event: str) -> list[str]:
+    return [line for line in svc.log().splitlines() if f"event={event} " in line]
+
+
+def deletes(svc: Service) -> list[str]:
+    return [line for line in audit(svc, "applied") + audit(svc, "failed")
+            if re.search(r'what="del_(route|address|dns_cfg|nrpt_cfg|tun_routes)', line)]
+
+
+@pytest.mark.parametrize(("hook", "sig"), [("auto", signal.SIGTERM), ("auto", signal.SIGINT),
+                                           ("script", signal.SIGTERM)])
+def test_an_exiting_openvpn_sends_no_deletes(lab: Lab, user: User,
+                                             make_service: Callable[..., Service], hook: str,
+                                             sig: signal.Signals) -> None:
+    port = {"auto": 1210, "script": 1211}[hook] + (sig == signal.SIGINT) * 2
+    server = lab.start_server(pushes(MANY, 51, "fd00:51::/64")
+                              + 'push "dhcp-option DNS 10.50.0.1"\n', port=port,
+                              name=f"many-{hook}-{sig}", network="10.50.0.0/24",
+                              network6="fd00:50::/64", timeout=60)
+    try:
+        lab.write_client_config(f"many-{port}.ovpn", port=port)
+        svc = make_service(f"hook = {hook}\n")
+        svc.start()
+        pid = started_pid(svc.start_as(user, "--config", f"many-{port}.ovpn"))
+        wait_for(lambda: len(our_routes(lab)) == MANY + 1, 60,
+                 what=lambda: f"{len(our_routes(lab))} routes\n{svc.log_tail(10)}")
+        assert deletes(svc) == []
+        os.kill(pid, sig)
+        wait_for(lambda: not our_routes(lab) and not svc.tuns() and
+                 svc.journal() == {"sessions": [], "changes": 0}, 10,
+                 what=lambda: f"{len(our_routes(lab))} routes left\n{svc.log_tail(10)}")
+        # openvpn ran route-pre-down and down (the plugin or the hook forwarded them), the
+        # service made nothing of them: no delete at all, everything went with the tun.
+        assert deletes(svc) == [], deletes(svc)[:3]
+        name = {signal.SIGTERM: "sigterm", signal.SIGINT: "sigint"}[sig]
+        envs = [line for line in audit(svc, "environment")
+                if re.search(r"what=(route-pre-down|down) ", line)]
+        assert len(envs) == 2, envs
+        assert all(f"signal={name} " in line and "requests=0 " in line and
+                   "verdict=exiting" in line for line in envs), envs
+        svc.finish()
+    finally:
+        server.stop()
+
+
+def test_a_restart_with_changed_routes_deletes_exactly_the_old_ones(
+        lab: Lab, user: User, make_service: Callable[..., Service]) -> None:
+    # No persist-tun: at SIGUSR1 openvpn runs route-pre-down naming its old routes
+    # (signal=sigusr1); they are deleted one by one, as before, and the new set comes.
+    old = lab.start_server(pushes(300, 61, "fd00:61::/64"), port=1215, name="old",
+                           network="10.60.0.0/24", network6="fd00:60::/64", timeout=30)
+    lab.write_client_config("restart.ovpn", port=1215)
+    svc = make_service()
+    svc.start()
+    pid = started_pid(svc.start_as(user, "--config", "restart.ovpn"))
+
+    def routes() -> list[str]:
+        return sorted(str(ip_network(r["dst"])) for r in our_routes(lab))
+
+    wait_for(lambda: len(routes()) == 301, 30, what=svc.log_tail)
+    old_set = routes()
+    old.stop()
+    new = lab.start_server(pushes(200, 62, "fd00:62::/64"), port=1215, name="new",
+                           network="10.60.0.0/24", network6="fd00:60::/64", timeout=30)
+    try:
+        os.kill(pid, signal.SIGUSR1)
+        wait_for(lambda: len(routes()) == 201 and all(".62." in r or ":62:" in r
+                                                      for r in routes()), 30,
+                 what=lambda: f"{len(routes())} routes\n{svc.log_tail(10)}")
+        deleted = [str(ip_network(re.search(r"dst=(\S+)", line).group(1)))  # type: ignore[union-attr]
+                   for line in deletes(svc) if 'what="del_route' in line]
+        assert sorted(deleted) == old_set  # each old route once, nothing else
+        pre = [line for line in audit(svc, "environment") if "what=route-pre-down " in line]
+        assert len(pre) == 1 and "signal=sigusr1 " in pre[0] and "requests=301 " in pre[0]
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not svc.tuns() and not our_routes(lab), 10, what="cleanup")
+        assert len([line for line in deletes(svc) if 'what="del_route' in line]) == 301
+        svc.finish()
+    finally:
+        new.stop()
