@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.isv import ISERVICE, PYTHON, Service, alive, wait_for
+from tests.isv import ISERVICE, PYTHON, Service, alive, terminate, wait_for
 from tests.lab import Lab, User
 from tests.security.helpers import audit_lines, raw_requests, rss_kib, snapshot, suppressed
 
@@ -39,8 +39,7 @@ def started_pid(cp: Any) -> int:
 
 
 def end(svc: Service, pid: int) -> None:
-    os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not svc.tuns() and not svc.journal()["sessions"], 10, what="cleanup")
+    terminate(pid, lambda: not svc.tuns() and not svc.journal()["sessions"])
 
 
 # -- CVE-2024-24974 / CVE-2024-4877: who can reach the socket, who may serve it ------

@@ -15,13 +15,12 @@ the service must still answer, and nothing may have been started or changed
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from tests.isv import Service, wait_for
+from tests.isv import Service, terminate
 from tests.lab import Lab, User
 from tests.security.helpers import raw_requests, snapshot
 
@@ -285,5 +284,4 @@ def test_config_swapped_after_the_check_changes_nothing(lab: Lab, svc: Service,
         argv = f.read().split(b"\0")
     assert str(lab.config_dir / "approved.ovpn").encode() in argv
     assert str(link).encode() not in argv
-    os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not svc.tuns() and not svc.journal()["sessions"], 5, what="cleanup")
+    terminate(pid, lambda: not svc.tuns() and not svc.journal()["sessions"])
