@@ -93,7 +93,9 @@ def _policy() -> rq.RequestPolicy:
 
 # Another session holds 10.99.0.0/16: a route inside it is refused (ownership).
 _OTHERS = Owners()
-_OTHERS.add(MACHINE, 2, 1001, ip_network("10.99.0.0/16"))
+_OTHER_TABLE = rq.RouteTable()
+_OTHERS.register(MACHINE, 2, 1001, _OTHER_TABLE)
+_OTHER_TABLE[rq.RouteKey(ip_network("10.99.0.0/16"), False, -1)] = 1
 
 
 def _own(iface: m.Interface) -> bool:

@@ -128,6 +128,7 @@ class Pipeline:
         self.uid = uid
         self._queued: collections.deque[tuple[int, bytes]] = collections.deque()
         self._held: tuple[bytes | m.Message, Reply | None] | None = None
+        owners.register(scope, session_id, uid, self.records.routes)
         self.envs = envs
         self.denials: list[tuple[str, dict[str, object]]] = []  # (event, fields) to audit
 
@@ -230,20 +231,16 @@ class Pipeline:
     def reserve(self, op: Operation) -> None:
         """Mirror a decided op in the records (and the owners) now."""
         rec = self.records
+        # The session's route table is registered with the owners: a route in it counts
+        # for every other session at once (in flight: -1).
         if isinstance(op, AddRoute):
-            if op.existing is None:
-                rec.routes[op.key] = -1
-                self.owners.add(self.scope, self.session_id, self.uid, op.key.dst)
-            else:
-                rec.routes[op.key] = op.existing
+            rec.routes[op.key] = -1 if op.existing is None else op.existing
         elif isinstance(op, DelRoute):
-            if rec.routes.pop(op.key, None) is not None:
-                self.owners.remove(self.scope, self.session_id, self.uid, op.key.dst)
+            rec.routes.pop(op.key, None)
         elif isinstance(op, DelTunRoutes):
             # What could not be deleted stays in the journal; undo retries it.
             for d in op.routes:
-                if rec.routes.pop(d.key, None) is not None:
-                    self.owners.remove(self.scope, self.session_id, self.uid, d.key.dst)
+                rec.routes.pop(d.key, None)
         elif isinstance(op, AddAddress):
             if op.existing is None:
                 rec.addresses[op.key] = -1
@@ -272,13 +269,11 @@ class Pipeline:
             if op.existing is not None:
                 pass  # the record stays whatever the kernel said
             elif result.error or result.change_id is None:
-                if rec.routes.pop(op.key, None) is not None:
-                    self.owners.remove(self.scope, self.session_id, self.uid, op.key.dst)
+                rec.routes.pop(op.key, None)
             else:
                 rec.routes[op.key] = result.change_id
         elif isinstance(op, DelRoute) and result.error:
             rec.routes[op.key] = op.change_id
-            self.owners.add(self.scope, self.session_id, self.uid, op.key.dst)
         elif isinstance(op, AddAddress) and op.existing is None:
             if result.error or result.change_id is None:
                 if rec.addresses.pop(op.key, None) is not None:
@@ -327,8 +322,5 @@ class Pipeline:
 
     def release(self) -> None:
         """The session ended: its routes and addresses no longer count for anybody."""
-        for version, plen, value in self.records.routes.networks():
-            self.owners.remove_raw(self.scope, self.session_id, self.uid, version, plen, value)
+        self.owners.unregister(self.scope, self.session_id)
         self._addresses_less(len(self.records.addresses))
-        self.records.routes.clear()
-        self.records.addresses.clear()

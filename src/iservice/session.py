@@ -43,12 +43,11 @@ from iservice.monitor import (
 from iservice.output import SessionOutput
 from iservice.pipeline import Batch, Pipeline
 from iservice.policy.options import Approved, OsPathResolver, validate_options
-from iservice.policy.ownership import Owners, scope_for
+from iservice.policy.ownership import Owners, RouteTable, scope_for
 from iservice.policy.redirect import Facts, OptionFacts
 from iservice.policy.requests import (
     Limits,
     RequestPolicy,
-    RouteTable,
     SessionRecords,
     SetBlock,
 )

@@ -240,14 +240,23 @@ nets = st.one_of(
               st.integers(0, 2**128 - 1), st.integers(0, 128)))
 
 
-@given(nets, st.integers(-1, 2**32 - 1))
-def test_route_table_keeps_every_key_exactly(dst: IPv4Network, metric: int) -> None:
-    from iservice.policy.requests import RouteKey, RouteTable
+@given(nets, st.integers(-1, 2**32 - 1), st.integers(-1, 2**32 - 1))
+def test_route_table_keeps_every_key_exactly(dst: IPv4Network, metric: int,
+                                             other: int) -> None:
+    from iservice.policy.ownership import RouteKey, RouteTable
     key = RouteKey(dst, False, metric)
-    assert RouteTable.unpack(RouteTable.pack(key)) == key
-    table = RouteTable({key: 7, RouteKey(dst, True, metric): 8})
-    assert table[key] == 7 and len(table) == 2 and table.bypass_count == 1
-    assert sorted(table.values()) == [7, 8]
-    assert (dst.version, dst.prefixlen, int(dst.network_address)) in set(table.networks())
-    del table[key]
-    assert key not in table and len(table) == 1
+    bypass = RouteKey(dst, True, -1)
+    table = RouteTable({key: 7, bypass: 8})
+    assert table[key] == 7 and table[bypass] == 8 and len(table) == 2
+    assert table.bypass_count == 1 and sorted(table.values()) == [7, 8]
+    assert set(table) == {key, bypass}  # the keys come back exactly
+    second = RouteKey(dst, False, other)
+    table[second] = 9  # the same network with another metric: a route of its own
+    assert len(table) == (2 if other == metric else 3)
+    assert table[second] == 9 and table[bypass] == 8
+    assert table.holds(RouteTable.key_of(key))
+    del table[bypass]
+    assert bypass not in table and key in table and table.bypass_count == 0
+    for k in list(table):
+        del table[k]
+    assert len(table) == 0 and not table.holds(RouteTable.key_of(key))

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iservice import errors
-from iservice.policy.ownership import MACHINE, Owners
+from iservice.policy.ownership import MACHINE, Owners, RouteTable
 from iservice.policy.requests import (
     AddAddress,
     AddressKey,
@@ -52,8 +52,10 @@ def policy(records: SessionRecords | None = None, *, owners: Owners | None = Non
 def others(*routes: str, session: int = 2, uid: int = 1001) -> Owners:
     """Owners where another session (``session`` of ``uid``) holds ``routes``."""
     o = Owners()
-    for r in routes:
-        o.add(MACHINE, session, uid, ip_network(r))
+    table = RouteTable()
+    o.register(MACHINE, session, uid, table)
+    for i, r in enumerate(routes):
+        table[RouteKey(ip_network(r), False, -1)] = i
     return o
 
 

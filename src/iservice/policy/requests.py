@@ -41,9 +41,8 @@ Rules:
 
 from __future__ import annotations
 
-import functools
 import socket
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
@@ -57,7 +56,7 @@ from iservice.policy.dns import (
     parse_domains,
     parse_server,
 )
-from iservice.policy.ownership import MACHINE, Owners, Scope
+from iservice.policy.ownership import MACHINE, Owners, RouteKey, RouteTable, Scope
 from iservice.wire import msg as m
 
 IPAddress = IPv4Address | IPv6Address
@@ -89,29 +88,6 @@ class Refused(Exception):
 
 
 # -- the closed set of operations --------------------------------------------
-
-@dataclass(frozen=True)
-class RouteKey:
-    """How a route is identified for delete-matching and undo."""
-    dst: IPNetwork
-    bypass: bool
-    metric: int  # -1 = unset
-    # A key is hashed three times per route (decide, reserve, settle) and hashing an
-    # ip_network is ~0.4 µs: computed once (profiled at 10,000 routes).
-    _hash: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.dst, self.bypass, self.metric)))
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    @functools.cached_property
-    def dst_text(self) -> str:
-        """``str(self.dst)``, made once: the audit line and the journal record both need
-        it, and formatting a network is ~1.3 µs (more for IPv6)."""
-        return str(self.dst)
-
 
 @dataclass(frozen=True)
 class AddressKey:
@@ -261,105 +237,6 @@ class SessionRecords:
         return self.routes.bypass_count
 
 
-_METRIC_BITS = 33  # metric + 1: 0 (unset) ... 2**32
-
-
-class RouteTable(MutableMapping[RouteKey, int]):
-    """A session's routes (key → its journal record), held compactly: a session may hold
-    100,000 routes for hours, and a ``RouteKey`` (with its ``ip_network``) costs ~500
-    bytes where one int costs ~36 (issue 16: at most 200 bytes of service memory per
-    route).  Routes through the tun are kept as one packed int each (network, prefix
-    length, metric, family); the few bypass routes as their keys.  Iteration makes the
-    keys again (only ``del_tun_routes`` and the end of a session do)."""
-
-    __slots__ = ("_bypass", "_tun")
-
-    def __init__(self, items: Mapping[RouteKey, int] | None = None) -> None:
-        self._tun: dict[int, int] = {}
-        self._bypass: dict[RouteKey, int] = {}
-        if items:
-            for k, v in items.items():
-                self[k] = v
-
-    @staticmethod
-    def pack(key: RouteKey) -> int:
-        dst = key.dst
-        value = int(dst.network_address)
-        return ((((value << 8) | dst.prefixlen) << _METRIC_BITS | (key.metric + 1)) << 1
-                | (dst.version == 6))
-
-    @staticmethod
-    def unpack(packed: int) -> RouteKey:
-        v6 = packed & 1
-        rest = packed >> 1
-        metric = (rest & ((1 << _METRIC_BITS) - 1)) - 1
-        rest >>= _METRIC_BITS
-        plen, value = rest & 0xFF, rest >> 8
-        net = IPv6Network((value, plen)) if v6 else IPv4Network((value, plen))
-        return RouteKey(net, bypass=False, metric=metric)
-
-    def __getitem__(self, key: RouteKey) -> int:
-        if key.bypass:
-            return self._bypass[key]
-        return self._tun[self.pack(key)]
-
-    def get_packed(self, packed: int) -> int | None:
-        return self._tun.get(packed)
-
-    def __setitem__(self, key: RouteKey, change_id: int) -> None:
-        if key.bypass:
-            self._bypass[key] = change_id
-        else:
-            self._tun[self.pack(key)] = change_id
-
-    def __delitem__(self, key: RouteKey) -> None:
-        if key.bypass:
-            del self._bypass[key]
-        else:
-            del self._tun[self.pack(key)]
-
-    def __contains__(self, key: object) -> bool:
-        if not isinstance(key, RouteKey):
-            return False
-        if key.bypass:
-            return key in self._bypass
-        return self.pack(key) in self._tun
-
-    def __iter__(self) -> Iterator[RouteKey]:
-        yield from self._bypass
-        for packed in self._tun:
-            yield self.unpack(packed)
-
-    def __len__(self) -> int:
-        return len(self._tun) + len(self._bypass)
-
-    @property
-    def bypass_count(self) -> int:
-        return len(self._bypass)
-
-    def bypass_keys(self) -> list[RouteKey]:
-        return list(self._bypass)
-
-    def networks(self) -> Iterator[tuple[int, int, int]]:
-        """(IP version, prefix length, network value) of every route, without making
-        the keys (what ``Owners`` needs when a session ends)."""
-        for key in self._bypass:
-            yield key.dst.version, key.dst.prefixlen, int(key.dst.network_address)
-        for packed in self._tun:
-            rest = packed >> (1 + _METRIC_BITS)
-            yield (6 if packed & 1 else 4), rest & 0xFF, rest >> 8
-
-    def __repr__(self) -> str:
-        return f"RouteTable({dict(self.items())!r})"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, RouteTable):
-            return self._tun == other._tun and self._bypass == other._bypass
-        if isinstance(other, Mapping):
-            return dict(self.items()) == dict(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 def _family_bits(family: int) -> int:
