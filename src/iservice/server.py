@@ -17,6 +17,7 @@ import errno
 import fcntl
 import gc
 import grp
+import hashlib
 import logging
 import os
 import pwd
@@ -232,6 +233,15 @@ def _check_usable_by_others(path: str, what: str, mode_bit: int, need: str) -> N
         probe = os.path.dirname(probe)
 
 
+def owner_id(settings: Settings) -> str:
+    """What iservice's marks (a tun's alias, a table's comment) name as their owner: the
+    instance and its state directory (two services of one instance name with their own
+    state directories, in one network namespace, must not take each other's objects for
+    leftovers: effects/orphans.py)."""
+    key = hashlib.sha256(os.path.abspath(settings.state_dir).encode()).hexdigest()[:8]
+    return f"{settings.instance}#{key}"
+
+
 def move_aside(journal_path: str) -> str:
     """Rename a damaged journal (and its WAL and shared-memory files) to
     ``<name>.damaged-<UTC time>``, kept for the administrator; the new name."""
@@ -388,7 +398,7 @@ class Server:
 
     def _monitor(self, journal_path: str, cgroups: ProcessGroups) -> Monitor:
         return Monitor(journal_path, platform=self.platform, cgroups=cgroups,
-                       dns_factory=self._dns_backend, instance=self.settings.instance)
+                       dns_factory=self._dns_backend, instance=owner_id(self.settings))
 
     def _prepare_state(self) -> str:
         d = self.settings.state_dir
@@ -643,7 +653,7 @@ def cleanup(settings: Settings, platform: Platform | None = None) -> int:
             cgroups = None  # the journaled cgroups cannot be ended: said per session
         try:
             mon = Monitor(journal_path, platform=platform, cgroups=cgroups,
-                          instance=settings.instance)
+                          instance=owner_id(settings))
         except (JournalError, JournalDataError) as exc:
             raise StartupError(f"journal: {exc}") from None
         try:

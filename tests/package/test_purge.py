@@ -104,7 +104,7 @@ def test_purge_undoes_services_and_leaves_nothing(lab: Lab) -> None:
         assert [r for f in (4, 6) for r in lab.routes(f) if r.get("protocol") == "158"] == []
         for svc in (killed, running):
             assert not (svc.state_dir / "journal.sqlite3").exists()
-            assert not svc.state_dir.exists()  # only the journal was there
+            assert not svc.state_dir.exists()  # only the journal and its lock were there
         # and nothing the package added is left
         assert leftovers.added(before, leftovers.snapshot()) == []
         assert not os.path.lexists("/usr/bin/iservice")

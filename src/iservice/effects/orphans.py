@@ -7,11 +7,12 @@ undone:
 
 * a session cgroup: any ``session-<id>`` directory under this service's cgroup base
   (made from its state directory, so always this instance's);
-* a tun: its alias ``iservice:<instance>:<session>:<token>`` (``effects/tun.py``) names
-  this instance;
-* an nftables table: its comment ``iservice:<instance>:<session>`` names this instance;
+* a tun: its alias ``iservice:<owner>:<session>:<token>`` (``effects/tun.py``) names
+  this service as its owner (``server.owner_id``: the instance and its state directory,
+  so two services of one instance name never take each other's objects);
+* an nftables table: its comment ``iservice:<owner>:<session>`` names this service;
 * a rule with ``proto 158``: unless the session table it belongs to
-  (``0x10000000 + tun ifindex``, ``effects/rule.py``) is that of another instance's tun;
+  (``0x10000000 + tun ifindex``, ``effects/rule.py``) is that of another service's tun;
 * a route with ``proto 158`` in a session table: unless that table's tun is another
   instance's;
 * any other route with ``proto 158``: if it goes through no live tun, and no other

@@ -58,8 +58,9 @@ def names(session_id: int) -> list[str]:
 
 
 def alias_for(instance: str, session_id: int) -> str:
-    """The mark of a session's tun: the instance, the session and a random token, so
-    that no other instance's (or an older journal's) device can carry it."""
+    """The mark of a session's tun: its owner (the instance and its state directory:
+    ``server.owner_id``), the session and a random token, so that no other service's (or
+    an older journal's) device can carry it."""
     return f"{MARK_PREFIX}{instance}:{session_id}:{secrets.token_hex(6)}"
 
 

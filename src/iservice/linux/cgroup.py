@@ -12,7 +12,9 @@ ancestor's, both root's.  At the session's end — and at the next start after t
 service was killed, from the journaled path — ``cgroup.kill`` ends all of them at once
 (kernel ≥ 5.14), and the emptied directory is removed.
 
-Where: ``<the service's own cgroup>/iservice-<key>/session-<id>``; the own cgroup is
+Where: ``<the service's own cgroup>/iservice-<key>/session-<id>`` (paths in the
+hierarchy's own terms: journaled, they mean the same wherever it is mounted); the own
+cgroup is
 the ``0::`` line of ``/proc/self/cgroup`` (so systemd, with ``Delegate=yes`` in the unit,
 accounts the sessions to the service), and ``<key>`` is made from the state directory:
 session ids are unique per journal, and two services that share a cgroup (an
@@ -24,6 +26,7 @@ does not apply.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import os
@@ -65,80 +68,114 @@ def own_cgroup(proc_cgroup: str) -> str | None:
     return None
 
 
-def base_path(mount: tuple[str, str], own: str, state_dir: str) -> str:
-    """The directory under which session cgroups are made (module docstring)."""
-    point, root = mount
-    if root != "/" and not (own == root or own.startswith(root.rstrip("/") + "/")):
-        raise CgroupError(errno.ENOENT, f"own cgroup {own} is outside the mounted {root}")
-    rel = (own[len(root):] if root != "/" else own).strip("/")
+def base_path(own: str, state_dir: str) -> str:
+    """Where session cgroups are made, as a path in the hierarchy (module docstring)."""
     key = hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:8]
-    return os.path.join(point, rel, f"iservice-{key}")
+    return f"{own.rstrip('/')}/iservice-{key}"
+
+
+_CLONE_NEWNS = 0x00020000
+_MS_REC, _MS_PRIVATE = 0x4000, 1 << 18
+
+
+def _mount_privately() -> None:
+    """No cgroup2 hierarchy is visible (``ip netns exec`` remounts /sys without one; a
+    container): mount one at /sys/fs/cgroup in a mount namespace of this process's own,
+    made private first, so nothing of it shows outside (and it goes with the process)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for call, args in ((libc.unshare, (_CLONE_NEWNS,)),
+                       (libc.mount, (None, b"/", None, _MS_REC | _MS_PRIVATE, None)),
+                       (libc.mount, (b"cgroup2", b"/sys/fs/cgroup", b"cgroup2", 0, None))):
+        if call(*args) != 0:
+            err = ctypes.get_errno()
+            raise CgroupError(err, f"no cgroup v2 hierarchy is mounted, and mounting one "
+                                   f"failed: {os.strerror(err)} (systemd mounts one at "
+                                   "/sys/fs/cgroup; else: mount -t cgroup2 none /sys/fs/cgroup)")
 
 
 @dataclass(frozen=True)
 class Cgroups:
-    """The session cgroups of one service (all paths absolute, under ``base``, which is
-    inside the cgroup2 hierarchy mounted at ``mount``)."""
+    """The session cgroups of one service.  Paths are the hierarchy's own
+    (``/system.slice/iservice.service/iservice-<key>/session-7``, as /proc/PID/cgroup
+    says), so a journaled path means the same wherever the hierarchy is mounted now;
+    ``mount`` is where it is mounted in this process (``root``: the hierarchy's path
+    there, "/" but in a cgroup namespace)."""
 
     base: str
     mount: str
+    root: str = "/"
 
     @classmethod
     def find(cls, state_dir: str) -> Cgroups:
-        """Locate the hierarchy; CgroupError with a clear reason if there is none."""
+        """Locate the hierarchy (mounting one privately if none is visible); CgroupError
+        with a clear reason if there is none."""
         with open("/proc/self/mountinfo") as f:
             mount = cgroup2_mount(f.read())
         if mount is None:
-            raise CgroupError(errno.ENOENT, "no cgroup v2 hierarchy is mounted (systemd mounts "
-                              "one at /sys/fs/cgroup; else: mount -t cgroup2 none "
-                              "/sys/fs/cgroup)")
+            _mount_privately()
+            with open("/proc/self/mountinfo") as f:
+                mount = cgroup2_mount(f.read())
+            if mount is None:
+                raise CgroupError(errno.ENOENT, "no cgroup v2 hierarchy is mounted")
         with open("/proc/self/cgroup") as f:
             own = own_cgroup(f.read())
         if own is None:
             raise CgroupError(errno.ENOENT, "this process has no cgroup v2 membership")
-        base = base_path(mount, own, state_dir)
-        os.makedirs(base, mode=0o755, exist_ok=True)
-        if not os.path.exists(os.path.join(base, "cgroup.kill")):
-            raise CgroupError(errno.ENOTSUP, f"{base}: no cgroup.kill (kernel 5.14 or newer)")
-        return cls(base, mount[0])
+        point, root = mount
+        if root != "/" and not (own == root or own.startswith(root.rstrip("/") + "/")):
+            raise CgroupError(errno.ENOENT, f"own cgroup {own} is outside the mounted {root}")
+        groups = cls(base_path(own, state_dir), point, root)
+        os.makedirs(groups._abs(groups.base), mode=0o755, exist_ok=True)
+        if not os.path.exists(os.path.join(groups._abs(groups.base), "cgroup.kill")):
+            raise CgroupError(errno.ENOTSUP, f"{groups.base}: no cgroup.kill (kernel 5.14 "
+                                             "or newer)")
+        return groups
+
+    def _abs(self, path: str) -> str:
+        """Where a hierarchy path is in this process's file system."""
+        rel = path if self.root == "/" else path[len(self.root.rstrip("/")):]
+        return os.path.join(self.mount, rel.lstrip("/"))
 
     def path_for(self, session_id: int) -> str:
-        return os.path.join(self.base, f"session-{int(session_id)}")
+        return f"{self.base}/session-{int(session_id)}"
 
     def owns(self, path: str) -> bool:
         """Could ``path`` be a session cgroup of this service?  A journaled path is checked
         before the service writes to it (a damaged journal must not name any other
         cgroup); it need not be under today's ``base``: the service may have been moved
         to another cgroup since it journaled the session (a restart under systemd)."""
-        norm = os.path.normpath(path)
-        return (norm == path and path.startswith(self.mount.rstrip("/") + "/")
+        root = self.root.rstrip("/")
+        return (path.startswith("/") and os.path.normpath(path) == path
+                and (not root or path.startswith(root + "/"))
                 and _SESSION_RE.fullmatch(os.path.basename(path)) is not None)
 
     def sessions(self) -> list[str]:
         """The session cgroups that exist now (for the sweep of unjournaled leftovers)."""
         try:
-            names = os.listdir(self.base)
+            names = os.listdir(self._abs(self.base))
         except FileNotFoundError:
             return []
-        return sorted(os.path.join(self.base, n) for n in names if _SESSION_RE.fullmatch(n))
+        return sorted(f"{self.base}/{n}" for n in names if _SESSION_RE.fullmatch(n))
 
     def create(self, path: str) -> None:
         """Make a session's cgroup; FileExistsError if it is there already."""
         if not self.owns(path):
             raise CgroupError(errno.EINVAL, f"not a session cgroup of this service: {path}")
-        os.mkdir(path, 0o755)
+        os.mkdir(self._abs(path), 0o755)
 
     def open_procs(self, path: str) -> int:
         """A descriptor of the cgroup's ``cgroup.procs`` for the spawner: it writes "0" to
         it (itself) while root.  Close-on-exec: it must never reach openvpn."""
-        return os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        return os.open(os.path.join(self._abs(path), "cgroup.procs"),
+                       os.O_WRONLY | os.O_CLOEXEC)
 
     def kill(self, path: str) -> bool:
         """SIGKILL every process in the cgroup; False if the cgroup is gone."""
         if not self.owns(path):
             raise CgroupError(errno.EINVAL, f"not a session cgroup of this service: {path}")
         try:
-            fd = os.open(os.path.join(path, "cgroup.kill"), os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(os.path.join(self._abs(path), "cgroup.kill"),
+                         os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return False
         try:
@@ -155,19 +192,19 @@ class Cgroups:
         """
         if not self.kill(path):
             return
-        if not wait_empty(path, timeout):
+        where = self._abs(path)
+        if not wait_empty(where, timeout):
             raise CgroupError(errno.EBUSY, f"{path}: processes left after {timeout} s")
         try:
-            os.rmdir(path)
+            os.rmdir(where)
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise CgroupError(exc.errno or errno.EBUSY, f"{path}: {exc.strerror}") from None
 
-    @staticmethod
-    def procs(path: str) -> list[int]:
+    def procs(self, path: str) -> list[int]:
         try:
-            with open(os.path.join(path, "cgroup.procs")) as f:
+            with open(os.path.join(self._abs(path), "cgroup.procs")) as f:
                 return [int(x) for x in f.read().split()]
         except FileNotFoundError:
             return []
