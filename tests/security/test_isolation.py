@@ -170,6 +170,29 @@ done(ok=1)
     assert "killed=True" in svc.log()
 
 
+def test_a_second_service_in_the_namespace_leaves_the_firsts_session_alone(
+        lab: Lab, hostile: Callable[..., Service], user: User) -> None:
+    """Two services with the same instance name ("") but their own state directories:
+    the second's orphan sweep at its start must not take the first's live tun for one
+    of its own leftovers (marks name the state directory, not only the instance)."""
+    first = hostile()
+    code = """
+r = dict(addr=send(addr("10.68.0.1", 24)), route=send(route("10.69.0.0", 16)))
+done(**r)
+"""
+    pid = start_scenario(lab, first, user, "held.ovpn", code)
+    assert result(first, user, "held.ovpn", pid)["route"] == [7, 0]
+    (tun,) = first.tuns()
+    second = hostile()
+    wait_for(lambda: "event=ready" in second.log(), 5,
+             what=second.log_tail())
+    assert first.tuns() == [tun], second.log_tail()
+    assert any(x["dst"] == "10.69.0.0/16" for x in lab.routes(4))
+    assert "orphan" not in second.log(), second.log_tail()
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: gone(first), 5, what=first.log_tail())
+
+
 def test_a_process_attached_from_outside_changes_nothing_undo_removes(
         lab: Lab, hostile: Callable[..., Service], user: User) -> None:
     svc = hostile()
