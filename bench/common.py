@@ -42,17 +42,18 @@ class Config:
     noisy_lines: int  # output lines that change the server list,
     noisy_routes: int  # routes
     noisy_quiet: float  # seconds of probing without a flood before each flood
+    noisy_cap: float  # seconds after a flood began at most, then the service is killed
 
     @classmethod
     def full(cls) -> Config:
         return cls(False, 50, [(100, False), (1000, False), (10_000, False), (30_000, False),
                                (1000, True)], 5, 10, 10, 3, 20, 20, 3,
-                   100_000, 2000, 20_000, 100_000, 3.0)
+                   100_000, 2000, 20_000, 100_000, 3.0, 30.0)
 
     @classmethod
     def quick_run(cls) -> Config:
         return cls(True, 5, [(100, False), (1000, False)], 1, 2, 3, 1, 0, 2, 1,
-                   5000, 100, 500, 2000, 0.5)
+                   2000, 100, 200, 20_000, 0.5, 10.0)
 
     def repeats(self, n: int) -> int:
         return min(self.p2_repeat, self.p2_repeat_large) if n >= 30_000 else self.p2_repeat

@@ -14,49 +14,63 @@ user A) floods in one of three ways, each after a quiet window of the same probe
 
 Meanwhile user B measures, continuously: connect → PID reply of a new session (a
 stand-in that waits to be killed; killed after the reply, the next probe once it is
-undone), and in a stand-in session of its own one route request's send → ack (an
-``add_route`` and a ``del_route`` of one /32 in turn, every 5 ms).  A probe counts for
-the flood if it was under way between the flood's first request (or line) and the ack
-of its last; the peer is the same probe's p99 in the quiet window just before.
+undone, at most 10 a second), and in a stand-in session of its own one route
+request's send → ack (an ``add_route`` and a ``del_route`` of one /32 in turn, every
+5 ms).  A probe counts for
+the flood if it was under way at some time between the flood's first request (or line)
+and the service catching up: the answer to the first route probe sent after the flood's
+last ack (work the flood queued may still be running then).  The peer is the same
+probe's p99 in the quiet window just before.  Each flood kind gets a fresh service; one
+that has not caught up ``noisy_cap`` seconds after the flood began is killed (``kill
+-9``: the probes under way count with their time so far, a lower bound) and then
+started again once so that its recovery undoes what the sessions left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.isv import Service
+from tests.lab import User
 
 from bench.common import Bench, Driver, wait_for
 from bench.report import Row, p99
 from bench.scenario import ScenarioSession
 
 TARGET_MS = 50.0
+PACE = 0.1  # seconds from one PID-reply probe to the next, at least
 
 PROBER = '''
-msgs = []
 k = 0
-samples = []
-chan.settimeout(120)
+chan.settimeout(None)
+log = open(f"{{HOME}}/{tag}.samples", "w", buffering=1)
 ready_then_wait("{tag}")
 deadline = time.monotonic() + {limit}
 while not os.path.exists(f"{{HOME}}/{tag}.stop") and time.monotonic() < deadline:
     raw = m.with_message_id(m.encode_message(route(1 << 20, False, add=k % 2 == 0)), k + 1)
     t0 = time.monotonic()
-    chan.send(raw)
-    while True:
-        a = chan.recv(64)
-        if not a or struct.unpack_from("<i", a, 16)[0] == k + 1:
-            break
+    try:
+        chan.send(raw)
+        while True:
+            a = chan.recv(64)
+            if not a or struct.unpack_from("<i", a, 16)[0] == k + 1:
+                break
+    except OSError:
+        a = b""
     t1 = time.monotonic()
-    samples.append([t0, (t1 - t0) * 1000, struct.unpack_from("<i", a, 24)[0] if a else -1])
+    log.write(f"{{t0}} {{(t1 - t0) * 1000}} {{struct.unpack_from('<i', a, 24)[0] if a else -1}}\\n")
+    if not a:
+        break  # the service is gone
     k += 1
     time.sleep(0.005)
-done(samples=samples)
+done(probes=k)
 '''
 
 FLOOD_WFP = '''
@@ -99,27 +113,42 @@ class PidProbe:
     """User B's connect → PID reply, in a thread, until stopped."""
     b: Bench
     svc: Service
-    driver: Driver
+    user: User
     samples: list[tuple[float, float]] = field(default_factory=list)  # (t0, ms)
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
+    def __post_init__(self) -> None:
+        self.driver = Driver(self.b.lab, self.user, self.svc.socket_path)
+
     def start(self) -> None:
-        self._stop.clear()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stops after the probe under way (returns at once: ``join`` waits)."""
         self._stop.set()
+
+    def join(self) -> None:
         if self._thread is not None:
             self._thread.join()
+        self.driver.close()
+
+    def _own(self) -> int:
+        return sum(x["uid"] == self.user.uid for x in self.svc.journal()["sessions"])
 
     def _run(self) -> None:
-        base = len(self.svc.journal()["sessions"])
+        base = self._own()  # the user's route-probe session
         while not self._stop.is_set():
-            r = self.driver.call("start", workdir=str(self.b.lab.config_dir),
-                                 options="--config idle.ovpn", wait_end=False)
+            t_call = time.monotonic()
+            try:
+                r = self.driver.call("start", workdir=str(self.b.lab.config_dir),
+                                     options="--config idle.ovpn", wait_end=False)
+            except (RuntimeError, OSError, ValueError) as exc:  # the service was killed
+                self.samples.append((t_call, (time.monotonic() - t_call) * 1000))
+                self.errors.append(f"no reply: {str(exc)[:80]}")
+                return
             if r["pid"] is None:
                 self.errors.append(str(r["error"]))
             else:
@@ -127,12 +156,12 @@ class PidProbe:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(r["pid"], signal.SIGKILL)
             self.driver.call("close")
-            # the next probe once this one is undone (not to pile up sessions)
-            deadline = time.monotonic() + 60
-            while len(self.svc.journal()["sessions"]) > base and \
-                    time.monotonic() < deadline and not self._stop.is_set():
+            # the next probe once this one is undone (not to pile up sessions), and at
+            # most one every PACE s: each start and undo holds the monitor thread ~25 ms,
+            # which the route probes of the quiet window would otherwise keep meeting
+            while self._own() > base and not self._stop.is_set():
                 time.sleep(0.005)
-            time.sleep(0.01)
+            self._stop.wait(max(0.0, t_call + PACE - time.monotonic()))
 
 
 def _within(samples: list[tuple[float, float]], t0: float, t1: float) -> list[float]:
@@ -140,68 +169,120 @@ def _within(samples: list[tuple[float, float]], t0: float, t1: float) -> list[fl
     return [ms for s, ms in samples if s <= t1 and s + ms / 1000 >= t0]
 
 
+def _route_samples(path: Path) -> list[tuple[float, float]]:
+    out = []
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                out.append((float(parts[0]), float(parts[1])))
+    return out
+
+
+@dataclass
+class Window:
+    quiet: tuple[float, float]
+    flood: tuple[float, float]  # first request → the service caught up (or the cap)
+    note: str
+
+
 def noisy_neighbour(b: Bench) -> None:
     cfg = b.cfg
-    flooder, victim = b.users[0], b.users[1]
-    svc = Service(b.lab, name="bsvnoisy", extra=f"exe_path = {b.scenario_exe}\n"
-                  f"max_routes = {max(200_000, cfg.noisy_routes + 10)}\n" + b.limits)
     b.lab.write_file("client/idle.ovpn", "# the PID-reply probes' stand-in waits to be killed\n")
-    svc.start()
     kinds = [("wfp", f"{cfg.noisy_wfp:,} identical add_wfp_block requests", FLOOD_WFP,
               cfg.noisy_wfp),
              ("output", f"{cfg.noisy_lines:,} output lines changing the server list "
               "(kill switch on)", FLOOD_OUTPUT, cfg.noisy_lines),
              ("routes", f"{cfg.noisy_routes:,} routes", FLOOD_ROUTES, cfg.noisy_routes)]
-    prober = ScenarioSession(b, svc, victim, "prober",
-                             PROBER.format(tag="prober", limit=900))
-    pid_probe = PidProbe(b, svc, Driver(b.lab, victim, svc.socket_path))
-    windows: list[tuple[str, str, float, float, float, float, dict[str, float]]] = []
-    try:
-        prober.wait_ready()
-        prober.touch("go")
-        pid_probe.start()
-        for kind, desc, text, n in kinds:
-            flood = ScenarioSession(b, svc, flooder, f"flood{kind}",
-                                    text.format(n=n, tag=f"flood{kind}"))
-            try:
-                flood.wait_ready(120)
-                q0 = time.monotonic()
-                time.sleep(cfg.noisy_quiet)
-                q1 = time.monotonic()
-                flood.touch("go")
-                r = flood.result(600)
-                if r.get("failed") or (kind != "output" and r.get("acked") != n):
-                    raise RuntimeError(f"flood {kind}: {r.get('acked')} acked, "
-                                       f"{r.get('failed')} refused\n{svc.log_tail(10)}")
-                extra = {"written": r["t_written"] - r["t0"]} if "t_written" in r else {}
-                windows.append((kind, desc, q0, q1, r["t0"], r["t1"], extra))
-                print(f"  noisy {kind}: flood of {n:,} took {r['t1'] - r['t0']:.2f} s",
-                      flush=True)
-            finally:
-                flood.end()
-            wait_for(lambda: len(svc.journal()["sessions"]) <= 2, 120,
-                     "the flooding session undone")
-        pid_probe.stop()
-        prober.touch("stop")
-        route_samples = [(t, ms) for t, ms, _err in prober.result(60)["samples"]]
-    finally:
-        pid_probe.stop()
-        pid_probe.driver.close()
-        prober.end()
-        with contextlib.suppress(Exception):
-            wait_for(lambda: not svc.journal()["sessions"], 60, "every session undone")
-        svc.stop()
-    if pid_probe.errors:
-        print(f"  noisy: PID-reply probes refused: {pid_probe.errors[:3]}", flush=True)
-    for _kind, desc, q0, q1, f0, f1, extra in windows:
-        took = f"flood {f1 - f0:.2f} s" + "".join(f", {k} {v:.2f} s" for k, v in extra.items())
-        for what, samples in (("another user's connect → PID reply", pid_probe.samples),
+    for kind, desc, text, n in kinds:
+        pid_samples, route_samples, w = one_flood(b, kind, text, n)
+        for what, samples in (("another user's connect → PID reply", pid_samples),
                               ("another session's route request → ack", route_samples)):
-            quiet, loud = _within(samples, q0, q1), _within(samples, f0, f1)
+            quiet, loud = _within(samples, *w.quiet), _within(samples, *w.flood)
             fig = p99(loud) if loud else None
             peer = p99(quiet) if quiet else None
             b.add(Row(f"noisy neighbour, {desc}: {what}, p99 of {len(loud)}", fig, peer,
                       "ms", f"≤ {TARGET_MS:.0f} ms", None if fig is None else fig <= TARGET_MS,
-                      note=f"peer: the same, no flood (p99 of {len(quiet)}); {took}; "
+                      note=f"peer: the same, no flood (p99 of {len(quiet)}); {w.note}; "
                       f"max {max(loud, default=0):.0f} ms",
                       samples={"flood": loud, "quiet": quiet}))
+
+
+def one_flood(b: Bench, kind: str, text: str,
+              n: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]], Window]:
+    """One flood with its quiet window before, on a fresh service; the probes' samples."""
+    cfg = b.cfg
+    flooder, victim = b.users[0], b.users[1]
+    svc = Service(b.lab, name=f"bsvnoisy{kind}", extra=f"exe_path = {b.scenario_exe}\n"
+                  f"max_routes = {max(200_000, n + 10)}\n" + b.limits)
+    svc.start()
+    killed = False
+    prober = ScenarioSession(b, svc, victim, "prober", PROBER.format(tag="prober", limit=900))
+    samples_path = victim.home / "prober.samples"
+    pid_probe = PidProbe(b, svc, victim)
+    flood: ScenarioSession | None = None
+    try:
+        prober.wait_ready()
+        prober.touch("go")
+        pid_probe.start()
+        tag = f"flood{kind}"
+        flood = ScenarioSession(b, svc, flooder, tag, text.format(n=n, tag=tag))
+        flood.wait_ready(120)
+        q0 = time.monotonic()
+        time.sleep(cfg.noisy_quiet)
+        q1 = time.monotonic()
+        flood.touch("go")
+        f0 = time.monotonic()
+        cap = f0 + cfg.noisy_cap
+        result = flood.result_path()
+
+        def caught_up() -> float | None:
+            """When the first route probe sent after the flood's last ack was answered."""
+            if not result.exists():
+                return None
+            r = json.loads(result.read_text())
+            later = [t + ms / 1000 for t, ms in _route_samples(samples_path) if t >= r["t1"]]
+            return min(later) if later else None
+        while (end := caught_up()) is None and time.monotonic() < cap:
+            time.sleep(0.02)
+        if end is None:
+            # not caught up: the probes under way count with their time so far
+            killed = True
+            end = time.monotonic()
+            prober.touch("stop")
+            pid_probe.stop()
+            svc.kill9()
+            note = (f"the service had not caught up {cfg.noisy_cap:.0f} s after the flood "
+                    "began: killed, the probes under way count with their time so far")
+            if result.exists():
+                r = json.loads(result.read_text())
+                note += f"; flood's last ack {r['t1'] - r['t0']:.2f} s"
+        else:
+            r = json.loads(result.read_text())
+            if r.get("failed") or (kind != "output" and r.get("acked") != n):
+                raise RuntimeError(f"flood {kind}: {r.get('acked')} acked, "
+                                   f"{r.get('failed')} refused\n{svc.log_tail(10)}")
+            note = (f"flood's last ack {r['t1'] - r['t0']:.2f} s, caught up "
+                    f"{end - r['t0']:.2f} s after its start")
+            f0 = r["t0"]
+        print(f"  noisy {kind}: {note}", flush=True)
+        pid_probe.stop()
+        prober.touch("stop")
+        pid_probe.join()
+        if not killed:
+            prober.result(60)
+    finally:
+        pid_probe.stop()
+        pid_probe.join()
+        if flood is not None:
+            flood.end()
+        prober.end()
+        if killed:  # start it again once: its recovery undoes what the sessions left
+            svc.start(timeout=60)
+        with contextlib.suppress(Exception):
+            wait_for(lambda: not svc.journal()["sessions"], 60, "every session undone")
+        svc.stop(timeout=60)
+    if pid_probe.errors:
+        print(f"  noisy {kind}: PID-reply probes without a PID: {pid_probe.errors[:3]}",
+              flush=True)
+    return pid_probe.samples, _route_samples(samples_path), Window((q0, q1), (f0, end), note)

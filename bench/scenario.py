@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 from tests.isv import Service
@@ -86,7 +87,7 @@ class ScenarioSession:
         self.user, self.tag, self.svc = user, tag, svc
         name = f"{tag}.ovpn"
         b.lab.write_file(f"client/{name}", PIPELINE + body)
-        for suffix in (".ready", ".go", ".stop", ".ovpn.result"):
+        for suffix in (".ready", ".go", ".stop", ".ovpn.result", ".samples"):
             (user.home / f"{tag}{suffix}").unlink(missing_ok=True)
         # a driver of its own: closing another driver's connections must not touch it
         self.driver = Driver(b.lab, user, svc.socket_path)
@@ -104,8 +105,11 @@ class ScenarioSession:
     def touch(self, suffix: str) -> None:
         (self.user.home / f"{self.tag}.{suffix}").touch()
 
+    def result_path(self) -> Path:
+        return self.user.home / f"{self.tag}.ovpn.result"
+
     def result(self, timeout: float) -> dict[str, Any]:
-        path = self.user.home / f"{self.tag}.ovpn.result"
+        path = self.result_path()
         wait_for(path.exists, timeout, f"{self.tag}'s result", interval=0.01)
         got: dict[str, Any] = json.loads(path.read_text())
         return got

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, users, openvpn")
-def test_quick_benchmark_runs_and_measures_p1_to_p4(tmp_path: Path) -> None:
+def test_quick_benchmark_runs_and_measures_every_row(tmp_path: Path) -> None:
     out = tmp_path / "quick"
     cp = subprocess.run(
         [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--out", str(out)],
@@ -30,10 +30,17 @@ def test_quick_benchmark_runs_and_measures_p1_to_p4(tmp_path: Path) -> None:
     assert "| benchmark | iservice | peer (same run) | ratio | target | result |" in cp.stdout
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     names = " ".join(r["name"] for r in rows)
-    for part in ("P1 start", "P2 100 IPv4", "P2 1,000 IPv4", "P3", "P4 undo"):
+    for part in ("P1 start", "P2 100 IPv4", "P2 1,000 IPv4", "P3", "P4 undo",
+                 "teardown after SIGTERM", "against the rtnetlink floor",
+                 "memory per route held: 2,000 IPv4", "memory per route held: 2,000 IPv6",
+                 "tracemalloc", "noisy neighbour, 100 identical add_wfp_block",
+                 "noisy neighbour, 200 output lines", "noisy neighbour, 20,000 routes"):
         assert part in names, names
     missing = [r["name"] for r in rows if r["figure"] is None]
     assert not missing, f"measurements without a figure: {missing}\n{cp.stdout[-4000:]}"
+    machine = json.loads(out.with_suffix(".json").read_text())["machine"]
+    assert machine["cpu"] and machine["cores"] >= 1 and machine["kernel"], machine
+    assert "load average (1 min) at start / end" in out.with_suffix(".md").read_text()
 
 
 def test_numbering_an_encoded_message_is_rebuilding_it() -> None:
