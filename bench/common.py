@@ -79,7 +79,10 @@ class Driver:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"driver exited: {self.proc.errors()[-2000:]}")
+            # (LabProcess.errors() is shadowed by Popen's own ``errors`` attribute)
+            err = self.proc.stderr_path
+            raise RuntimeError("driver exited: " + (err.read_text(errors="replace")[-2000:]
+                                                    if err is not None else "?"))
         result: dict[str, Any] = json.loads(line)
         return result
 

@@ -29,7 +29,10 @@ RTM_NEWROUTE = 24
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
 RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 4, 0, 1
-CHUNK = 256 * 1024
+CHUNK = 256 * 1024  # bytes of requests per sendmsg at most (as linux/netlink.py)
+SOCK_BUF = 8 * 1024 * 1024  # SO_SNDBUFFORCE/SO_RCVBUFFORCE (root), as linux/netlink.py
+ACK_TRUESIZE = 1280  # what one error ack may take of the receive buffer
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 
 _HEAD = struct.Struct("=IHHII" "BBBBBBBBI")  # nlmsghdr + rtmsg
 _ATTR4 = struct.Struct("=HH4s" "HH4s" "HHI")  # RTA_DST, RTA_GATEWAY, RTA_OIF
@@ -62,13 +65,18 @@ def encode(prefixes: list[str], gateway: str, oif: int, seq0: int) -> list[bytes
 
 
 def install(sock: socket.socket, msgs: list[bytes], seq0: int) -> int:
-    """Send ``msgs`` in chunks, the last of each with NLM_F_ACK; the number that failed."""
+    """Send ``msgs`` in chunks, the last of each with NLM_F_ACK; the number that failed.
+    A chunk fits the send buffer, and its acks (every request failing) the receive
+    buffer."""
+    chunk_bytes = min(CHUNK, sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2 - 64)
+    chunk_msgs = max(1, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // ACK_TRUESIZE)
     failed = 0
     buf = bytearray(1 << 16)
     i = 0
     while i < len(msgs):
         j, size = i, 0
-        while j < len(msgs) and (j == i or size + len(msgs[j]) <= CHUNK):
+        limit = min(len(msgs), i + chunk_msgs)
+        while j < limit and (j == i or size + len(msgs[j]) <= chunk_bytes):
             size += len(msgs[j])
             j += 1
         last = bytearray(msgs[j - 1])
@@ -109,8 +117,9 @@ def measure(lab: Lab, prefixes: list[str], tag: str) -> FloorTime:
         def make() -> tuple[socket.socket, int]:
             s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                               socket.NETLINK_ROUTE)
+            s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SOCK_BUF)
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCK_BUF)
             s.bind((0, 0))
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             return s, socket.if_nametoindex(tag)
         sock, oif = run_in_netns(f"/run/netns/{ns}", make)
         with sock:

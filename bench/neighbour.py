@@ -13,10 +13,9 @@ user A) floods in one of three ways, each after a quiet window of the same probe
 * ``routes``: N ``add_route`` requests (IPv4 /32s through its tun), pipelined.
 
 Meanwhile user B measures, continuously: connect → PID reply of a new session (a
-stand-in that waits to be killed; killed after the reply, the next probe once it is
-undone, at most 10 a second), and in a stand-in session of its own one route
-request's send → ack (an ``add_route`` and a ``del_route`` of one /32 in turn, every
-5 ms).  A probe counts for
+stand-in that waits to be killed; killed after the reply, 10 a second), and in a
+stand-in session of its own one route request's send → ack (an ``add_route`` and a
+``del_route`` of one /32 in turn, every 5 ms).  A probe counts for
 the flood if it was under way at some time between the flood's first request (or line)
 and the service catching up: the answer to the first route probe sent after the flood's
 last ack (work the flood queued may still be running then).  The peer is the same
@@ -133,13 +132,10 @@ class PidProbe:
     def join(self) -> None:
         if self._thread is not None:
             self._thread.join()
-        self.driver.close()
-
-    def _own(self) -> int:
-        return sum(x["uid"] == self.user.uid for x in self.svc.journal()["sessions"])
+            self._thread = None
+            self.driver.close()
 
     def _run(self) -> None:
-        base = self._own()  # the user's route-probe session
         while not self._stop.is_set():
             t_call = time.monotonic()
             try:
@@ -156,11 +152,10 @@ class PidProbe:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(r["pid"], signal.SIGKILL)
             self.driver.call("close")
-            # the next probe once this one is undone (not to pile up sessions), and at
-            # most one every PACE s: each start and undo holds the monitor thread ~25 ms,
-            # which the route probes of the quiet window would otherwise keep meeting
-            while self._own() > base and not self._stop.is_set():
-                time.sleep(0.005)
+            # Not waiting for the undo: behind a flood's backlog it would stop the probes
+            # (the service's session limits are raised for this); at most one every
+            # PACE s: each start and undo holds the monitor thread ~25 ms, which the route
+            # probes of the quiet window would otherwise keep meeting.
             self._stop.wait(max(0.0, t_call + PACE - time.monotonic()))
 
 
@@ -213,8 +208,10 @@ def one_flood(b: Bench, kind: str, text: str,
     """One flood with its quiet window before, on a fresh service; the probes' samples."""
     cfg = b.cfg
     flooder, victim = b.users[0], b.users[1]
+    # limits raised: the PID-reply probes do not wait for their sessions' undo
     svc = Service(b.lab, name=f"bsvnoisy{kind}", extra=f"exe_path = {b.scenario_exe}\n"
-                  f"max_routes = {max(200_000, n + 10)}\n" + b.limits)
+                  f"max_routes = {max(200_000, n + 10)}\nmax_sessions_per_user = 1000\n"
+                  "max_clients = 1000\nmax_clients_per_user = 1000\n")
     svc.start()
     killed = False
     prober = ScenarioSession(b, svc, victim, "prober", PROBER.format(tag="prober", limit=900))
@@ -245,6 +242,7 @@ def one_flood(b: Bench, kind: str, text: str,
             return min(later) if later else None
         while (end := caught_up()) is None and time.monotonic() < cap:
             time.sleep(0.02)
+        answered = result.exists()  # the flood's last ack (before any kill below)
         if end is None:
             # not caught up: the probes under way count with their time so far
             killed = True
@@ -254,9 +252,11 @@ def one_flood(b: Bench, kind: str, text: str,
             svc.kill9()
             note = (f"the service had not caught up {cfg.noisy_cap:.0f} s after the flood "
                     "began: killed, the probes under way count with their time so far")
-            if result.exists():
+            if answered:
                 r = json.loads(result.read_text())
                 note += f"; flood's last ack {r['t1'] - r['t0']:.2f} s"
+            else:
+                note += "; the flood was not yet answered"
         else:
             r = json.loads(result.read_text())
             if r.get("failed") or (kind != "output" and r.get("acked") != n):

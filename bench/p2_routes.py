@@ -60,7 +60,7 @@ def p2_one(b: Bench, n: int, v6: bool, *, port: int, net: str, net6: str) -> Non
     cfg = lab.write_client_config(f"{name}.ovpn", "verb 1\n", port=port)
     print(f"  {name}: server up in {time.monotonic() - t:.1f} s", flush=True)
     fam, dst_len = (6, 56) if v6 else (4, 26)
-    timeout = 30 + n / 300  # 30,000 routes: ~50 s per openvpn run here
+    timeout = 30 + n / 150  # 30,000 routes: ~26 s per openvpn run here when quiet
     root: Samples = {"total": [], "routes": [], "teardown": []}
     isv: Samples = {"total": [], "routes": [], "teardown_kill": [], "teardown_term": [],
                     "hook_up": []}

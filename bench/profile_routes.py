@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Where the route phase's time goes in the service: N routes sent by the real plugin
+(``bench_channel.py``'s stand-in), R times, with per-thread CPU (``schedstat``) and,
+with ``--py-spy``, a sampling profile of the service attributed to the route path's
+steps.
+
+    PYTHONPATH=. python bench/profile_routes.py 10000 --repeat 10 [--py-spy PATH]
+
+Steps (the innermost frame of iservice's own code decides; library frames count for
+the iservice frame that called them): channel receive (``linux/mmsg.py`` receiving),
+decoding (``wire/msg.py``), the decision (``policy/``), the journal (``journal.py``,
+SQLite included), rtnetlink (``linux/netlink.py``: encoding, ``sendmsg``, the kernel's
+insertion), acks (``mmsg`` sending), audit lines (``audit.py`` and ``logging``), the
+session's bookkeeping (``session.py``), the monitor's dispatch (``monitor.py``), the
+event loop itself (asyncio, selectors).  Run as root after ``scripts/setup.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if __name__ == "__main__":
+    sys.path[0] = str(REPO)
+
+from tests.isv import PYTHON, Service, wait_for  # noqa: E402
+from tests.lab import Lab, Pki  # noqa: E402
+
+from bench.bench_channel import PLUGIN_SCENARIO  # noqa: E402
+
+# (step, pattern on "function (file:line)"), first match from the innermost iservice frame
+STEPS = [
+    ("channel receive", r"iservice/linux/mmsg\.py.*" r"|recv_into|\brecv\b"),
+    ("decoding", r"iservice/wire/"),
+    ("decision (policy)", r"iservice/policy/"),
+    ("journal (SQLite)", r"iservice/journal\.py"),
+    ("rtnetlink (encode, sendmsg, kernel)", r"iservice/linux/netlink\.py"),
+    ("audit lines", r"iservice/audit\.py"),
+    ("session: settle, acks, bookkeeping", r"iservice/session\.py"),
+    ("monitor: dispatch", r"iservice/monitor\.py"),
+    ("other iservice", r"iservice/"),
+]
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds per thread so far (schedstat)."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
+    return out
+
+
+def step_of(frames: list[str]) -> str:
+    """The step of one sampled stack (root first), by its innermost iservice frame."""
+    for frame in reversed(frames):
+        m = _FRAME.match(frame)
+        where = f"{m.group('func')} {m.group('file')}" if m else frame
+        if "iservice/" not in where:
+            continue
+        if "mmsg" in where:
+            return "acks (sendmmsg)" if "send" in where.lower() else "channel receive"
+        for step, pattern in STEPS:
+            if re.search(pattern, where):
+                return step
+    joined = ";".join(frames)
+    if "asyncio" in joined or "selectors" in joined:
+        return "event loop (asyncio)"
+    return "other (interpreter, threads)"
+
+
+def attribute(collapsed: Path, loop_tid: int) -> dict[str, dict[str, int]]:
+    """Samples per thread kind and step from py-spy's raw (collapsed) output."""
+    out: dict[str, dict[str, int]] = collections.defaultdict(collections.Counter)
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        thread = next((f for f in frames if f.startswith("thread ")), "")
+        tid = re.search(r"\((?:0x)?([0-9a-fA-F]+)", thread)
+        kind = "other threads"
+        if tid and (int(tid.group(1), 16) == loop_tid or int(tid.group(1), 10
+                                                            if tid.group(1).isdigit() else 16)
+                    == loop_tid):
+            kind = "event loop thread"
+        elif "monitor" in stack and "_worker" in stack:
+            kind = "monitor thread"
+        out[kind][step_of([f for f in frames if not f.startswith(("process ", "thread "))])] \
+            += int(count)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("count", nargs="?", type=int, default=10_000)
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--py-spy", help="py-spy binary: sample the service while it works")
+    ap.add_argument("--out", default=tempfile.gettempdir(), help="where py-spy's output goes")
+    args = ap.parse_args()
+    pki_dir = Path(tempfile.mkdtemp(prefix="isv-bench-pki-"))
+    try:
+        return run(args, pki_dir)
+    finally:
+        shutil.rmtree(pki_dir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, pki_dir: Path) -> int:
+    n = args.count
+    hostile = (REPO / "tests" / "hostile_openvpn.py").read_text()
+    with Lab(Pki.create(pki_dir)) as lab:
+        exe = lab.write_file("bin/standin", f"#!{PYTHON} -I\n" + hostile, mode=0o755)
+        svc = Service(lab, extra=f"exe_path = {exe}\nmax_routes = {max(100_000, n)}\n")
+        svc.start()
+        user = lab.add_user("isvb")
+        spid = svc.service_pid()
+        spy = None
+        raw = Path(args.out) / f"iservice-profile-{n}.txt"
+        if args.py_spy:
+            spy = subprocess.Popen([args.py_spy, "record", "-p", str(spid), "--threads",
+                                    "--native", "-r", "1000", "-f", "raw", "-o", str(raw)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for(lambda: True, 1)
+        walls: list[float] = []
+        cpu: dict[str, list[float]] = collections.defaultdict(list)
+        try:
+            for k in range(args.repeat):
+                name = f"prof{n}-{k}.ovpn"
+                lab.write_file(f"client/{name}", PLUGIN_SCENARIO.format(n=n))
+                before = thread_cpu(spid)
+                cp = svc.start_as(user, "--config", name)
+                assert cp.returncode == 0, cp.stderr
+                pid = int(cp.stdout.strip())
+                out = user.home / f"{name}.result"
+                wait_for(out.exists, 120, what=f"{n} routes")
+                r = json.loads(out.read_text())
+                assert r["acked"] == n and r["failed"] == 0, r
+                after = thread_cpu(spid)
+                os.kill(pid, signal.SIGKILL)
+                wait_for(lambda: not svc.journal()["sessions"], 30, what="undo")
+                walls.append(r["seconds"])
+                delta = {t: after[t] - before.get(t, 0.0) for t in after}
+                loop = delta.pop(spid, 0.0)
+                others = sorted(delta.values(), reverse=True)
+                cpu["event loop thread"].append(loop)
+                cpu["busiest other thread (the monitor)"].append(others[0] if others else 0)
+                cpu["the rest"].append(sum(others[1:]))
+        finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
+            svc.stop()
+    med = statistics.median(walls)
+    print(f"{n} routes, {args.repeat} runs: first request → last ack median "
+          f"{med * 1000:.1f} ms ({n / med:,.0f} routes/s); runs "
+          f"{', '.join(f'{x * 1000:.0f}' for x in walls)} ms")
+    print("service CPU per run (schedstat, from the session's start to the last ack, "
+          "medians):")
+    for kind, xs in cpu.items():
+        print(f"  {kind:<40} {statistics.median(xs) * 1000:7.1f} ms "
+              f"({statistics.median(xs) / n * 1e6:.2f} µs/route)")
+    if args.py_spy and raw.exists():
+        print(f"py-spy samples ({raw}), by thread and step:")
+        for kind, steps in sorted(attribute(raw, spid).items()):
+            total = sum(steps.values())
+            print(f"  {kind}: {total} samples")
+            for step, c in steps.most_common():
+                print(f"    {step:<40} {c / total:6.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
