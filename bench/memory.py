@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from tests.isv import PYTHON, Service
 
@@ -45,12 +46,12 @@ class Probe:
         self.dir = svc.lab.make_dir(f"{svc.name}-probe", mode=0o700)
         self.k = 0
 
-    def read(self) -> dict[str, int]:
+    def read(self) -> dict[str, Any]:
         (self.dir / f"req-{self.k}").touch()
         resp = self.dir / f"resp-{self.k}"
         wait_for(resp.exists, 60, "the service's memory probe", interval=0.01)
         self.k += 1
-        got: dict[str, int] = json.loads(resp.read_text())
+        got: dict[str, Any] = json.loads(resp.read_text())
         return got
 
 
@@ -87,8 +88,14 @@ def measure(b: Bench, n: int, v6: bool, traced: bool) -> tuple[float, float, flo
             wait_sessions(svc, 1, 10)
             time.sleep(0.5)  # the session's start settles (its log, the executor's jobs)
 
+            top: list[list[Any]] = []
+
             def now() -> float:
-                return float(probe.read()["traced"]) if probe else rss_kb(spid) * 1024.0
+                if probe is None:
+                    return rss_kb(spid) * 1024.0
+                got = probe.read()
+                top[:] = got["top"]
+                return float(got["traced"])
             before = now()
             s.touch("go")
             r = s.result(300 if traced else 120)
@@ -97,6 +104,9 @@ def measure(b: Bench, n: int, v6: bool, traced: bool) -> tuple[float, float, flo
                                    f"{r.get('failed')} refused\n{svc.log_tail(10)}")
             time.sleep(0.5)
             after = now()
+            for where, size, count in top[:8]:  # where the Python objects are
+                print(f"  {tag}: {size / n:7.1f} B/route in {count / n:5.2f} blocks/route "
+                      f"at {where}", flush=True)
         finally:
             s.end()
         wait_sessions(svc, 0, 60)

@@ -82,23 +82,24 @@ def step_of(frames: list[str]) -> str:
     return "other (interpreter, threads)"
 
 
-def attribute(collapsed: Path, loop_tid: int) -> dict[str, dict[str, int]]:
+def thread_kind(stack: str) -> str:
+    """py-spy names threads by their pthread id: tell them apart by their stacks."""
+    if "run_forever" in stack or "<module>" in stack:
+        return "event loop thread"
+    if "_worker (" in stack:  # concurrent.futures: the monitor thread (and the executor)
+        return "executor threads (the monitor)"
+    return "other threads"
+
+
+def attribute(collapsed: Path) -> dict[str, collections.Counter[str]]:
     """Samples per thread kind and step from py-spy's raw (collapsed) output."""
-    out: dict[str, dict[str, int]] = collections.defaultdict(collections.Counter)
+    out: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")
-        thread = next((f for f in frames if f.startswith("thread ")), "")
-        tid = re.search(r"\((?:0x)?([0-9a-fA-F]+)", thread)
-        kind = "other threads"
-        if tid and (int(tid.group(1), 16) == loop_tid or int(tid.group(1), 10
-                                                            if tid.group(1).isdigit() else 16)
-                    == loop_tid):
-            kind = "event loop thread"
-        elif "monitor" in stack and "_worker" in stack:
-            kind = "monitor thread"
-        out[kind][step_of([f for f in frames if not f.startswith(("process ", "thread "))])] \
-            += int(count)
+        if not count.isdigit():
+            continue
+        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        out[thread_kind(stack)][step_of(frames)] += int(count)
     return out
 
 
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace, pki_dir: Path) -> int:
               f"({statistics.median(xs) / n * 1e6:.2f} µs/route)")
     if args.py_spy and raw.exists():
         print(f"py-spy samples ({raw}), by thread and step:")
-        for kind, steps in sorted(attribute(raw, spid).items()):
+        for kind, steps in sorted(attribute(raw).items()):
             total = sum(steps.values())
             print(f"  {kind}: {total} samples")
             for step, c in steps.most_common():
