@@ -42,16 +42,23 @@ from bench.bench_channel import PLUGIN_SCENARIO  # noqa: E402
 
 # (step, pattern on "function (file:line)"), first match from the innermost iservice frame
 STEPS = [
-    ("channel receive", r"iservice/linux/mmsg\.py.*" r"|recv_into|\brecv\b"),
+    ("channel receive (recvmmsg)", r"BatchReader|iservice/linux/mmsg\.py.*recv"),
+    ("acks sent (sendmmsg)", r"BatchSender|iservice/linux/mmsg\.py"),
     ("decoding", r"iservice/wire/"),
-    ("decision (policy)", r"iservice/policy/"),
+    ("decision (policy, ownership)", r"iservice/policy/"),
     ("journal (SQLite)", r"iservice/journal\.py"),
     ("rtnetlink (encode, sendmsg, kernel)", r"iservice/linux/netlink\.py"),
+    ("effects (records, route specs)", r"iservice/effects/"),
     ("audit lines", r"iservice/audit\.py"),
-    ("session: settle, acks, bookkeeping", r"iservice/session\.py"),
-    ("monitor: dispatch", r"iservice/monitor\.py"),
+    ("pipeline and session (order, settle)", r"iservice/(pipeline|session)\.py"),
+    ("monitor (hand-over, lanes, dispatch)", r"iservice/monitor\.py"),
     ("other iservice", r"iservice/"),
 ]
+# A sample whose innermost frame is one of these waits: the thread was idle (py-spy
+# counts some lock and condition waits as active).
+IDLE = re.compile(r"^(Condition\.wait|wait|_wait_for_tstate_lock|select|[A-Za-z]*Selector\.select|"
+                  r"get|acquire|PyThread_acquire_lock_timed|pthread_cond_\w*wait|"
+                  r"_worker|run_until_complete|run_forever|_run_once) \(")
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")
 
 
@@ -71,36 +78,38 @@ def step_of(frames: list[str]) -> str:
         where = f"{m.group('func')} {m.group('file')}" if m else frame
         if "iservice/" not in where:
             continue
-        if "mmsg" in where:
-            return "acks (sendmmsg)" if "send" in where.lower() else "channel receive"
         for step, pattern in STEPS:
             if re.search(pattern, where):
                 return step
-    joined = ";".join(frames)
-    if "asyncio" in joined or "selectors" in joined:
+    if any("asyncio" in f or "selectors" in f for f in frames):
         return "event loop (asyncio)"
     return "other (interpreter, threads)"
 
 
 def thread_kind(stack: str) -> str:
     """py-spy names threads by their pthread id: tell them apart by their stacks."""
-    if "run_forever" in stack or "<module>" in stack:
+    if "Monitor._serve" in stack:
+        return "monitor thread"
+    if "run (iservice/server.py" in stack or "<module>" in stack:
         return "event loop thread"
-    if "_worker (" in stack:  # concurrent.futures: the monitor thread (and the executor)
-        return "executor threads (the monitor)"
-    return "other threads"
+    return "other threads (executor, as-user checks)"
 
 
-def attribute(collapsed: Path) -> dict[str, collections.Counter[str]]:
-    """Samples per thread kind and step from py-spy's raw (collapsed) output."""
+def attribute(collapsed: Path) -> tuple[dict[str, collections.Counter[str]], int]:
+    """Samples per thread kind and step from py-spy's raw (collapsed) output, and the
+    number of samples left out as idle."""
     out: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    idle = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if not frames or IDLE.match(frames[-1]):
+            idle += int(count)
+            continue
         out[thread_kind(stack)][step_of(frames)] += int(count)
-    return out
+    return out, idle
 
 
 def main() -> int:
@@ -108,6 +117,9 @@ def main() -> int:
     ap.add_argument("count", nargs="?", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--py-spy", help="py-spy binary: sample the service while it works")
+    ap.add_argument("--gil", action="store_true",
+                    help="py-spy: only samples holding the GIL (Python running, not waiting "
+                    "for the GIL or the other thread's lock)")
     ap.add_argument("--out", default=tempfile.gettempdir(), help="where py-spy's output goes")
     args = ap.parse_args()
     pki_dir = Path(tempfile.mkdtemp(prefix="isv-bench-pki-"))
@@ -129,8 +141,11 @@ def run(args: argparse.Namespace, pki_dir: Path) -> int:
         spy = None
         raw = Path(args.out) / f"iservice-profile-{n}.txt"
         if args.py_spy:
+            # --nonblocking: never stop the service to sample it (stopping it 1,000
+            # times a second made 10,000 routes take 3 s instead of 0.6 s)
             spy = subprocess.Popen([args.py_spy, "record", "-p", str(spid), "--threads",
-                                    "--native", "-r", "1000", "-f", "raw", "-o", str(raw)],
+                                    "--nonblocking", "-r", "250", "-f", "raw", "-o", str(raw),
+                                    *(["--gil"] if args.gil else [])],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_for(lambda: True, 1)
         walls: list[float] = []
@@ -172,8 +187,9 @@ def run(args: argparse.Namespace, pki_dir: Path) -> int:
         print(f"  {kind:<40} {statistics.median(xs) * 1000:7.1f} ms "
               f"({statistics.median(xs) / n * 1e6:.2f} µs/route)")
     if args.py_spy and raw.exists():
-        print(f"py-spy samples ({raw}), by thread and step:")
-        for kind, steps in sorted(attribute(raw).items()):
+        by_kind, idle = attribute(raw)
+        print(f"py-spy samples ({raw}; {idle} idle ones left out), by thread and step:")
+        for kind, steps in sorted(by_kind.items()):
             total = sum(steps.values())
             print(f"  {kind}: {total} samples")
             for step, c in steps.most_common():
