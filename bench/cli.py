@@ -4,8 +4,8 @@ Builds the namespace lab of the tests, runs every measurement with its peer in t
 run, prints the Markdown table and writes it with the raw samples.  A full run (every
 row, default sizes) goes to ``bench/results/<cpu-slug>.md`` and ``.json``, the latest
 per CPU model; a quick or partial run to the system's temporary directory (``--out``
-says otherwise).  Exit status 1 when a full run misses a target; the quick mode fails
-only when something does not run.
+says otherwise).  Exit status 1 when something did not run, or a full run misses a
+target.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -77,8 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench = Bench(lab, cfg)
             try:
                 for name, part in PARTS.items():
-                    if name in only:
+                    if name not in only:
+                        continue
+                    try:
                         part(bench)
+                    except Exception as exc:  # the other parts still run; the row says
+                        traceback.print_exc()
+                        bench.add(Row(f"{name}: did not run", None, None, "", "works", False,
+                                      note=f"error: {str(exc).splitlines()[0][:160]}"))
             finally:
                 rows = bench.rows
                 bench.close()
@@ -100,8 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(tempfile.gettempdir()) / f"iservice-bench-{mode}"
     run.write(out)
     print(f"written: {out.with_suffix('.md')} and .json", flush=True)
+    broken = [r for r in rows if r.figure is None and r.ok is False]  # did not run
     failed = [r for r in rows if r.ok is False]
-    return 1 if failed and not cfg.quick else 0
+    return 1 if broken or (failed and not cfg.quick) else 0
 
 
 def shown_command(argv: Sequence[str]) -> str:

@@ -190,7 +190,13 @@ def noisy_neighbour(b: Bench) -> None:
               "(kill switch on)", FLOOD_OUTPUT, cfg.noisy_lines),
              ("routes", f"{cfg.noisy_routes:,} routes", FLOOD_ROUTES, cfg.noisy_routes)]
     for kind, desc, text, n in kinds:
-        pid_samples, route_samples, w = one_flood(b, kind, text, n)
+        try:
+            pid_samples, route_samples, w = one_flood(b, kind, text, n)
+        except Exception as exc:  # one flood failing must not hide the others
+            print(f"  noisy {kind} failed: {exc}", flush=True)
+            b.add(Row(f"noisy neighbour, {desc}", None, None, "ms", "works", False,
+                      note=f"error: {str(exc).splitlines()[0][:120]}"))
+            continue
         for what, samples in (("another user's connect → PID reply", pid_samples),
                               ("another session's route request → ack", route_samples)):
             quiet, loud = _within(samples, *w.quiet), _within(samples, *w.flood)
