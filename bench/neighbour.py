@@ -13,9 +13,9 @@ user A) floods in one of three ways, each after a quiet window of the same probe
 * ``routes``: N ``add_route`` requests (IPv4 /32s through its tun), pipelined.
 
 Meanwhile user B measures, continuously: connect → PID reply of a new session (a
-stand-in that waits to be killed; killed after the reply, 10 a second), and in a
-stand-in session of its own one route request's send → ack (an ``add_route`` and a
-``del_route`` of one /32 in turn, every 5 ms).  A probe counts for
+stand-in that waits to be killed; killed after the reply; 10 a second, and one as the
+flood starts), and in a stand-in session of its own one route request's send → ack (an
+``add_route`` and a ``del_route`` of one /32 in turn, every 5 ms).  A probe counts for
 the flood if it was under way at some time between the flood's first request (or line)
 and the service catching up: the answer to the first route probe sent after the flood's
 last ack (work the flood queued may still be running then).  The peer is the same
@@ -116,6 +116,7 @@ class PidProbe:
     samples: list[tuple[float, float]] = field(default_factory=list)  # (t0, ms)
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _kick: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def __post_init__(self) -> None:
@@ -128,6 +129,12 @@ class PidProbe:
     def stop(self) -> None:
         """Stops after the probe under way (returns at once: ``join`` waits)."""
         self._stop.set()
+        self._kick.set()
+
+    def kick(self) -> None:
+        """The next probe now, not after the pace: one starts with the flood, however
+        short the flood is."""
+        self._kick.set()
 
     def join(self) -> None:
         if self._thread is not None:
@@ -156,7 +163,8 @@ class PidProbe:
             # (the service's session limits are raised for this); at most one every
             # PACE s: each start and undo holds the monitor thread ~25 ms, which the route
             # probes of the quiet window would otherwise keep meeting.
-            self._stop.wait(max(0.0, t_call + PACE - time.monotonic()))
+            self._kick.wait(max(0.0, t_call + PACE - time.monotonic()))
+            self._kick.clear()
 
 
 def _within(samples: list[tuple[float, float]], t0: float, t1: float) -> list[float]:
@@ -205,7 +213,8 @@ def noisy_neighbour(b: Bench) -> None:
             b.add(Row(f"noisy neighbour, {desc}: {what}, p99 of {len(loud)}", fig, peer,
                       "ms", f"≤ {TARGET_MS:.0f} ms", None if fig is None else fig <= TARGET_MS,
                       note=f"peer: the same, no flood (p99 of {len(quiet)}); {w.note}; "
-                      f"max {max(loud, default=0):.0f} ms",
+                      + (f"max {max(loud):.0f} ms" if loud else
+                         "no probe was under way during the flood"),
                       samples={"flood": loud, "quiet": quiet}))
 
 
@@ -235,6 +244,7 @@ def one_flood(b: Bench, kind: str, text: str,
         time.sleep(cfg.noisy_quiet)
         q1 = time.monotonic()
         flood.touch("go")
+        pid_probe.kick()
         f0 = time.monotonic()
         cap = f0 + cfg.noisy_cap
         result = flood.result_path()
