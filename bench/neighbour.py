@@ -244,8 +244,11 @@ def one_flood(b: Bench, kind: str, text: str,
         time.sleep(cfg.noisy_quiet)
         q1 = time.monotonic()
         flood.touch("go")
-        pid_probe.kick()
         f0 = time.monotonic()
+        # a PID-reply probe as the flood begins, however short the flood is
+        wait_for(lambda: (flooder.home / f"{tag}.started").exists(), 30, f"{tag} started",
+                 interval=0.0005)
+        pid_probe.kick()
         cap = f0 + cfg.noisy_cap
         result = flood.result_path()
 

@@ -5,7 +5,8 @@ read its result.
 
 A scenario builds its requests first, creates ``$HOME/TAG.ready``, waits for
 ``$HOME/TAG.go`` (so the measured window holds the service's work, not the stand-in's
-set-up), runs, and reports with ``done(**results)`` (``$HOME/TAG.ovpn.result``).
+set-up), creates ``$HOME/TAG.started``, runs, and reports with ``done(**results)``
+(``$HOME/TAG.ovpn.result``).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def ready_then_wait(tag):
     open(f"{HOME}/{tag}.ready", "w").close()
     while not os.path.exists(f"{HOME}/{tag}.go"):
         time.sleep(0.005)
+    open(f"{HOME}/{tag}.started", "w").close()  # the bench's cue: the run begins now
 '''
 
 
@@ -87,7 +89,7 @@ class ScenarioSession:
         self.user, self.tag, self.svc = user, tag, svc
         name = f"{tag}.ovpn"
         b.lab.write_file(f"client/{name}", PIPELINE + body)
-        for suffix in (".ready", ".go", ".stop", ".ovpn.result", ".samples"):
+        for suffix in (".ready", ".go", ".started", ".stop", ".ovpn.result", ".samples"):
             (user.home / f"{tag}{suffix}").unlink(missing_ok=True)
         # a driver of its own: closing another driver's connections must not touch it
         self.driver = Driver(b.lab, user, svc.socket_path)
