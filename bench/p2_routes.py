@@ -3,8 +3,8 @@ itself) against openvpn as the user through the service.
 
 Per repeat, in a rotating order: openvpn as root (SIGTERM at the end), openvpn through
 the service ended by ``kill -9``, the same ended by SIGTERM (what ``iservice
-disconnect`` does: openvpn's route-pre-down and down events ask the service to delete
-every route, then the session is undone), and the rtnetlink floor (``bench/floor.py``).
+disconnect`` does: openvpn runs its route-pre-down and down events and exits, then the
+session is undone), and the rtnetlink floor (``bench/floor.py``).
 Rows per count: connect → "Initialization Sequence Completed" with all routes in; the
 route phase against root and against the floor; teardown after ``kill -9`` and after
 SIGTERM, both against root's SIGTERM.

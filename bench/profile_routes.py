@@ -7,12 +7,15 @@ steps.
     PYTHONPATH=. python bench/profile_routes.py 10000 --repeat 10 [--py-spy PATH]
 
 Steps (the innermost frame of iservice's own code decides; library frames count for
-the iservice frame that called them): channel receive (``linux/mmsg.py`` receiving),
-decoding (``wire/msg.py``), the decision (``policy/``), the journal (``journal.py``,
-SQLite included), rtnetlink (``linux/netlink.py``: encoding, ``sendmsg``, the kernel's
-insertion), acks (``mmsg`` sending), audit lines (``audit.py`` and ``logging``), the
-session's bookkeeping (``session.py``), the monitor's dispatch (``monitor.py``), the
-event loop itself (asyncio, selectors).  Run as root after ``scripts/setup.sh``.
+the iservice frame that called them): channel receive (``linux/mmsg.py`` receiving), the
+forwarded environment (``envstream.py``, ``produce.py``), decoding (``wire/``), the
+decision (``policy/``), the journal (``journal.py``, SQLite included), rtnetlink
+(``linux/netlink.py``: encoding, ``sendmsg``, the kernel's insertion), the effects'
+records (``effects/``), acks (``mmsg`` sending), audit lines (``audit.py``), the pipeline
+and the session (``pipeline.py``, ``session.py``), the monitor's hand-over and dispatch
+(``monitor.py``), the event loop itself (asyncio, selectors).  ``--gil`` keeps only the
+samples that hold the GIL (Python running).  Run as root after ``scripts/setup.sh``,
+with ``ISERVICE_VENV`` naming its venv.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from bench.bench_channel import PLUGIN_SCENARIO  # noqa: E402
 STEPS = [
     ("channel receive (recvmmsg)", r"BatchReader|iservice/linux/mmsg\.py.*recv"),
     ("acks sent (sendmmsg)", r"BatchSender|iservice/linux/mmsg\.py"),
+    ("environment: pieces, parsing, producing the requests",
+     r"iservice/(produce|envstream)\.py"),
     ("decoding", r"iservice/wire/"),
     ("decision (policy, ownership)", r"iservice/policy/"),
     ("journal (SQLite)", r"iservice/journal\.py"),
