@@ -65,6 +65,7 @@ log = logging.getLogger("iservice.session")
 STARTUP_TIMEOUT = 2.0  # seconds for the startup message (the original's IO_TIMEOUT)
 STARTUP_BUFSIZE = w.MAX_STARTUP_UNITS * 2 + 2  # one unit more than allowed: "too long"
 MAX_INFLIGHT = 2  # batches handed to the monitor and not yet answered
+SERVERS_PACE = 0.1  # seconds between two server-list updates of one session (_sync_servers)
 
 
 class Phase(enum.Enum):
@@ -154,6 +155,7 @@ class Session:
     _servers: tuple[str, ...] = ()  # VPN server addresses the kill switch lets through
     _servers_stale = True  # not yet handed to the monitor since they may have changed
     _servers_job: asyncio.Future[Any] | None = None  # a SetServers in the monitor
+    _servers_timer: asyncio.TimerHandle | None = None  # the next one, paced (_sync_servers)
     _pipeline: Pipeline | None = None
     route_table: int | None = None  # route_scope = user: the session's own routing table
     _tasks: set[asyncio.Future[Any]] = field(default_factory=set)
@@ -628,14 +630,18 @@ class Session:
     def _sync_servers(self) -> None:
         """Tell the monitor which VPN servers this session uses (openvpn's output and its
         bypass routes): every kill switch must let the tunnels' own traffic through.
-        Coalesced: at most one update of a session is in the monitor at a time; what
-        changes meanwhile goes with the next (a flood of output lines costs one ``nft``
-        run per turn at most, not one per line)."""
+        Coalesced and paced: at most one update of a session is in the monitor at a
+        time, and the next follows it by ``SERVERS_PACE`` at the earliest; what changes
+        meanwhile goes with it.  One update is an ``nft`` run of 8-28 ms on the test
+        machines, in the thread every session shares: a flood of output lines may cost
+        the others one such run per pace, not one per line (bench "noisy neighbour").
+        The first change after a quiet spell goes at once (a reconnect to a new server
+        is not delayed)."""
         if self.session_id is None or self.facts is None:
             self._servers_stale = True  # the next applied batch sends them
             return
         self._servers_stale = False
-        if self._servers_job is not None:
+        if self._servers_job is not None or self._servers_timer is not None:
             self._servers_stale = True  # sent when the pending one is done
             return
         servers = tuple(dict.fromkeys(
@@ -649,11 +655,18 @@ class Session:
         self._servers_job = job
         self._keep(job)
 
+        def again() -> None:
+            self._servers_timer = None
+            if self._servers_stale and self.facts is not None and \
+                    self.facts.on_servers is not None:
+                self._sync_servers()
+
         def done(_: asyncio.Future[Any]) -> None:
             self._servers_job = None
             if self._servers_stale and self.facts is not None and \
                     self.facts.on_servers is not None:
-                self._sync_servers()
+                self._servers_timer = asyncio.get_running_loop().call_later(
+                    SERVERS_PACE, again)
 
         job.add_done_callback(done)
 
@@ -676,6 +689,9 @@ class Session:
             self.child.close()
         if self.facts is not None:
             self.facts.on_servers = None  # nothing reaches the monitor after the undo
+        if self._servers_timer is not None:
+            self._servers_timer.cancel()
+            self._servers_timer = None
         for task in list(self._tasks):
             with contextlib.suppress(Exception):
                 await task

@@ -332,6 +332,36 @@ done(errors=sorted(set(acks)), n=len(acks))
     wait_for(lambda: gone(svc), 10, what=svc.log_tail())
 
 
+def test_a_flood_of_server_changes_is_paced_and_the_last_one_counts(
+        lab: Lab, hostile: Callable[..., Service], user: User) -> None:
+    """openvpn's output names the VPN server; each change is an nft run in the thread all
+    sessions share, so a flood of them is coalesced and paced (session.SERVERS_PACE):
+    the kill switch must still end up letting exactly the last server through."""
+    svc = hostile()
+    code = """
+chan.setblocking(True)
+chan.send(block(2))
+r = struct.unpack_from("<I4xQi4xI", chan.recv(64))[3]
+for i in range(3000):
+    print(f"2026-12-06 00:00:00 TCP/UDP: link remote: [AF_INET]192.0.2.{1 + i % 200}:1194")
+print("2026-12-06 00:00:00 TCP/UDP: link remote: [AF_INET]198.51.100.7:1194", flush=True)
+done(block=r)
+"""
+    pid = start_scenario(lab, svc, user, "servers.ovpn", code)
+    assert result(svc, user, "servers.ovpn", pid)["block"] == 0
+
+    def table() -> str:
+        names = [n for n in lab.run_service(["nft", "list", "tables"]).stdout.split()
+                 if n.startswith("iservice_")]
+        return "".join(lab.run_service(["nft", "list", "table", "inet", n]).stdout
+                       for n in names)
+    wait_for(lambda: "198.51.100.7" in table(), 5, what=f"{table()}\n{svc.log_tail()}")
+    time.sleep(3 * 0.1)  # a paced update still due would land now
+    assert "198.51.100.7" in table() and "192.0.2.200" in table()  # the last two
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: gone(svc), 10, what=svc.log_tail())
+
+
 def test_route_and_address_budgets_are_per_user(
         lab: Lab, hostile: Callable[..., Service], user: User) -> None:
     svc = hostile("max_routes_per_user = 5\nmax_addresses_per_user = 1\n")
