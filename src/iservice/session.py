@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -355,7 +356,10 @@ class Session:
 
     async def _after_reply(self, started: Started, facts: SessionFacts) -> None:
         """What the PID reply need not wait for: the session's log file, and openvpn's
-        start time in the journal (for sessions without a cgroup: see ``Monitor._recover``).
+        start time in the journal — only for a session without a cgroup, where recovery
+        needs it to end a leftover openvpn (``Monitor._recover``); with one, recovery ends
+        the cgroup's processes and the start time is neither read nor journaled (a
+        monitor turn and a ``/proc`` read less per start: P3, docs/performance.md).
 
         Both in one executor thread, off the loop: creating the log file in
         ``log_dir`` took 0.1 ms alone and 0.8 ms of CPU per start in a burst of 100, and
@@ -373,15 +377,13 @@ class Session:
                 output, problem = SessionOutput(file_path=path), None
             except OSError as exc:  # keep the session, without its log file
                 output, problem = SessionOutput(), f"{path}: {exc.strerror}"
-            return output, launcher.process_start_time(pid), problem
+            start = None if started.grouped else launcher.process_start_time(pid)
+            return output, start, problem
 
-        job = loop.run_in_executor(None, work)
-        try:
-            output, start, problem = await shielded(job)
-        except asyncio.CancelledError:  # the session ends: close the log file made
-            if not job.cancelled() and job.exception() is None:
-                job.result()[0].close()
-            raise
+        if path is None and started.grouped:
+            output, start, problem = SessionOutput(), None, None  # nothing to wait for
+        else:
+            output, start, problem = await self._off_loop(loop, work)
         output.observers.append(self.vpn.feed)
         output.observers.append(facts.observe)
         self.output = output
@@ -394,6 +396,20 @@ class Session:
             return
         self._keep(self.server.monitor.submit(
             self.lane, SetInfo(started.session_id, {**started.info, "start_time": start})))
+
+    @staticmethod
+    async def _off_loop(loop: asyncio.AbstractEventLoop,
+                        work: Callable[[], tuple[SessionOutput, int | None, str | None]],
+                        ) -> tuple[SessionOutput, int | None, str | None]:
+        """``work`` in an executor thread; a log file it made is closed if the session
+        ends meanwhile."""
+        job = loop.run_in_executor(None, work)
+        try:
+            return await shielded(job)
+        except asyncio.CancelledError:  # the session ends: close the log file made
+            if not job.cancelled() and job.exception() is None:
+                job.result()[0].close()
+            raise
 
     def _keep(self, fut: asyncio.Future[Any]) -> None:
         """A monitor job the session does not wait for now; ``_undo`` waits for it."""
