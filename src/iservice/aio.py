@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Hashable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -43,3 +44,75 @@ async def shielded(aw: Awaitable[T]) -> T:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([fut])
         raise
+
+
+class FairGate:
+    """At most ``slots`` holders at a time; waiters are served round robin by ``key``.
+
+    ``asyncio.Semaphore`` serves its waiters first come, first served: a user who sends
+    64 requests at once would put every other user's request behind all 64.  Here each
+    key has its own queue and a freed slot goes to the next key in turn, so a request
+    waits for at most one holder per other key with waiters (and its own key's earlier
+    ones).  ``async with gate.hold(key): ...``; cancellation-safe.
+    """
+
+    def __init__(self, slots: int) -> None:
+        if slots < 1:
+            raise ValueError("a gate needs at least one slot")
+        self._free = slots
+        self._queues: dict[Hashable, collections.deque[asyncio.Future[None]]] = {}
+        self._turns: collections.deque[Hashable] = collections.deque()  # keys with waiters
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        await self._acquire(key)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, key: Hashable) -> None:
+        if self._free > 0 and not self._turns:
+            self._free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        q = self._queues.get(key)
+        if q is None:
+            self._queues[key] = q = collections.deque()
+            self._turns.append(key)
+        q.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release()  # granted just as it was cancelled: pass it on
+            else:
+                self._drop(key, fut)
+            raise
+
+    def _drop(self, key: Hashable, fut: asyncio.Future[None]) -> None:
+        q = self._queues.get(key)
+        if q is None or fut not in q:
+            return
+        q.remove(fut)
+        if not q:
+            del self._queues[key]
+            self._turns.remove(key)
+
+    def _release(self) -> None:
+        while self._turns:
+            key = self._turns.popleft()
+            q = self._queues[key]
+            fut = q.popleft()
+            if q:
+                self._turns.append(key)  # to the back: the other keys go first
+            else:
+                del self._queues[key]
+            if not fut.done():
+                fut.set_result(None)  # the slot passes straight to this waiter
+                return
+        self._free += 1

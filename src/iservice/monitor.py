@@ -172,6 +172,7 @@ class Started:
     argv: tuple[str, ...]  # openvpn's full command line
     replied: bool  # the PID reply went out from the monitor thread
     table: int | None  # the session's own routing table (route_scope = user)
+    grouped: bool = False  # openvpn runs in the session's cgroup (recovery ends it there)
 
 
 class StartFailed(Exception):
@@ -467,7 +468,8 @@ class Monitor:
                 pass  # the loop sends it
             except OSError:
                 replied = True  # the client is gone: nothing to send
-        return Started(session_id, rec.name, ifindex, child, full, tuple(argv), replied, table)
+        return Started(session_id, rec.name, ifindex, child, full, tuple(argv), replied, table,
+                       grouped=group is not None)
 
     def _make_tun(self, session_id: int, uid: int, gid: int, first: TunRecord,
                   change: int) -> tuple[TunRecord, int, int]:

@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
+from iservice.aio import FairGate
 from iservice.ports import PeerCredentials, UserIdentity
 
 T = TypeVar("T")
@@ -140,16 +141,18 @@ async def as_fs_user(user: UserIdentity, fn: Callable[[], T]) -> T:
     loop = asyncio.get_running_loop()
     gate = _GATES.get(loop)
     if gate is None:
-        gate = _GATES[loop] = asyncio.Semaphore(FS_USER_THREADS)
-    async with gate:
+        gate = _GATES[loop] = FairGate(FS_USER_THREADS)
+    async with gate.hold(user.uid):
         return await _as_fs_user(loop, user, fn)
 
 
 # At most this many checks at a time.  A burst of 100 requests otherwise makes 100
 # threads that all want the GIL at once, and the monitor thread, which gives it up
-# at every system call, waits behind them (P3, docs/performance.md).
+# at every system call, waits behind them (P3, docs/performance.md).  The waiting
+# requests are served round robin by user: one user's burst does not queue every
+# other user's request behind all of its own.
 FS_USER_THREADS = 2
-_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = \
+_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FairGate] = \
     weakref.WeakKeyDictionary()
 
 
