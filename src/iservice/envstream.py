@@ -113,7 +113,10 @@ class _Request:
 
 class EnvStream:
     def __init__(self, context: Callable[[], Context], log: Log, *,
-                 max_bytes: int = m.MAX_ENV_BYTES) -> None:
+                 max_bytes: int = m.MAX_ENV_BYTES, runs: bool = True) -> None:
+        """``runs``: hand out a run of routes together (``produce``'s ``runs``); False:
+        one message each (the same decisions, slower: tests compare the two)."""
+        self._runs = runs
         self._context = context
         self._log = log
         self._max = max_bytes
@@ -172,7 +175,7 @@ class EnvStream:
             made = Produced([], [], exiting=True)
         else:
             try:
-                made = produce(event, parse_env(data), self._context(), mid, runs=True)
+                made = produce(event, parse_env(data), self._context(), mid, runs=self._runs)
             except EnvError as exc:
                 self._log(logging.WARNING, "bad-environment", what=name, mid=mid,
                           verdict="malformed", reason=exc.reason,

@@ -162,14 +162,15 @@ class Pipeline:
         items = batch.items
         policy = self.policy
         envs = self.envs
-        while len(items) < CHANNEL_BATCH:
+        extra = 0  # a run is one item of len(run) requests: the batch counts requests
+        while len(items) + extra < CHANNEL_BATCH:
             retried = self._held is not None
             reply: Reply | None = None
             item: bytes | m.Message | None
             if self._held is not None:
                 (item, reply), self._held = self._held, None
             elif envs is not None and (made := envs.next(
-                    min(RUN_ROUTES, CHANNEL_BATCH - len(items)))) is not None:
+                    min(RUN_ROUTES, CHANNEL_BATCH - len(items) - extra))) is not None:
                 mid, made_item, reply = made
                 if made_item is None:  # the environment's end: its one answer, in order
                     items.append((mid, 0, reply))
@@ -181,6 +182,7 @@ class Pipeline:
                     if run_op is not None:
                         self.reserve(run_op)
                         items.append((mid, run_op, reply))
+                        extra += taken - 1
                         envs.put_back(made_item.rest(taken))
                         continue
                     envs.put_back(made_item.rest(1))

@@ -42,6 +42,7 @@ message made here exactly as if openvpn.exe had sent it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 from collections.abc import Iterator, Mapping, Sequence
@@ -382,6 +383,12 @@ class _Producer:
         flush(4)
         net_gw6 = env.get("net_gateway_ipv6")
         gateways6: dict[str, IPv4Address | IPv6Address] = {"": IPv6Address(0)}
+        # the previous default gateway, for the run's test "not a bypass route" (None: not
+        # set, or not an address: those routes go the way below, which raises then)
+        net_gw6_addr: IPv4Address | IPv6Address | None = None
+        if net_gw6:
+            with contextlib.suppress(ValueError):
+                net_gw6_addr = ip_address(net_gw6)
         for n in _numbered(env, "route_ipv6_network_"):
             if made >= limit:
                 self.out.unmade += _count(env, "route_ipv6_network_", n)
@@ -390,12 +397,13 @@ class _Producer:
             gw6_text = env.get(f"route_ipv6_gateway_{n}", "")
             metric_text = env.get(f"route_ipv6_metric_{n}", "-1") or "-1"
             fast = _v6_network(text6) if runs and metric_text == "-1" \
-                and not (net_gw6 and gw6_text) else None
+                and not (net_gw6 and gw6_text and net_gw6_addr is None) else None
             if fast is not None:  # the network first, then the gateway, as below
                 gw6 = gateways6.get(gw6_text)
                 if gw6 is None:
                     gw6 = gateways6[gw6_text] = ip_address(gw6_text)
-                if type(gw6) is IPv6Address and gw6.scope_id is None:
+                if type(gw6) is IPv6Address and gw6.scope_id is None and not (
+                        net_gw6 and gw6_text and net_gw6_addr == gw6):
                     value, prefix = fast
                     values.append(value)
                     plens.append(prefix)
