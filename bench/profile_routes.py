@@ -119,7 +119,8 @@ def attribute(collapsed: Path) -> tuple[dict[str, collections.Counter[str]], int
 
 V4_ROUTES = """            f"route_gateway_{{i + 1}}=10.8.0.1".encode()]"""
 V6_ROUTES = """            f"route_gateway_{{i + 1}}=10.8.0.1".encode()]
-env = env[:3] + [f"route_ipv6_network_{{i + 1}}=fd10:{{i >> 8:x}}:{{(i & 0xFF) << 8:x}}::/56".encode()
+net6 = "fd10:{{:x}}:{{:x}}::/56"
+env = env[:3] + [f"route_ipv6_network_{{i + 1}}={{net6.format(i >> 8, (i & 0xFF) << 8)}}".encode()
                  for i in range(N)] + [f"route_ipv6_gateway_{{i + 1}}=fd00:8::1".encode()
                                        for i in range(N)]"""
 
