@@ -117,6 +117,20 @@ def attribute(collapsed: Path) -> tuple[dict[str, collections.Counter[str]], int
     return out, idle
 
 
+V4_ROUTES = """            f"route_gateway_{{i + 1}}=10.8.0.1".encode()]"""
+V6_ROUTES = """            f"route_gateway_{{i + 1}}=10.8.0.1".encode()]
+net6 = "fd10:{{:x}}:{{:x}}::/56"
+env = env[:3] + [f"route_ipv6_network_{{i + 1}}={{net6.format(i >> 8, (i & 0xFF) << 8)}}".encode()
+                 for i in range(N)] + [f"route_ipv6_gateway_{{i + 1}}=fd00:8::1".encode()
+                                       for i in range(N)]"""
+
+
+def scenario(n: int, v6: bool) -> str:
+    """bench_channel's plugin scenario, with IPv6 routes instead of IPv4 ones if ``v6``."""
+    assert V4_ROUTES in PLUGIN_SCENARIO
+    return (PLUGIN_SCENARIO.replace(V4_ROUTES, V6_ROUTES) if v6 else PLUGIN_SCENARIO).format(n=n)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("count", nargs="?", type=int, default=10_000)
@@ -126,6 +140,8 @@ def main() -> int:
                     help="py-spy: only samples holding the GIL (Python running, not waiting "
                     "for the GIL or the other thread's lock)")
     ap.add_argument("--out", default=tempfile.gettempdir(), help="where py-spy's output goes")
+    ap.add_argument("--v6", action="store_true",
+                    help="IPv6 routes (/56s in fd10::/16 via a gateway, as P2's) instead of IPv4")
     args = ap.parse_args()
     pki_dir = Path(tempfile.mkdtemp(prefix="isv-bench-pki-"))
     try:
@@ -158,7 +174,7 @@ def run(args: argparse.Namespace, pki_dir: Path) -> int:
         try:
             for k in range(args.repeat):
                 name = f"prof{n}-{k}.ovpn"
-                lab.write_file(f"client/{name}", PLUGIN_SCENARIO.format(n=n))
+                lab.write_file(f"client/{name}", scenario(n, args.v6))
                 before = thread_cpu(spid)
                 cp = svc.start_as(user, "--config", name)
                 assert cp.returncode == 0, cp.stderr

@@ -175,11 +175,12 @@ def fuzz_env(data: bytes) -> None:
         if not isinstance(chunk, m.EnvChunkMsg):
             raise Crash(f"env_chunks made {chunk!r}")
         answers += [reply(error) for _, error, reply in stream.take(chunk) if reply]
-    while (item := stream.next()) is not None:
-        _, msg, reply = item
-        if msg is None:
+    while (item := stream.next(1)) is not None:  # a run's routes one at a time
+        _, got, reply = item
+        if got is None:
             answers.append(reply(0))
             continue
+        msg = got.message(0) if isinstance(got, rq.RouteRun) else got
         made.append(msg)
         if dataclasses.replace(msg) != msg or m.decode_message(m.encode_message(msg)) != msg:
             raise Crash(f"made an invalid message {msg!r}")

@@ -28,10 +28,13 @@ memory is bounded by ``max_bytes`` plus what the producer makes of it.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from iservice import errors
+from iservice.policy.requests import RouteRun
 from iservice.produce import (
     EXIT_SIGNALS,
     Context,
@@ -44,9 +47,16 @@ from iservice.produce import (
 )
 from iservice.wire import msg as m
 
-# The answer to one settled request: its error number in, the bytes to send out (b"" for
-# the requests made from an environment, the result for its end).
-Reply = Callable[[int], bytes]
+
+class Reply(Protocol):
+    """The answer to settled requests: their error number in (for ``count`` requests
+    settled together, ``refused`` of them refused and ``error`` the first refusal's),
+    the bytes to send out (b"" for the requests made from an environment, the result
+    for its end)."""
+
+    def __call__(self, error: int, count: int = 1, refused: int | None = None) -> bytes: ...
+
+
 # What to put in the batch for a request answered at once: (message_id, error, reply)
 # with reply None for a plain ack.
 Entry = tuple[int, int, Reply | None]
@@ -60,44 +70,53 @@ def _result(mid: int, error: int, requests: int = 0, refused: int = 0,
 
 
 def _failed(mid: int) -> Reply:
-    return lambda error: _result(mid, error)
+    def reply(error: int, count: int = 1, refused: int | None = None) -> bytes:
+        return _result(mid, error)
+    return reply
 
 
 class _Request:
     """One complete environment's requests: handed out in order, settled in order."""
 
-    def __init__(self, mid: int, messages: list[m.Message], unmade: int) -> None:
+    def __init__(self, mid: int, messages: list[m.Message | RouteRun], unmade: int) -> None:
         self.mid = mid
-        self.messages = messages
         self.queue = collections.deque(messages)
+        self.made = sum(len(x) if isinstance(x, RouteRun) else 1 for x in messages)
         self.unmade = unmade  # routes beyond the bound: refused without being made
         self.settled = 0
         self.refused = 0
         self.first_error = 0
         self.refused_type = 0
 
-    def note(self, error: int) -> bytes:
-        """A request made from this environment has been settled (no ack of its own)."""
-        if error:
-            self.refused += 1
+    def note(self, error: int, count: int = 1, refused: int | None = None, *,
+             kind: int = m.MsgType.ADD_ROUTE) -> bytes:
+        """Requests made from this environment (``count`` of type ``kind``: a run's
+        routes, else one) have been settled (no ack of their own)."""
+        if refused is None:
+            refused = count if error else 0
+        if refused:
+            self.refused += refused
             if not self.first_error:
                 self.first_error = error
-                self.refused_type = int(self.messages[self.settled].type)
-        self.settled += 1
+                self.refused_type = int(kind)
+        self.settled += count
         return b""
 
-    def result(self, _error: int) -> bytes:
+    def result(self, error: int, count: int = 1, refused: int | None = None) -> bytes:
         """Everything before has been settled: the one answer."""
         if self.unmade and not self.first_error:
             self.first_error = errors.ERROR_NOT_ENOUGH_QUOTA
             self.refused_type = int(m.MsgType.ADD_ROUTE)
-        return _result(self.mid, self.first_error, len(self.messages) + self.unmade,
+        return _result(self.mid, self.first_error, self.made + self.unmade,
                        self.refused + self.unmade, self.refused_type)
 
 
 class EnvStream:
     def __init__(self, context: Callable[[], Context], log: Log, *,
-                 max_bytes: int = m.MAX_ENV_BYTES) -> None:
+                 max_bytes: int = m.MAX_ENV_BYTES, runs: bool = True) -> None:
+        """``runs``: hand out a run of routes together (``produce``'s ``runs``); False:
+        one message each (the same decisions, slower: tests compare the two)."""
+        self._runs = runs
         self._context = context
         self._log = log
         self._max = max_bytes
@@ -156,14 +175,15 @@ class EnvStream:
             made = Produced([], [], exiting=True)
         else:
             try:
-                made = produce(event, parse_env(data), self._context(), mid)
+                made = produce(event, parse_env(data), self._context(), mid, runs=self._runs)
             except EnvError as exc:
                 self._log(logging.WARNING, "bad-environment", what=name, mid=mid,
                           verdict="malformed", reason=exc.reason,
                           error=errors.ERROR_MESSAGE_DATA)
                 return [(mid, errors.ERROR_MESSAGE_DATA, _failed(mid))]
         self._log(logging.INFO, "environment", what=name, mid=mid, bytes=len(data),
-                  signal=signal, requests=len(made.messages),
+                  signal=signal, requests=sum(
+                      len(x) if isinstance(x, RouteRun) else 1 for x in made.messages),
                   verdict="exiting" if made.exiting else "produced")
         for note in made.notes:
             self._log(logging.INFO, "ignored", what=name, mid=mid, reason=note)
@@ -179,14 +199,26 @@ class EnvStream:
         """Requests made from an environment wait to be handed out."""
         return bool(self._ready)
 
-    def next(self) -> tuple[int, m.Message | None, Reply] | None:
-        """The next request made from an environment, with its reply; (mid, None, reply)
-        ends the environment (answer with ``reply`` once everything before it has been
-        settled); None when there is nothing to hand out (read the channel)."""
+    def next(self, limit: int = 1 << 30) -> tuple[int, m.Message | RouteRun | None, Reply] | None:
+        """The next request made from an environment, with its reply, or the next
+        ``limit`` routes at most of a run; (mid, None, reply) ends the environment
+        (answer with ``reply`` once everything before it has been settled); None when
+        there is nothing to hand out (read the channel)."""
         if not self._ready:
             return None
         req = self._ready[0]
         if req.queue:
-            return req.mid, req.queue.popleft(), req.note
+            item = req.queue.popleft()
+            if isinstance(item, RouteRun):
+                if len(item) > limit:
+                    req.queue.appendleft(item.rest(limit))
+                    item = item.head(limit)
+                return req.mid, item, req.note
+            return req.mid, item, functools.partial(req.note, kind=int(item.type))
         self._ready.popleft()
         return req.mid, None, req.result
+
+    def put_back(self, run: RouteRun) -> None:
+        """Routes of the run ``next`` just handed out that were not taken: next first."""
+        if len(run):
+            self._ready[0].queue.appendleft(run)

@@ -51,6 +51,7 @@ from iservice.journal import Change, Journal, SessionRecord
 from iservice.policy.requests import (
     AddAddress,
     AddRoute,
+    AddTunRoutes,
     DefaultRoute,
     DelAddress,
     DelRoute,
@@ -195,9 +196,12 @@ class StartFailed(Exception):
 
 @dataclass(frozen=True)
 class Applied:
-    """Result of one operation: ack error number (0 = done) and its journal id."""
+    """Result of one operation: ack error number (0 = done) and its journal id.  For
+    ``AddTunRoutes``: ``errors`` has each route's error (None: each got ``error``), and
+    route i was journaled as ``change_id + i`` (None: none was)."""
     error: int
     change_id: int | None = None
+    errors: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -508,6 +512,13 @@ class Monitor:
         i = task.pos
         while i < len(ops) and budget > 0:
             op = ops[i]
+            if isinstance(op, AddTunRoutes):
+                if len(op.run) > budget and budget < TURN_OPS:
+                    break  # the next turn: a turn stays within TURN_OPS routes
+                task.results.append(self._guarded(self._tun_routes, 1, sid, op)[0])
+                budget -= len(op.run)
+                i += 1
+                continue
             if isinstance(op, AddRoute | DelRoute):
                 j = i
                 while j < len(ops) and j - i < budget and isinstance(ops[j], AddRoute | DelRoute):
@@ -541,6 +552,12 @@ class Monitor:
         return [Applied(err, cid) for err, cid in route.apply(self.journal, self.rtnl,
                                                                session_id, ops)]
 
+    def _tun_routes(self, session_id: int, op: AddTunRoutes) -> list[Applied]:
+        first, errs = route.apply_run(self.journal, self.rtnl, session_id, op)
+        if errs is None:
+            return [Applied(0, first)]
+        return [Applied(next(e for e in errs if e), first, errs)]
+
     def _one(self, session_id: int, tun_ifindex: int, op: Operation) -> list[Applied]:
         return [self._one_op(session_id, tun_ifindex, op)]
 
@@ -573,7 +590,7 @@ class Monitor:
                     return Applied(0)
                 case SetBlock():
                     return Applied(0, self.firewall.set_block(session_id, op))
-                case AddRoute() | DelRoute() | DelTunRoutes():
+                case AddRoute() | DelRoute() | DelTunRoutes() | AddTunRoutes():
                     raise AssertionError("routes are applied in batches")
                 case _:
                     assert_never(op)

@@ -36,8 +36,10 @@ from iservice.errors import ChannelError, MessageTooLargeError
 from iservice.policy.dns import BlockState
 from iservice.policy.ownership import Owners, Scope
 from iservice.policy.requests import (
+    RUN_ROUTES,
     AddAddress,
     AddRoute,
+    AddTunRoutes,
     DefaultRoute,
     DelAddress,
     DelRoute,
@@ -46,6 +48,7 @@ from iservice.policy.requests import (
     Operation,
     Refused,
     RequestPolicy,
+    RouteRun,
     SessionRecords,
     SetBlock,
     SetDns,
@@ -88,13 +91,18 @@ class Settled:
 
 
 class Result(Protocol):
-    """The monitor's answer for one operation (``monitor.Applied`` has this shape)."""
+    """The monitor's answer for one operation (``monitor.Applied`` has this shape).
+    For ``AddTunRoutes``: ``errors`` has each route's error (None: each got ``error``),
+    route i was journaled as ``change_id + i`` (None: none was)."""
 
     @property
     def error(self) -> int: ...
 
     @property
     def change_id(self) -> int | None: ...
+
+    @property
+    def errors(self) -> tuple[int, ...] | None: ...
 
 
 def in_flight(op: Operation) -> bool:
@@ -154,17 +162,33 @@ class Pipeline:
         items = batch.items
         policy = self.policy
         envs = self.envs
-        while len(items) < CHANNEL_BATCH:
+        extra = 0  # a run is one item of len(run) requests: the batch counts requests
+        while len(items) + extra < CHANNEL_BATCH:
             retried = self._held is not None
             reply: Reply | None = None
             item: bytes | m.Message | None
             if self._held is not None:
                 (item, reply), self._held = self._held, None
-            elif envs is not None and (made := envs.next()) is not None:
-                mid, item, reply = made
-                if item is None:  # the environment's end: its one answer, in order
+            elif envs is not None and (made := envs.next(
+                    min(RUN_ROUTES, CHANNEL_BATCH - len(items) - extra))) is not None:
+                mid, made_item, reply = made
+                if made_item is None:  # the environment's end: its one answer, in order
                     items.append((mid, 0, reply))
                     continue
+                if isinstance(made_item, RouteRun):
+                    # New routes through the tun: decided together, as decide() would
+                    # decide each; the first one it would not is decided alone below.
+                    run_op, taken = policy.decide_run(made_item)
+                    if run_op is not None:
+                        self.reserve(run_op)
+                        items.append((mid, run_op, reply))
+                        extra += taken - 1
+                        envs.put_back(made_item.rest(taken))
+                        continue
+                    envs.put_back(made_item.rest(1))
+                    item = made_item.message(0)
+                else:
+                    item = made_item
             else:
                 if not self._queued:
                     return Step(batch)
@@ -233,7 +257,9 @@ class Pipeline:
         rec = self.records
         # The session's route table is registered with the owners: a route in it counts
         # for every other session at once (in flight: -1).
-        if isinstance(op, AddRoute):
+        if isinstance(op, AddTunRoutes):
+            rec.routes.reserve_new(op.run.version, op.run.keys, op.run.plens)
+        elif isinstance(op, AddRoute):
             rec.routes[op.key] = -1 if op.existing is None else op.existing
         elif isinstance(op, DelRoute):
             rec.routes.pop(op.key, None)
@@ -301,6 +327,13 @@ class Pipeline:
         for message_id, item, reply in batch.items:
             if isinstance(item, int):
                 error = item
+            elif isinstance(item, AddTunRoutes):
+                result = next(out)
+                refused, error = self._settle_run(item, result, who, message_id, applied,
+                                                  failed)
+                if reply is not None:
+                    reply(error, len(item.run), refused)
+                continue
             else:
                 result = next(out)
                 self._settle_one(item, result)
@@ -319,6 +352,40 @@ class Pipeline:
             elif answer := reply(error):
                 answers.append(answer)
         return Settled(bytes(acks), answers, applied, failed, bypass, added)
+
+    def _settle_run(self, op: AddTunRoutes, result: Result, who: str, mid: int,
+                    applied: list[str], failed: list[str]) -> tuple[int, int]:
+        """A run's routes settled, one audit line each (as ``settle`` writes for an
+        ``AddRoute``); (how many were refused, the first refusal's error)."""
+        run = op.run
+        errs = result.errors
+        keys, texts = run.keys, run.texts
+        self.records.routes.settle_new(run.version, keys, run.plens, result.change_id, errs,
+                                       result.error)
+        # The line of each route, as "event=applied {who} what={quote(describe(AddRoute))}
+        # verdict=applied mid={mid}" gives it (quoted: a network's text is plain ASCII
+        # with no quote or backslash).  One f-string a route instead of describe() and
+        # quote(): ~2.5 µs a route less (profiled at 10,000 routes).
+        table = "" if op.table is None else f" table={op.table}"
+        head = f'event=applied {who} what="add_route dst='
+        tail = f' bypass=False metric=-1 oif={op.oif}{table}" verdict=applied mid={mid}'
+        if errs is None and not result.error and result.change_id is not None:
+            applied += [head + text + tail for text in texts]
+            return 0, 0
+        refused, first = 0, 0
+        for i, text in enumerate(texts):
+            error = result.error if errs is None else errs[i]
+            if result.change_id is None and not error:
+                error = errors.ERROR_GEN_FAILURE  # not journaled: not made (cannot happen)
+            if error:
+                refused += 1
+                first = first or error
+                what = audit.quote(op.route_text(text))
+                failed.append(f"event=failed {who} what={what} verdict=failed mid={mid} "
+                              f"error={error}")
+            else:
+                applied.append(head + text + tail)
+        return refused, first
 
     def release(self) -> None:
         """The session ended: its routes and addresses no longer count for anybody."""

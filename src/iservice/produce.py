@@ -42,6 +42,7 @@ message made here exactly as if openvpn.exe had sent it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,6 +51,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 
 from iservice.policy.dns import BadDnsValue, parse_domain, parse_server
 from iservice.policy.redirect import KILL_SWITCH_ENV, Facts, Redirect
+from iservice.policy.requests import RouteRun
 from iservice.wire import msg as m
 
 Env = Mapping[str, str]
@@ -88,7 +90,8 @@ class Context:
 
 @dataclass
 class Produced:
-    messages: list[m.Message]
+    # with runs=True: the routes through the session's own tun as RouteRuns (policy.requests)
+    messages: list[m.Message | RouteRun]
     notes: list[str]  # values left out (a bad DNS name or server): for the audit log
     exiting: bool = False  # route-pre-down/down of an exiting openvpn: nothing to do
     unmade: int = 0  # routes beyond Context.max_routes: not made, answered as refused
@@ -124,15 +127,20 @@ def takes_down(event: int) -> bool:
     return event in (m.EVENT_ROUTE_PREDOWN, m.EVENT_DOWN)
 
 
-def produce(event: int, env: Env, ctx: Context, message_id: int = 0) -> Produced:
+def produce(event: int, env: Env, ctx: Context, message_id: int = 0, *,
+            runs: bool = False) -> Produced:
     """The requests for ``event`` (``wire.msg.EVENT_*``), numbered ``message_id``.
     Raises only EnvError: a malformed value fails the whole environment, nothing is
-    made of it (as an ``--up`` script that fails)."""
+    made of it (as an ``--up`` script that fails).
+
+    ``runs``: consecutive add_routes through the session's own tun with the metric
+    unset come as one ``RouteRun`` (the service's way: decided together); expanded
+    (``RouteRun.message``) they are exactly the messages made without ``runs``."""
     if takes_down(event) and exiting(env):
         return Produced([], [], exiting=True)  # the session's undo takes it all with the tun
     out = Produced([], [])
     try:
-        _Producer(env, ctx, message_id, out).run(event)
+        _Producer(env, ctx, message_id, out, runs).run(event)
     except (ValueError, OverflowError) as exc:  # ipaddress, int(), the dataclasses' checks
         raise EnvError(str(exc)) from None
     return out
@@ -181,6 +189,36 @@ def _prefix_of(mask: str) -> int:
     return n
 
 
+_NETMASK6 = [((1 << 128) - 1) ^ ((1 << (128 - n)) - 1) for n in range(129)]
+
+
+def _v6_network(text: str) -> tuple[int, int] | None:
+    """``IPv6Network(text, strict=False)`` as (value, prefix length) for the form openvpn
+    writes, ``address/bits`` (an address ``inet_pton`` takes, bits in decimal without a
+    leading zero): ~5x quicker.  None for anything else: the caller asks ipaddress, which
+    also gives the errors (tests/unit/test_route_run.py compares the two)."""
+    addr, slash, bits = text.partition("/")
+    if not slash or not bits.isascii() or not bits.isdigit() or len(bits) > 3 \
+            or (bits[0] == "0" and bits != "0"):
+        return None
+    plen = int(bits)
+    if plen > 128:
+        return None
+    try:
+        value = int.from_bytes(socket.inet_pton(socket.AF_INET6, addr), "big")
+    except (OSError, ValueError):  # UnicodeEncodeError of a lone surrogate is a ValueError
+        return None
+    return value & _NETMASK6[plen], plen
+
+
+def _v6_text(value: int, plen: int) -> str:
+    """``str(IPv6Network((value, plen)))``: ``inet_ntop`` writes the same text except for
+    the first /96 and ::ffff:0:0/96 (dotted IPv4 at the end), which ipaddress writes."""
+    if value >> 32 in (0, 0xFFFF):
+        return f"{IPv6Address(value)}/{plen}"
+    return f"{socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, 'big'))}/{plen}"
+
+
 def _numbered(env: Env, prefix: str) -> Iterator[int]:
     n = 1
     while f"{prefix}{n}" in env:
@@ -201,7 +239,9 @@ def _digits(text: str) -> bool:
 
 
 class _Producer:
-    def __init__(self, env: Env, ctx: Context, mid: int, out: Produced) -> None:
+    def __init__(self, env: Env, ctx: Context, mid: int, out: Produced,
+                 runs: bool = False) -> None:
+        self.runs = runs
         self.env = env
         self.ctx = ctx
         if not -(2**31) <= mid < 2**31:
@@ -290,20 +330,37 @@ class _Producer:
         """One message per ``route_*`` variable; routes via the net gateway bypass the tun.
         Built without the dataclass checks (``unchecked_route``): every value is checked
         here (the message id in __init__, addresses by their parsers, prefix lengths by
-        their range, metrics as int32), and routes come by the ten thousand."""
+        their range, metrics as int32), and routes come by the ten thousand.  With
+        ``runs``, consecutive adds through the session's own tun with the metric unset
+        become one ``RouteRun`` instead (the same values, no message objects)."""
         env, mid, iface, unset = self.env, self.mid, self.iface, self.unset
         out = self.out.messages
         route = m.unchecked_route
+        # a run only through the session's own tun (the producer named it by its index)
+        runs = self.runs and kind == m.MsgType.ADD_ROUTE and \
+            iface.index == self.ctx.tun_ifindex != m.IFACE_INDEX_INVALID
         net_gw = env.get("route_net_gateway")
         gateways: dict[str, IPv4Address] = {"": IPv4Address(0)}
         limit, made = self.ctx.max_routes, 0
+        values: list[int] = []
+        plens: list[int] = []
+        texts: list[str] = []
+        gws: list[IPv4Address | IPv6Address] = []
+
+        def flush(version: int) -> None:
+            nonlocal values, plens, texts, gws
+            if values:
+                out.append(RouteRun(mid, version, iface, values, plens, texts, gws))
+                values, plens, texts, gws = [], [], [], []
+
         n = 1
         while (network := env.get(f"route_network_{n}")) is not None:
             if made >= limit:
                 self.out.unmade += _count(env, "route_network_", n)
                 break
             prefix = _prefix_of(env.get(f"route_netmask_{n}", "255.255.255.255"))
-            value = _v4_int(network) & _NETMASK[prefix]
+            raw = _v4_int(network)
+            value = raw & _NETMASK[prefix]
             gw_text = env.get(f"route_gateway_{n}", "")
             gw = gateways.get(gw_text)
             if gw is None:
@@ -311,24 +368,60 @@ class _Producer:
             metric_text = env.get(f"route_metric_{n}") or "-1"
             metric = -1 if metric_text == "-1" else _int32(metric_text, "metric")
             via = unset if net_gw and gw_text == net_gw else iface
-            out.append(route(kind, mid, IPv4Address(value), prefix, gw, via, metric))
+            if runs and via is iface and metric == -1:
+                values.append(value)
+                plens.append(prefix)
+                # inet_pton took the text: canonical, unless host bits were cleared
+                texts.append(f"{network}/{prefix}" if raw == value
+                             else f"{IPv4Address(value)}/{prefix}")
+                gws.append(gw)
+            else:
+                flush(4)
+                out.append(route(kind, mid, IPv4Address(value), prefix, gw, via, metric))
             made += 1
             n += 1
+        flush(4)
         net_gw6 = env.get("net_gateway_ipv6")
+        gateways6: dict[str, IPv4Address | IPv6Address] = {"": IPv6Address(0)}
+        # the previous default gateway, for the run's test "not a bypass route" (None: not
+        # set, or not an address: those routes go the way below, which raises then)
+        net_gw6_addr: IPv4Address | IPv6Address | None = None
+        if net_gw6:
+            with contextlib.suppress(ValueError):
+                net_gw6_addr = ip_address(net_gw6)
         for n in _numbered(env, "route_ipv6_network_"):
             if made >= limit:
                 self.out.unmade += _count(env, "route_ipv6_network_", n)
                 break
-            net6 = IPv6Network(env[f"route_ipv6_network_{n}"], strict=False)
+            text6 = env[f"route_ipv6_network_{n}"]
             gw6_text = env.get(f"route_ipv6_gateway_{n}", "")
+            metric_text = env.get(f"route_ipv6_metric_{n}", "-1") or "-1"
+            fast = _v6_network(text6) if runs and metric_text == "-1" \
+                and not (net_gw6 and gw6_text and net_gw6_addr is None) else None
+            if fast is not None:  # the network first, then the gateway, as below
+                gw6 = gateways6.get(gw6_text)
+                if gw6 is None:
+                    gw6 = gateways6[gw6_text] = ip_address(gw6_text)
+                if type(gw6) is IPv6Address and gw6.scope_id is None and not (
+                        net_gw6 and gw6_text and net_gw6_addr == gw6):
+                    value, prefix = fast
+                    values.append(value)
+                    plens.append(prefix)
+                    texts.append(_v6_text(value, prefix))
+                    gws.append(gw6)
+                    made += 1
+                    continue
+            flush(6)
+            net6 = IPv6Network(text6, strict=False)
             gw6 = ip_address(gw6_text) if gw6_text else IPv6Address(0)
-            metric = _int(env.get(f"route_ipv6_metric_{n}", "-1") or "-1")
+            metric = _int(metric_text)
             # The host route to an IPv6 VPN server under redirect-gateway ipv6 goes via
             # the previous default gateway, like the IPv4 net_gateway routes.
             via = unset if net_gw6 and gw6_text and ip_address(net_gw6) == gw6 else iface
             out.append(m.RouteMsg(kind, mid, net6.network_address, net6.prefixlen, gw6, via,
                                   metric))
             made += 1
+        flush(6)
 
     def redirect(self, kind: m.MsgType) -> list[m.Message]:
         """The IPv4 full tunnel (``redirect-gateway def1``): the bypass host route to the

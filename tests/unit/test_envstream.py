@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from iservice import errors
 from iservice.envstream import EnvStream, Reply
+from iservice.policy.requests import RouteRun
 from iservice.produce import Context
 from iservice.wire import msg as m
 
@@ -38,9 +39,11 @@ class Logged(list[tuple[Any, ...]]):
 
 
 def drain(stream: EnvStream) -> list[tuple[int, m.Message | None, Reply]]:
-    out = []
-    while (item := stream.next()) is not None:
-        out.append(item)
+    """Every request handed out, one at a time (a run's routes as their messages)."""
+    out: list[tuple[int, m.Message | None, Reply]] = []
+    while (item := stream.next(1)) is not None:
+        mid, msg, reply = item
+        out.append((mid, msg.message(0) if isinstance(msg, RouteRun) else msg, reply))
     return out
 
 

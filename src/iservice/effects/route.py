@@ -25,7 +25,7 @@ from iservice.effects._records import flag, integer, text
 from iservice.errors import JournalDataError
 from iservice.journal import Journal
 from iservice.net import RT_TABLE_MAIN, Route, RouteSpec
-from iservice.policy.requests import AddRoute, DelRoute, Operation
+from iservice.policy.requests import AddRoute, AddTunRoutes, DelRoute, Operation
 from iservice.ports import NetworkOps
 
 GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
@@ -147,6 +147,28 @@ def apply(journal: Journal, net: NetworkOps, session_id: int,
         out.append((ack_error(err) if err else 0, cid if is_add else None))
     journal.forget(forget)
     return out
+
+
+def apply_run(journal: Journal, net: NetworkOps, session_id: int,
+              op: AddTunRoutes) -> tuple[int, tuple[int, ...] | None]:
+    """A run of new routes through the tun (``AddTunRoutes``), journal first, as ``apply``
+    does it for the same ``AddRoute``s: (the first route's journal id — the others'
+    follow —, each route's ack error, or None when every route was added).  A failed
+    add leaves no record."""
+    run = op.run
+    texts = run.texts
+    # record_json of each route: the same JSON text, one concatenation a route
+    table = "" if op.table is None else f',"table":{op.table}'
+    tail = f'","oif":{op.oif},"metric":-1,"gw":null,"bypass":false{table}}}'
+    ids = journal.record_many_json(session_id, RouteRecord.KIND,
+                                   ['{"dst":"' + text + tail for text in texts])
+    errs = net.tun_routes_add(op.oif, RT_TABLE_MAIN if op.table is None else op.table,
+                              run.version, run.values, run.plens)
+    first = ids[0]
+    if not any(errs):
+        return first, None
+    journal.forget(first + i for i, err in enumerate(errs) if err)
+    return first, tuple(ack_error(err) if err else 0 for err in errs)
 
 
 def undo(net: NetworkOps, rec: RouteRecord) -> str | None:

@@ -473,6 +473,34 @@ def encode_route_spec(spec: RouteSpec, add: bool, seq: int) -> bytes:
         table, RTPROT_ISERVICE, scope, RTN_UNICAST, 0) + body
 
 
+# A route through a tun from plain values, one precompiled format each (nlmsghdr, rtmsg,
+# RTA_DST, RTA_OIF[, RTA_TABLE]): encode_route_spec's bytes for RouteSpec(dst, oif, None,
+# None, table) added, ~0.5 µs a route instead of ~1.5 (measured at 10,000 routes).
+_TUN_ROUTE = {(version, big): struct.Struct(
+    _NLH_RTMSG.format + ("HH4s" if version == 4 else "HH16s") + "HHI" + ("HHI" if big else ""))
+    for version in (4, 6) for big in (False, True)}
+
+
+def encode_tun_routes(oif: int, table: int, version: int, values: Sequence[int],
+                      plens: Sequence[int], seq0: int) -> tuple[list[bytes], int]:
+    """New routes ``values[i]/plens[i]`` through ``oif`` (sequence numbers from ``seq0``,
+    no NLM_F_ACK), as ``encode_route_spec`` makes them; (the requests, their length)."""
+    big = table > 255  # rtm_table is a byte; larger ids go in RTA_TABLE only
+    st = _TUN_ROUTE[(version, big)]
+    pack = st.pack
+    size = st.size
+    family, alen, nbytes = (AF_INET, 8, 4) if version == 4 else (AF_INET6, 20, 16)
+    flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
+    head = (RTM_NEWROUTE, flags)
+    rt_table = 0 if big else table
+    common = (RTPROT_ISERVICE, RT_SCOPE_LINK, RTN_UNICAST, 0, alen, RTA_DST)
+    extra = (8, RTA_TABLE, table) if big else ()
+    msgs = [pack(size, *head, (seq0 + k) & 0xFFFFFFFF, 0, family, plen, 0, 0, rt_table, *common,
+                 value.to_bytes(nbytes, "big"), 8, RTA_OIF, oif, *extra)
+            for k, (value, plen) in enumerate(zip(values, plens, strict=True))]
+    return msgs, size
+
+
 def _check_route_op(add: bool, route: Route | RouteSpec) -> None:
     if type(route) is RouteSpec:
         if not isinstance(add, bool):
@@ -652,18 +680,22 @@ class Rtnl:
                     interrupted |= bool(mflags & NLM_F_DUMP_INTR)
                     out.append((mtype, memoryview(bytes(body))))
 
-    def _batch(self, msgs: Sequence[bytes], seq0: int) -> list[int]:
-        """Send pre-encoded requests (seq ``seq0 + i``) in chunks; one errno each."""
+    def _batch(self, msgs: Sequence[bytes], seq0: int, size: int = 0) -> list[int]:
+        """Send pre-encoded requests (seq ``seq0 + i``) in chunks; one errno each.
+        ``size``: every request is that long and asks for no ack (chunks by arithmetic)."""
         n = len(msgs)
         results = [_UNKNOWN] * n
         recv_into, buf, unpack = self._sock.recv_into, self._buf, _ERR.unpack_from
         i = 0
         while i < n:
-            j, size = i, 0
             limit = min(n, i + self._chunk_msgs)
-            while j < limit and (j == i or size + len(msgs[j]) <= self._chunk_bytes):
-                size += len(msgs[j])
-                j += 1
+            if size:
+                j = min(limit, i + max(1, self._chunk_bytes // size))
+            else:
+                j, total = i, 0
+                while j < limit and (j == i or total + len(msgs[j]) <= self._chunk_bytes):
+                    total += len(msgs[j])
+                    j += 1
             # Only the chunk's last request asks for an ack: the kernel answers a request
             # without NLM_F_ACK only when it fails, and answers in order, so the last
             # ack closes the chunk and every request not reported failed is done.
@@ -671,7 +703,8 @@ class Rtnl:
             # hand-off per route while the event loop thread is busy; profiled at 10,000
             # routes.)  The chunk still fits the receive buffer with every request
             # failing, so no error can be lost (an overflow would raise ENOBUFS).
-            chunk = [_ack_flag(msg, False) for msg in msgs[i:j - 1]]
+            chunk = list(msgs[i:j - 1]) if size else \
+                [_ack_flag(msg, False) for msg in msgs[i:j - 1]]
             chunk.append(_ack_flag(msgs[j - 1], True))
             self._send(b"".join(chunk))
             last = j - 1
@@ -918,6 +951,17 @@ class Rtnl:
                     else encode_route(route, add, (seq0 + k) & 0xFFFFFFFF, ack=False)
                     for k, (add, route) in enumerate(checked)]
             return self._batch(msgs, seq0)
+
+    def tun_routes_add(self, oif: int, table: int, version: int, values: Sequence[int],
+                       plens: Sequence[int]) -> list[int]:
+        """``routes_apply`` adding ``RouteSpec(network(values[i], plens[i]), oif, None,
+        None, table)`` for each i (values the policy checked), without the RouteSpecs."""
+        if version not in (4, 6) or not 0 < oif <= 0x7FFFFFFF or not 0 < table <= 0xFFFFFFFF:
+            raise ValueError(f"bad tun routes: version {version}, oif {oif}, table {table}")
+        with self._lock:
+            seq0 = self._next_seq(len(values))
+            msgs, size = encode_tun_routes(oif, table, version, values, plens, seq0)
+            return self._batch(msgs, seq0, size)
 
     def route_list(self, family: int, table: int = RT_TABLE_MAIN) -> list[Route]:
         """Routes of ``family`` in ``table`` (cloned cache entries left out)."""

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Hashable, Iterator, Mapping, MutableMapping
+from collections.abc import Hashable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 
@@ -106,6 +106,11 @@ class TableWatch:
 
     def added(self, version: int, plen: int, first: bool) -> None:
         self.owners.routes_of_user[self.uid] += 1
+        if first:
+            self.owners.hold(self.scope, version, plen, self.session)
+
+    def added_many(self, version: int, plen: int, count: int, first: bool) -> None:
+        self.owners.routes_of_user[self.uid] += count
         if first:
             self.owners.hold(self.scope, version, plen, self.session)
 
@@ -247,6 +252,58 @@ class RouteTable(MutableMapping[RouteKey, int]):
     def __len__(self) -> int:
         return self._len
 
+    # -- a run of new tun routes (metric unset), by their packed keys --------------------
+    # What ``__setitem__``/``__delitem__`` would do route by route, in bulk: the dict's
+    # own C loops instead of ~3 µs of Python a route (profiled at 10,000 routes).
+
+    def fresh_prefix(self, keys: list[int]) -> int:
+        """How many of ``keys``, from the first, are networks this table has no route of
+        and that are not twice among them."""
+        nets = self._nets
+        if nets.keys().isdisjoint(keys) and len(set(keys)) == len(keys):
+            return len(keys)
+        seen: set[int] = set()
+        for i, nk in enumerate(keys):
+            if nk in nets or nk in seen:
+                return i
+            seen.add(nk)
+        return len(keys)
+
+    def reserve_new(self, version: int, keys: list[int], plens: list[int]) -> None:
+        """``self[RouteKey(net, False, -1)] = -1`` for every key (``fresh_prefix``'s)."""
+        self._nets.update(dict.fromkeys(keys, -1))
+        self._len += len(keys)
+        for plen, count in Counter(plens).items():
+            self._count_many(version, plen, count)
+
+    def settle_new(self, version: int, keys: list[int], plens: list[int], first_id: int | None,
+                   errors: Sequence[int] | None, error: int) -> None:
+        """The kernel's answer for reserved keys: route i was journaled as ``first_id + i``
+        (None: none was) and got ``errors[i]`` (None: each got ``error``); a failed one
+        leaves the table."""
+        if errors is None and not error and first_id is not None:
+            self._nets.update(zip(keys, range(first_id, first_id + len(keys)), strict=True))
+            return
+        for i, nk in enumerate(keys):
+            if (error if errors is None else errors[i]) or first_id is None:
+                del self._nets[nk]
+                self._len -= 1
+                self._count_many(version, plens[i], -1)
+            else:
+                self._nets[nk] = first_id + i
+
+    def _count_many(self, version: int, plen: int, delta: int) -> None:
+        pk = (version, plen)
+        n = self._plens[pk] = self._plens[pk] + delta
+        if n <= 0:
+            del self._plens[pk]
+        if self.watch is not None:
+            if delta > 0:
+                self.watch.added_many(version, plen, delta, first=n == delta)
+            else:
+                for _ in range(-delta):
+                    self.watch.removed(version, plen, last=n <= 0)
+
     # -- for the policy and the owners -------------------------------------------------
 
     def holds(self, nk: int) -> bool:
@@ -358,6 +415,28 @@ class Owners:
                 if other != session and self._tables[(scope, other)].holds(nk):
                     return other
         return None
+
+    def untaken_prefix(self, scope: Scope, session: int, version: int, values: list[int],
+                       plens: list[int]) -> int:
+        """How many of the networks ``values[i]/plens[i]`` (of ``version``), from the
+        first, take part of no other session's route (``taken_from`` is None for each).
+        Nothing to check per route while no other session in the scope holds a route of
+        the family: the usual case."""
+        lengths = self._lengths.get((scope, version))
+        checks: list[tuple[int, list[RouteTable]]] = []
+        for plen in lengths or ():
+            others = [self._tables[(scope, o)] for o in self._holders[(scope, version, plen)]
+                      if o != session]
+            if others:
+                checks.append((plen, others))
+        if not checks:
+            return len(values)
+        for i, value in enumerate(values):
+            dst = IPv4Network((value, plens[i])) if version == 4 \
+                else IPv6Network((value, plens[i]))
+            if self.taken_from(scope, session, dst) is not None:
+                return i
+        return len(values)
 
     def exact(self, scope: Scope, dst: Network, but: int) -> bool:
         """Does a session other than ``but`` hold exactly ``dst`` in ``scope``?"""
