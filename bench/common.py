@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.isv import PYTHON, VENV, Service
+from tests.isv import PYTHON, VENV, LogTail, Service
 from tests.lab import Lab, User
 
 from bench.cbuild import c_string, compile_c
@@ -161,26 +161,6 @@ def plugin_times(log_text: str, event: str) -> tuple[float, float] | None:
         if mt.group("event") == event:
             found = float(mt.group("t0")), float(mt.group("t1"))
     return found
-
-
-class LogTail:
-    """Incremental reader of a growing log file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.pos = 0
-        self.text = ""
-
-    def poll(self) -> str:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.pos)
-                data = f.read()
-        except FileNotFoundError:
-            return self.text
-        self.pos += len(data)
-        self.text += data.decode(errors="replace")
-        return self.text
 
 
 def wait_log(tail: LogTail, needle: str, timeout: float, proc_alive: Callable[[], bool],

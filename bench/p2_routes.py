@@ -17,13 +17,13 @@ import signal
 import time
 from pathlib import Path
 
+from tests.isv import LogTail
 from tests.lab import INIT_DONE
 
 from bench import floor
 from bench.common import (
     Bench,
     Driver,
-    LogTail,
     count_routes,
     hook_times,
     new_session_log,

@@ -8,11 +8,11 @@ import os
 import signal
 import time
 
+from tests.isv import LogTail
 from tests.lab import INIT_DONE
 
 from bench.common import (
     Bench,
-    LogTail,
     new_session_log,
     pid_alive,
     session_logs,

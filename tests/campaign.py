@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.isv import ISERVICE, Service
+from tests.isv import ISERVICE, LogTail, Service
 from tests.lab import INIT_DONE, Lab, LabProcess, Pki, User
 from tests.lab.procs import kill_pids, pid_alive, pids_of_uids
 
@@ -126,27 +126,11 @@ def route_pushes(n: int) -> str:
 # --------------------------------------------------------------------------- watching
 
 
-class LogWatch:
-    """An incremental reader of a growing file, from its size at creation on."""
+class LogWatch(LogTail):
+    """``LogTail`` from the file's size at creation on, with a wait that fails the trial."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.pos = path.stat().st_size
-        except FileNotFoundError:
-            self.pos = 0
-        self.text = ""
-
-    def poll(self) -> str:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.pos)
-                data = f.read()
-        except FileNotFoundError:
-            return self.text
-        self.pos += len(data)
-        self.text += data.decode(errors="replace")
-        return self.text
+        super().__init__(path, from_end=True)
 
     def wait(self, needle: str | re.Pattern[str], *, timeout: float,
              alive: Callable[[], bool] = lambda: True, what: str = "") -> re.Match[str] | str:

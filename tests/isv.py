@@ -365,3 +365,28 @@ class PtyClient:
         self.kill()
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+class LogTail:
+    """An incremental reader of a growing file: from its start, or (``from_end``) from
+    its size when the reader is made (what was there before is not this reader's)."""
+
+    def __init__(self, path: Path, *, from_end: bool = False) -> None:
+        self.path = path
+        self.pos = 0
+        if from_end:
+            with contextlib.suppress(FileNotFoundError):
+                self.pos = path.stat().st_size
+        self.text = ""
+
+    def poll(self) -> str:
+        """Everything read so far, with what was appended since the last call."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                data = f.read()
+        except FileNotFoundError:
+            return self.text
+        self.pos += len(data)
+        self.text += data.decode(errors="replace")
+        return self.text
