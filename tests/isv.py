@@ -168,6 +168,21 @@ class Service:
         p = self.log_dir / f"session-{session_id}.log"
         return p.read_text(errors="replace") if p.exists() else ""
 
+    def connect(self, user: User, *options: str, timeout: float = 15) -> tuple[int, str]:
+        """Start openvpn for ``user`` and wait until it says it is connected (its session
+        log); its pid and its tun."""
+        cp = self.start_as(user, *options)
+        assert cp.returncode == 0, f"{cp.stdout}\n{cp.stderr}"
+        pid = int(cp.stdout.strip())
+
+        def up() -> str | None:
+            for s in self.journal()["sessions"]:
+                if s["info"].get("pid") == pid and \
+                        "Initialization Sequence Completed" in self.session_log(s["id"]):
+                    return str(s["info"]["tun"])
+            return None
+        return pid, str(wait_for(up, timeout, what=lambda: self.log_tail()))
+
     def connectable(self) -> bool:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:

@@ -71,20 +71,8 @@ def tunnel_counts(lab: Lab) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
-def connect(lab: Lab, svc: Service, user: User, config: str,
-            ready: Any = None) -> tuple[int, str]:
-    cp = svc.start_as(user, "--config", config)
-    assert cp.returncode == 0, f"{cp.stdout}\n{cp.stderr}"
-    pid = int(cp.stdout.strip())
-
-    def up() -> str | None:
-        for s in svc.journal()["sessions"]:
-            if s["info"].get("pid") == pid and \
-                    "Initialization Sequence Completed" in svc.session_log(s["id"]):
-                return str(s["info"]["tun"])
-        return None
-    tun = str(wait_for(up, 15, what=lambda: svc.log_tail()))
-    return pid, tun
+def connect(lab: Lab, svc: Service, user: User, config: str) -> tuple[int, str]:
+    return svc.connect(user, "--config", config)
 
 
 def redirect_routes(lab: Lab, tun: str) -> list[str]:

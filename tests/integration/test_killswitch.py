@@ -61,17 +61,7 @@ def tables(lab: Lab) -> list[str]:
 
 
 def connect(svc: Service, user: User, *options: str) -> tuple[int, str]:
-    cp = svc.start_as(user, *options)
-    assert cp.returncode == 0, f"{cp.stdout}\n{cp.stderr}"
-    pid = int(cp.stdout.strip())
-
-    def up() -> str | None:
-        for s in svc.journal()["sessions"]:
-            if s["info"].get("pid") == pid and \
-                    "Initialization Sequence Completed" in svc.session_log(s["id"]):
-                return str(s["info"]["tun"])
-        return None
-    return pid, str(wait_for(up, 15, what=lambda: svc.log_tail()))
+    return svc.connect(user, *options)
 
 
 def dns_works(lab: Lab, server: str, user: User | None = None) -> bool:

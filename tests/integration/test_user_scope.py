@@ -51,18 +51,7 @@ def svc(lab: Lab) -> Iterator[Service]:
 
 
 def connect(lab: Lab, svc: Service, user: User) -> tuple[int, str]:
-    cp = svc.start_as(user, "--config", "full.ovpn")
-    assert cp.returncode == 0, f"{cp.stdout}\n{cp.stderr}"
-    pid = int(cp.stdout.strip())
-
-    def up() -> str | None:
-        for s in svc.journal()["sessions"]:
-            if s["info"].get("pid") == pid and \
-                    "Initialization Sequence Completed" in svc.session_log(s["id"]):
-                return str(s["info"]["tun"])
-        return None
-    tun = str(wait_for(up, 20, what=lambda: svc.log_tail()))
-    return pid, tun
+    return svc.connect(user, "--config", "full.ovpn", timeout=20)
 
 
 def main_routes(lab: Lab) -> tuple[list[dict[str, object]], ...]:
