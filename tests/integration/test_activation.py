@@ -7,9 +7,7 @@ nothing listening, every client command exits 3 and says how to start the servic
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from tests.isv import ISERVICE, Service, wait_for
@@ -21,15 +19,11 @@ ACTIVATE = shutil.which("systemd-socket-activate") or "/usr/bin/systemd-socket-a
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
-    try:
-        with Lab(Pki.create(pki_dir)) as lab:
-            lab.start_server('push "route 10.9.0.0 255.255.0.0"\n', port=1194, name="act")
-            lab.write_client_config("plain.ovpn", port=1194)
-            yield lab
-    finally:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+def lab(pki: Pki, lab_swept: list[str]) -> Iterator[Lab]:
+    with Lab(pki) as lab:
+        lab.start_server('push "route 10.9.0.0 255.255.0.0"\n', port=1194, name="act")
+        lab.write_client_config("plain.ovpn", port=1194)
+        yield lab
 
 
 def cli(lab: Lab, svc: Service, *args: str, user: object = None) -> tuple[int, str, str]:

@@ -7,10 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,34 +27,30 @@ KEYPASS = "key-Pass-phrase-77"
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
-    try:
-        with Lab(Pki.create(pki_dir)) as lab:
-            creds = {"alice": PASSWORD, "bob": PASSWORD}
-            lab.start_server(PUSH + lab.auth_server_lines(creds))
-            lab.start_server(PUSH + lab.auth_server_lines(creds, otp=OTP, name="auth-otp"),
-                             port=1195, name="otp", network="10.8.1.0/24",
-                             network6="fd00:8:1::/64")
-            lab.write_client_config("userpass.ovpn", "auth-user-pass\n")
-            lab.write_client_config("otp.ovpn", 'auth-user-pass\nstatic-challenge '
-                                    '"Enter your OTP" 1\n', port=1195)
-            lab.start_server(PUSH, port=1196, name="plain", network="10.8.2.0/24",
-                             network6="fd00:8:2::/64")
-            lab.write_client_config("plain.ovpn", port=1196)
-            # the same client key, encrypted: openvpn asks for its passphrase
-            enc = lab.base_dir / "servers" / "client-enc.key"
-            run(["openssl", "pkey", "-in", str(lab.pki.client_key), "-aes256", "-passout",
-                 "stdin", "-out", str(enc)], input=KEYPASS + "\n")
-            lab.write_file("client/pkey.ovpn", lab.client_config_text(port=1196).replace(
-                lab.pki.inline_client_block(), lab.pki.inline_client_block(key=enc)))
-            lab.start_server(PUSH + lab.auth_server_lines(creds, challenge=TOKEN, name="crv1"),
-                             port=1197, name="crv1", network="10.8.3.0/24",
-                             network6="fd00:8:3::/64")
-            lab.write_client_config("crv1.ovpn", "auth-user-pass\n", port=1197)
-            yield lab
-    finally:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+def lab(pki: Pki, lab_swept: list[str]) -> Iterator[Lab]:
+    with Lab(pki) as lab:
+        creds = {"alice": PASSWORD, "bob": PASSWORD}
+        lab.start_server(PUSH + lab.auth_server_lines(creds))
+        lab.start_server(PUSH + lab.auth_server_lines(creds, otp=OTP, name="auth-otp"),
+                         port=1195, name="otp", network="10.8.1.0/24",
+                         network6="fd00:8:1::/64")
+        lab.write_client_config("userpass.ovpn", "auth-user-pass\n")
+        lab.write_client_config("otp.ovpn", 'auth-user-pass\nstatic-challenge '
+                                '"Enter your OTP" 1\n', port=1195)
+        lab.start_server(PUSH, port=1196, name="plain", network="10.8.2.0/24",
+                         network6="fd00:8:2::/64")
+        lab.write_client_config("plain.ovpn", port=1196)
+        # the same client key, encrypted: openvpn asks for its passphrase
+        enc = lab.base_dir / "servers" / "client-enc.key"
+        run(["openssl", "pkey", "-in", str(lab.pki.client_key), "-aes256", "-passout",
+             "stdin", "-out", str(enc)], input=KEYPASS + "\n")
+        lab.write_file("client/pkey.ovpn", lab.client_config_text(port=1196).replace(
+            lab.pki.inline_client_block(), lab.pki.inline_client_block(key=enc)))
+        lab.start_server(PUSH + lab.auth_server_lines(creds, challenge=TOKEN, name="crv1"),
+                         port=1197, name="crv1", network="10.8.3.0/24",
+                         network6="fd00:8:3::/64")
+        lab.write_client_config("crv1.ovpn", "auth-user-pass\n", port=1197)
+        yield lab
 
 
 @pytest.fixture(scope="module")

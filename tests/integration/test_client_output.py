@@ -5,10 +5,7 @@ every command with --json reports the service's refusals as {"code", "message"}.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from tests.isv import ISERVICE, PtyClient, Service, wait_for
@@ -22,14 +19,10 @@ EVIL = "evil\x1b[2J\x1b]0;pwned\x07\u202ehost.invalid"
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
-    try:
-        with Lab(Pki.create(pki_dir)) as lab:
-            lab.write_client_config("evil.ovpn", remote=f'"{EVIL}"')
-            yield lab
-    finally:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+def lab(pki: Pki, lab_swept: list[str]) -> Iterator[Lab]:
+    with Lab(pki) as lab:
+        lab.write_client_config("evil.ovpn", remote=f'"{EVIL}"')
+        yield lab
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,7 @@ flood of control connections — held open, never sending — does not stop anot
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from tests.isv import ISERVICE, PYTHON, Service, wait_for
@@ -39,13 +36,9 @@ print("busy", busy, flush=True)
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
-    try:
-        with Lab(Pki.create(pki_dir)) as lab:
-            yield lab
-    finally:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+def lab(pki: Pki, lab_swept: list[str]) -> Iterator[Lab]:
+    with Lab(pki) as lab:
+        yield lab
 
 
 def test_one_users_flood_does_not_stop_another_users_sessions(lab: Lab) -> None:

@@ -7,9 +7,7 @@ the prompts when there is no terminal."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,23 +35,19 @@ BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configur
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
-    try:
-        with Lab(Pki.create(pki_dir)) as lab:
-            creds = {"alice": PASSWORD}
-            push = 'push "route 10.9.0.0 255.255.0.0"\n'
-            lab.start_server(push + lab.auth_server_lines(creds, name="kr-auth"), port=1194,
-                             name="kr")
-            lab.start_server(push + lab.auth_server_lines(creds, otp=OTP, name="kr-otp"),
-                             port=1195, name="krotp", network="10.8.1.0/24",
-                             network6="fd00:8:1::/64")
-            lab.write_client_config("userpass.ovpn", "auth-user-pass\n", port=1194)
-            lab.write_client_config("otp.ovpn", 'auth-user-pass\nstatic-challenge '
-                                    '"Enter your OTP" 1\n', port=1195)
-            yield lab
-    finally:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+def lab(pki: Pki, lab_swept: list[str]) -> Iterator[Lab]:
+    with Lab(pki) as lab:
+        creds = {"alice": PASSWORD}
+        push = 'push "route 10.9.0.0 255.255.0.0"\n'
+        lab.start_server(push + lab.auth_server_lines(creds, name="kr-auth"), port=1194,
+                         name="kr")
+        lab.start_server(push + lab.auth_server_lines(creds, otp=OTP, name="kr-otp"),
+                         port=1195, name="krotp", network="10.8.1.0/24",
+                         network6="fd00:8:1::/64")
+        lab.write_client_config("userpass.ovpn", "auth-user-pass\n", port=1194)
+        lab.write_client_config("otp.ovpn", 'auth-user-pass\nstatic-challenge '
+                                '"Enter your OTP" 1\n', port=1195)
+        yield lab
 
 
 @pytest.fixture(scope="module")

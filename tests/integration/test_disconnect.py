@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import tempfile
 from collections.abc import Callable, Iterator
 from ipaddress import ip_network
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,13 +34,9 @@ def pushes(n: int, second: int, v6: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
-    try:
-        with Lab(Pki.create(pki_dir)) as lab:
-            yield lab
-    finally:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+def lab(pki: Pki, lab_swept: list[str]) -> Iterator[Lab]:
+    with Lab(pki) as lab:
+        yield lab
 
 
 @pytest.fixture

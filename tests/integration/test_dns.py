@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,27 +48,23 @@ class DnsLab:
 
 
 @pytest.fixture(scope="module")
-def dl() -> Iterator[DnsLab]:
-    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
-    try:
-        with Lab(Pki.create(pki_dir)) as lab:
-            lab.start_server(PLAIN)
-            lab.start_server(SPLIT, port=1195, name="split", network="10.28.0.0/24",
-                             network6="fd00:28::/64")
-            lab.start_server(OTHER, port=1196, name="other", network="10.38.0.0/24",
-                             network6="fd00:38::/64")
-            lab.write_client_config("plain.ovpn")
-            lab.write_client_config("split.ovpn", port=1195)
-            lab.write_client_config("other.ovpn", port=1196)
-            lab.start_dns_server("10.9.0.99")
-            sandbox = ResolvedSandbox(lab)
-            sandbox.start()
-            try:
-                yield DnsLab(lab, sandbox)
-            finally:
-                sandbox.stop()
-    finally:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+def dl(pki: Pki, lab_swept: list[str]) -> Iterator[DnsLab]:
+    with Lab(pki) as lab:
+        lab.start_server(PLAIN)
+        lab.start_server(SPLIT, port=1195, name="split", network="10.28.0.0/24",
+                         network6="fd00:28::/64")
+        lab.start_server(OTHER, port=1196, name="other", network="10.38.0.0/24",
+                         network6="fd00:38::/64")
+        lab.write_client_config("plain.ovpn")
+        lab.write_client_config("split.ovpn", port=1195)
+        lab.write_client_config("other.ovpn", port=1196)
+        lab.start_dns_server("10.9.0.99")
+        sandbox = ResolvedSandbox(lab)
+        sandbox.start()
+        try:
+            yield DnsLab(lab, sandbox)
+        finally:
+            sandbox.stop()
 
 
 @pytest.fixture

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,23 +33,19 @@ COUNTER = """table inet isv_count {
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
-    try:
-        with Lab(Pki.create(pki_dir)) as lab:
-            lab.start_server('push "redirect-gateway def1 ipv6"\n')
-            lab.start_server("", port=1195, name="plain", network="10.28.0.0/24",
-                             network6="fd00:28::/64")
-            lab.write_client_config("full.ovpn")
-            lab.write_client_config("quiet.ovpn", "verb 1")
-            lab.write_client_config("own.ovpn", "redirect-gateway def1", port=1195)
-            lab.start_server('push "redirect-gateway def1 block-local"\n', port=1196,
-                             name="blocklocal", network="10.38.0.0/24", network6="fd00:38::/64")
-            lab.write_client_config("blocklocal.ovpn", port=1196)
-            lab.ns_run(lab.server_ns, ["nft", "-f", "-"], input=COUNTER)
-            yield lab
-    finally:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+def lab(pki: Pki, lab_swept: list[str]) -> Iterator[Lab]:
+    with Lab(pki) as lab:
+        lab.start_server('push "redirect-gateway def1 ipv6"\n')
+        lab.start_server("", port=1195, name="plain", network="10.28.0.0/24",
+                         network6="fd00:28::/64")
+        lab.write_client_config("full.ovpn")
+        lab.write_client_config("quiet.ovpn", "verb 1")
+        lab.write_client_config("own.ovpn", "redirect-gateway def1", port=1195)
+        lab.start_server('push "redirect-gateway def1 block-local"\n', port=1196,
+                         name="blocklocal", network="10.38.0.0/24", network6="fd00:38::/64")
+        lab.write_client_config("blocklocal.ovpn", port=1196)
+        lab.ns_run(lab.server_ns, ["nft", "-f", "-"], input=COUNTER)
+        yield lab
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,20 +28,16 @@ OUTSIDE, INSIDE = Lab.outside_addr, Lab.pushed_host
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
-    try:
-        with Lab(Pki.create(pki_dir)) as lab:
-            lab.start_server('push "route 10.9.0.0 255.255.0.0"\n'
-                             'push "block-outside-dns"\n')
-            lab.start_server('push "route 10.9.0.0 255.255.0.0"\n', port=1195, name="plain",
-                             network="10.28.0.0/24", network6="fd00:28::/64")
-            lab.write_client_config("bod.ovpn")
-            lab.write_client_config("plain.ovpn", port=1195)
-            lab.start_dns_server("10.9.0.99")
-            yield lab
-    finally:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+def lab(pki: Pki, lab_swept: list[str]) -> Iterator[Lab]:
+    with Lab(pki) as lab:
+        lab.start_server('push "route 10.9.0.0 255.255.0.0"\n'
+                         'push "block-outside-dns"\n')
+        lab.start_server('push "route 10.9.0.0 255.255.0.0"\n', port=1195, name="plain",
+                         network="10.28.0.0/24", network6="fd00:28::/64")
+        lab.write_client_config("bod.ovpn")
+        lab.write_client_config("plain.ovpn", port=1195)
+        lab.start_dns_server("10.9.0.99")
+        yield lab
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,15 +19,11 @@ pytestmark = [pytest.mark.root]
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
-    try:
-        with Lab(Pki.create(pki_dir)) as lab:
-            lab.start_server('push "route 10.9.0.0 255.255.0.0"\n', port=1194, name="own")
-            lab.write_client_config("approved.ovpn", port=1194)
-            yield lab
-    finally:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+def lab(pki: Pki, lab_swept: list[str]) -> Iterator[Lab]:
+    with Lab(pki) as lab:
+        lab.start_server('push "route 10.9.0.0 255.255.0.0"\n', port=1194, name="own")
+        lab.write_client_config("approved.ovpn", port=1194)
+        yield lab
 
 
 @pytest.fixture(scope="module")

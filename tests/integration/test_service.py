@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,18 +31,13 @@ HOSTILE_SRC = Path(__file__).resolve().parent.parent / "hostile_openvpn.py"
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
-    try:
-        pki = Pki.create(pki_dir)
-        with Lab(pki) as lab:
-            lab.start_server(PUSH)
-            lab.write_client_config("approved.ovpn")
-            lab.write_client_config("broken.ovpn", "no-such-option-at-all yes")
-            lab.write_client_config("persist.ovpn", "persist-tun")
-            yield lab
-    finally:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+def lab(pki: Pki, lab_swept: list[str]) -> Iterator[Lab]:
+    with Lab(pki) as lab:
+        lab.start_server(PUSH)
+        lab.write_client_config("approved.ovpn")
+        lab.write_client_config("broken.ovpn", "no-such-option-at-all yes")
+        lab.write_client_config("persist.ovpn", "persist-tun")
+        yield lab
 
 
 @pytest.fixture

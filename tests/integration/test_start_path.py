@@ -26,7 +26,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,14 +62,10 @@ ZERO_CAPS = {k: "0000000000000000" for k in ("CapInh", "CapPrm", "CapEff", "CapA
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
-    try:
-        with Lab(Pki.create(pki_dir)) as lab:
-            lab.write_client_config("approved.ovpn")
-            yield lab
-    finally:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+def lab(pki: Pki, lab_swept: list[str]) -> Iterator[Lab]:
+    with Lab(pki) as lab:
+        lab.write_client_config("approved.ovpn")
+        yield lab
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from tests.isv import Service, alive, wait_for
@@ -28,18 +25,14 @@ LAN_ANSWER = "10.66.6.6"  # the DNS server on the client's LAN
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
-    try:
-        with Lab(Pki.create(pki_dir)) as lab:
-            lab.start_server('push "redirect-gateway def1 ipv6"\n'
-                             f'push "dhcp-option DNS {Lab.pushed_host}"\n')
-            lab.start_dns_server(TUNNEL_ANSWER, name="dns-vpn", addresses=[Lab.pushed_host])
-            lab.start_dns_server(LAN_ANSWER, name="dns-lan", addresses=[Lab.server_addr])
-            lab.write_client_config("full.ovpn")
-            yield lab
-    finally:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+def lab(pki: Pki, lab_swept: list[str]) -> Iterator[Lab]:
+    with Lab(pki) as lab:
+        lab.start_server('push "redirect-gateway def1 ipv6"\n'
+                         f'push "dhcp-option DNS {Lab.pushed_host}"\n')
+        lab.start_dns_server(TUNNEL_ANSWER, name="dns-vpn", addresses=[Lab.pushed_host])
+        lab.start_dns_server(LAN_ANSWER, name="dns-lan", addresses=[Lab.server_addr])
+        lab.write_client_config("full.ovpn")
+        yield lab
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -150,15 +149,11 @@ def test_bash_and_zsh_completion() -> None:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
-    try:
-        with Lab(Pki.create(pki_dir)) as lab:
-            lab.start_server(PUSH)
-            lab.write_client_config("approved.ovpn")
-            yield lab
-    finally:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+def lab(pki: Pki, lab_swept: list[str]) -> Iterator[Lab]:
+    with Lab(pki) as lab:
+        lab.start_server(PUSH)
+        lab.write_client_config("approved.ovpn")
+        yield lab
 
 
 @pytest.fixture

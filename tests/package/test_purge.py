@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,19 +28,15 @@ pytestmark = [pytest.mark.root,
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
-    pki_dir = Path(tempfile.mkdtemp(prefix="isv-pki-", dir="/tmp"))
-    try:
-        with Lab(Pki.create(pki_dir)) as lab:
-            # two servers pushing different routes: one route belongs to one session
-            lab.start_server('push "route 10.9.0.0 255.255.0.0"\n')
-            lab.start_server('push "route 10.19.0.0 255.255.0.0"\n', port=1195,
-                             name="second", network="10.18.0.0/24", network6="fd00:18::/64")
-            lab.write_client_config("approved.ovpn")
-            lab.write_client_config("second.ovpn", port=1195)
-            yield lab
-    finally:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+def lab(pki: Pki, lab_swept: list[str]) -> Iterator[Lab]:
+    with Lab(pki) as lab:
+        # two servers pushing different routes: one route belongs to one session
+        lab.start_server('push "route 10.9.0.0 255.255.0.0"\n')
+        lab.start_server('push "route 10.19.0.0 255.255.0.0"\n', port=1195,
+                         name="second", network="10.18.0.0/24", network6="fd00:18::/64")
+        lab.write_client_config("approved.ovpn")
+        lab.write_client_config("second.ovpn", port=1195)
+        yield lab
 
 
 def instance_service(lab: Lab, made: list[Path], name: str) -> Service:
