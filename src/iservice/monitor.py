@@ -386,8 +386,7 @@ class Monitor:
                 return None
             case Undo():
                 problems = self._undo(job.session_id)
-                return Undone(tuple(problems), not any(
-                    s.id == job.session_id for s in self.journal.sessions()))
+                return Undone(tuple(problems), not self.journal.has_session(job.session_id))
             case Recover():
                 return self._recover()
             case QueryDefaultRoute():

@@ -37,8 +37,10 @@ def test_survives_reopen_and_ids_are_never_reused(tmp_path: Path) -> None:
     assert [r.id for r in j.sessions()] == [s1]
     assert j.count(s1) == 5000
     last = max(c.id for c in j.changes(s1))
+    assert j.has_session(s1) and not j.has_session(s1 + 1)
     j.end_session(s1)
     assert j.count() == 0 and j.sessions() == []
+    assert not j.has_session(s1)  # Undo's "complete" answer
     s2 = j.new_session(1000, 2)
     assert s2 > s1  # tun names (istun<id>) stay unique
     assert j.record(s2, "x", {}) > last
