@@ -121,14 +121,17 @@ def check_private_dir(path: str, what: str) -> None:
         parent = os.path.dirname(parent)
 
 
-def prepare_log_dir(path: str) -> None:
-    """``log_dir``: made when missing, then held to ``check_private_dir``'s rule.
+def make_private_dir(path: str, what: str, mode: int) -> None:
+    """A directory the service trusts (``state_dir``, ``log_dir``): made when missing,
+    then held to ``check_private_dir``'s rule.
 
-    Root writes every session's log file there, so a user who could write in it (or
-    rename it) could plant a link where the next file goes.  What is missing is made
-    one level at a time with ``mkdir`` (which never follows a link), and only below
-    a directory that already passes the parents' rule: root never makes a directory
-    where a user's link points.  Any problem is a ``StartupError`` naming the directory.
+    Root keeps its journal in ``state_dir`` and writes every session's log in
+    ``log_dir``, so a user who could write in either (or rename it) could plant a link
+    where the next file goes.  What is missing is made one level at a time with
+    ``mkdir`` (which never follows a link), and only below a directory that already
+    passes the parents' rule: root never makes a directory where a user's link points,
+    nor leaves one behind in a user's directory.  Any problem is a ``StartupError``
+    naming the directory.
     """
     try:
         missing: list[str] = []
@@ -143,17 +146,22 @@ def prepare_log_dir(path: str) -> None:
                 if pst.st_uid != 0 or (pst.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
                                        and not pst.st_mode & stat.S_ISVTX):
                     raise StartupError(
-                        f"log_dir {path}: cannot be made in {parent}, which must be owned by "
+                        f"{what} {path}: cannot be made in {parent}, which must be owned by "
                         f"root and not writable by group or others (it is uid {pst.st_uid}, "
                         f"mode {pst.st_mode & 0o7777:o})")
                 if parent == "/":
                     break
                 parent = os.path.dirname(parent)
             for directory in reversed(missing):
-                os.mkdir(directory, 0o750)
-        check_private_dir(path, "log_dir")
+                os.mkdir(directory, mode)
+        check_private_dir(path, what)
     except OSError as exc:
-        raise StartupError(f"log_dir {path}: {exc.strerror or exc}") from None
+        raise StartupError(f"{what} {path}: {exc.strerror or exc}") from None
+
+
+def prepare_log_dir(path: str) -> None:
+    """``log_dir`` (mode 0750 when made: its group may read the session logs)."""
+    make_private_dir(path, "log_dir", 0o750)
 
 
 _MAX_CONFIG_ENTRIES = 10000  # entries looked at by config_dir_warnings
@@ -402,8 +410,7 @@ class Server:
 
     def _prepare_state(self) -> str:
         d = self.settings.state_dir
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        check_private_dir(d, "state_dir")
+        make_private_dir(d, "state_dir", 0o700)
         # One service per state directory: a second one (same settings, started by hand)
         # would take the first's live sessions for a crash's leftovers and undo them.
         try:
@@ -425,8 +432,7 @@ class Server:
     def _bind(self, path: str) -> socket.socket:
         """A listening SEQPACKET socket at ``path`` with the configured mode and group."""
         directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        check_private_dir(directory, "socket directory")
+        make_private_dir(directory, "socket directory", 0o755)
         if os.path.lexists(path):
             if not stat.S_ISSOCK(os.lstat(path).st_mode):
                 raise StartupError(f"{path} exists and is not a socket")

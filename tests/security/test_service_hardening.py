@@ -94,6 +94,28 @@ def test_refuses_to_start_on_unsafe_directories(lab: Lab, make_service: Callable
         assert not svc.socket_path.exists() or svc.socket_path.is_symlink()
 
 
+@pytest.mark.parametrize("key", ["state_dir", "socket_path"])
+def test_a_missing_directory_is_not_made_in_a_users_directory(
+        lab: Lab, make_service: Callable[..., Service], user: User, key: str) -> None:
+    """state_dir holds the journal that decides what undo removes, the socket directory
+    the door every request comes through: root makes a missing one only below
+    directories that pass the parents' rule, and leaves nothing behind in a user's
+    directory when it refuses."""
+    svc = make_service()
+    theirs = lab.make_dir(f"{svc.name}-theirs", owner=user, mode=0o755)
+    d = theirs / "made"
+    old = svc.state_dir if key == "state_dir" else svc.socket_path
+    new, what = (d, "state_dir") if key == "state_dir" else (d / "service", "socket directory")
+    text = svc.settings_path.read_text()
+    assert f"{key} = {old}\n" in text
+    svc.settings_path.write_text(text.replace(f"{key} = {old}\n", f"{key} = {new}\n"))
+    cp = _serve_once(lab, svc)
+    assert cp.returncode == 1, cp.stderr
+    assert "event=cannot-start" in cp.stderr and f"{what} {d}: cannot be made in {theirs}" \
+        in cp.stderr, cp.stderr
+    assert not d.exists()
+
+
 @pytest.mark.parametrize("case", [
     "group-writable", "world-writable", "user-owned", "is-symlink", "parent-user-owned",
     "missing-under-user-dir", "missing-under-user-link",
