@@ -535,7 +535,7 @@ class Campaign:
                              str(session)], user=self.user, label="campaign-disconnect")
                         self._tools.append(tool)
                         if not by_exit:
-                            log.wait("event=control op=disconnect", timeout=10,
+                            log.wait("what=disconnect", timeout=10,
                                      alive=service_alive)
                     else:
                         os.kill(pid, signal.SIGTERM)  # what the user may do to its openvpn

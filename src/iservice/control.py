@@ -296,8 +296,10 @@ class ControlServer:
                 group = self.server.settings.ovpn_admin_group
                 admin = identity.is_admin(user, group)
                 authorize(req, admin, group)
-                log.info("event=control op=%s uid=%d client_pid=%d name=%r all=%s", req.op,
-                         creds.uid, creds.pid, req.name, req.all)
+                # an audit line: a user's flood of requests counts against their rate
+                # limit like their startup requests (audit.py), not the journal's space
+                audit.record(logging.INFO, "control", uid=creds.uid, client_pid=creds.pid,
+                             what=req.op, name=req.name, all=req.all)
                 await self._dispatch(conn, req, creds.uid, user)
             except ControlError as exc:
                 await self._send(conn, wc.ErrorReply(exc.code, exc.message))
@@ -353,7 +355,7 @@ class ControlServer:
             name = req.name
             if not await loop.run_in_executor(None, own_profiles.remove, state_dir, uid, name):
                 raise ControlError("not-found", f"no profile {name!r} of your own")
-            log.info("event=profile-removed uid=%d name=%r", uid, name)
+            audit.record(logging.INFO, "profile-removed", uid=uid, name=name)
             await send(wc.RemoveReply(name))
         elif req.op == "disconnect":
             targets = (self._visible(uid, True) if req.name is None
@@ -415,8 +417,8 @@ class ControlServer:
         try:
             text = await loop.run_in_executor(None, as_user, user, read)
         except ProfileError as exc:
-            log.info("event=profile-refused uid=%d path=%r problems=%d", uid, path,
-                     len(exc.problems))
+            audit.record(logging.INFO, "profile-refused", uid=uid, path=path,
+                         problems=len(exc.problems))
             raise ControlError("invalid", f"{path} cannot be imported: {exc}") from None
         except OSError as exc:
             raise ControlError("not-found" if exc.errno == errno.ENOENT else "forbidden",
@@ -432,7 +434,7 @@ class ControlServer:
             log.error("event=profile-store-failed uid=%d name=%r error=%s", uid, name, exc)
             raise ControlError("failed", f"the service could not store the profile: "
                                          f"{exc.strerror or exc}") from None
-        log.info("event=profile-imported uid=%d name=%r path=%r", uid, name, path)
+        audit.record(logging.INFO, "profile-imported", uid=uid, name=name, path=path)
         return stored
 
     async def _log(self, conn: socket.socket, s: Controlled, req: Request) -> None:

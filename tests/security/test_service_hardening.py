@@ -28,6 +28,7 @@ from tests.lab import Lab, User
 from tests.security.helpers import audit_lines, raw_requests, rss_kib, snapshot, suppressed
 
 from iservice.wire import startup as w
+from iservice.wire.control import Request, encode_request
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, users")]
@@ -673,6 +674,30 @@ def test_one_users_flood_of_refused_requests_hides_no_one_elses_lines(
           f"the flood: {overlapped}); user's lines written {len(written)}, left out "
           f"{sum(left_out.values())} ({left_out})")
     print("\n".join(x for x in log.splitlines() if "event=audit-suppressed" in x))
+
+
+def test_a_flood_of_control_requests_is_rate_limited_like_startup_requests(
+        lab: Lab, make_service: Callable[..., Service], user: User) -> None:
+    """Every control request is an audit line (``event=control``), under the user's rate
+    limit: a user's flood of requests is written up to the limit and counted beyond it,
+    not stored line by line in the journal."""
+    svc = make_service(extra=AUDIT_LIMITS)
+    svc.start()
+    flood_n = 300
+    request = encode_request(Request("sessions"))
+    t0 = time.monotonic()
+    cp = lab.run_client([PYTHON, "-I", "-c", REFUSED_FLOOD,
+                         str(svc.socket_path.parent / "control"), str(flood_n), request.hex()],
+                        user=user, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    seconds = time.monotonic() - t0
+    assert svc.stop() == 0  # the stop writes the summaries not yet due
+    log = svc.log()
+    written = [x for x in audit_lines(log, user.uid) if "event=control " in x]
+    assert written and all(" what=sessions" in x for x in written), written[:3]
+    left_out = suppressed(log, user.uid)
+    assert len(written) + left_out.get("control", 0) == flood_n, (len(written), left_out)
+    assert len(written) <= 60 + 5 * seconds + 1
 
 
 def test_a_channel_flood_is_counted_per_event(
