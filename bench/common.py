@@ -79,10 +79,7 @@ class Driver:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            # (LabProcess.errors() is shadowed by Popen's own ``errors`` attribute)
-            err = self.proc.stderr_path
-            raise RuntimeError("driver exited: " + (err.read_text(errors="replace")[-2000:]
-                                                    if err is not None else "?"))
+            raise RuntimeError("driver exited: " + (self.proc.error_text()[-2000:] or "?"))
         result: dict[str, Any] = json.loads(line)
         return result
 

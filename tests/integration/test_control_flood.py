@@ -50,13 +50,13 @@ def test_one_users_flood_does_not_stop_another_users_sessions(lab: Lab) -> None:
         flood = lab.popen_client([PYTHON, "-I", "-c", FLOOD, str(control), "300", "1.5"],
                                  user=flooder, label="flood")
         wait_for(lambda: "holding 300" in flood.output() or flood.poll() is not None, 20,
-                 what=lambda: flood.output() + flood.errors())
-        assert "holding 300" in flood.output(), flood.errors()
+                 what=lambda: flood.output() + flood.error_text())
+        assert "holding 300" in flood.output(), flood.error_text()
         # 300 connections of one user are open at the service right now
         cp = lab.run_client([ISERVICE, "sessions", "--socket", str(svc.socket_path)],
                             user=other, timeout=30)
         assert cp.returncode == 0 and "No sessions." in cp.stdout, cp.stdout + cp.stderr
-        assert flood.wait(30) == 0, flood.errors()
+        assert flood.wait(30) == 0, flood.error_text()
         busy = int(flood.output().split("busy")[1].split()[0])
         assert busy >= 300 - 32, flood.output()  # past the per-user budget: busy
         assert "event=too-many-clients" in svc.log() and "control connection" in svc.log()

@@ -48,7 +48,7 @@ class OpenVPNHandle:
             if self.proc.poll() is not None:
                 raise LabError(f"openvpn {self.name!r} exited ({self.proc.returncode}) before "
                                f"{needle!r}; log tail:\n{tail(self.log_path)}\n"
-                               f"stderr:\n{self.proc.errors()[-2000:]}")
+                               f"stderr:\n{self.proc.error_text()[-2000:]}")
             if time.monotonic() >= deadline:
                 raise LabError(f"openvpn {self.name!r}: no {needle!r} (x{count}) within "
                                f"{timeout:g} s; log tail:\n{tail(self.log_path)}")

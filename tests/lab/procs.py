@@ -101,8 +101,9 @@ class LabProcess(subprocess.Popen[Any]):
         """What the process wrote to its stdout file so far ('' if stdout was not a file)."""
         return self.stdout_path.read_text(errors="replace") if self.stdout_path else ""
 
-    def errors(self) -> str:
-        """What the process wrote to its stderr file so far."""
+    def error_text(self) -> str:
+        """What the process wrote to its stderr file so far (not ``errors``: Popen sets
+        an attribute of that name, which would hide the method)."""
         return self.stderr_path.read_text(errors="replace") if self.stderr_path else ""
 
     def end(self, grace: float = 5.0) -> int:
