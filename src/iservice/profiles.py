@@ -5,10 +5,11 @@ Layout: ``state_dir/profiles/<uid>/<name>.ovpn``.  Everything is root's and mode
 0700/0600; the owner alone gets a POSIX ACL entry (``user:<uid>:--x`` on the
 directories, ``user:<uid>:r--`` on the file), because openvpn runs as the user and
 reads the profile itself, while nobody else may even learn which profiles exist.
-``grant_path`` re-applies the directory entries at every listing and import: a
-``chmod`` of ``state_dir`` (systemd's ``StateDirectoryMode=`` at each start) clears
-the ACL mask.  The user can read their profile but never change it: what openvpn
-reads is exactly what ``policy.profile`` accepted.
+``grant_path`` re-applies the directory entries at every listing and import, and
+``grant_all`` every user's at the service's start: a ``chmod`` of ``state_dir``
+(systemd's ``StateDirectoryMode=`` at each start) clears the ACL mask.  The user can
+read their profile but never change it: what openvpn reads is exactly what
+``policy.profile`` accepted.
 """
 
 from __future__ import annotations
@@ -103,6 +104,27 @@ def grant_path(state_dir: str, uid: int) -> str:
     for path in (state_dir, base, mine):
         _grant(path, uid, 1)  # --x: enter, not list
     return mine
+
+
+def grant_all(state_dir: str) -> list[str]:
+    """At the service's start: every user's entries again (systemd's
+    ``StateDirectoryMode=`` chmods ``state_dir`` before each start, which clears the ACL
+    mask), so a user who starts openvpn with their profile's path — not by name, which
+    lists first — can still reach it.  Returns the problems met (one per user)."""
+    base = os.path.join(state_dir, PROFILES)
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return []
+    problems = []
+    for name in sorted(names):
+        if not name.isascii() or not name.isdigit():
+            continue
+        try:
+            grant_path(state_dir, int(name))
+        except OSError as exc:
+            problems.append(f"{os.path.join(base, name)}: {exc.strerror or exc}")
+    return problems
 
 
 def list_own(state_dir: str, uid: int) -> list[wc.Profile]:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from iservice import audit, errors
+from iservice import profiles as own_profiles
 from iservice.aio import readable
 from iservice.control import ControlServer
 from iservice.errors import BackendError, JournalDataError, JournalError, StartupDataError
@@ -478,6 +479,9 @@ class Server:
     async def serve(self) -> None:
         audit.set_limits(audit.RateLimiter(self.settings.audit_rate, self.settings.audit_burst))
         journal_path = self._prepare_state()
+        if self.settings.user_profiles:
+            for problem in own_profiles.grant_all(self.settings.state_dir):
+                log.error("event=profile-access-failed reason=%r", problem)
         for problem in config_dir_warnings(self.settings.config_dir,
                                            self.settings.ovpn_admin_group):
             # CVE-2024-27903's lesson: "approved" means nothing if a user can write there.

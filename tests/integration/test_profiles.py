@@ -153,3 +153,35 @@ def test_off_unless_the_administrator_allows_it(lab: Lab) -> None:
         assert code == 1 and "user_profiles = yes" in err
     finally:
         assert off.stop() == 0
+
+
+def test_a_profile_stays_reachable_by_path_after_systemds_chmod_of_state_dir(
+        lab: Lab) -> None:
+    """systemd's ``StateDirectoryMode=0700`` chmods ``state_dir`` before every start, which
+    clears the ACL mask that let the user traverse it; the service grants every user's
+    path again at its start (``profiles.grant_all``), so openvpn started with the
+    profile's path (no listing by name first) can still read it."""
+    svc = Service(lab, name="ownsvc2", extra="user_profiles = yes\n")
+    svc.start()
+    erin = lab.add_user("owne")
+    try:
+        code, out, err = cli(lab, svc, erin, "import", str(users_files(lab, erin)), "--json")
+        assert code == 0, out + err
+        path = json.loads(out)["path"]
+        assert can_read(lab, erin, path)
+        assert svc.stop() == 0
+        svc.state_dir.chmod(0o700)  # what systemd does before the next start
+        assert not can_read(lab, erin, path)  # the mask is gone: erin cannot get there
+        svc.start()
+        assert can_read(lab, erin, path)
+        code, out, err = cli(lab, svc, erin, "start", "--workdir", "/", "--", "--config", path)
+        assert code == 0 and out.strip().isdigit(), out + err + svc.log_tail()
+        [session] = svc.journal()["sessions"]
+        # openvpn, as erin, read the profile and connected
+        wait_for(lambda: "Initialization Sequence Completed" in svc.session_log(session["id"]),
+                 30, what=lambda: svc.session_log(session["id"])[-2000:])
+        assert "event=profile-access-failed" not in svc.log()
+    finally:
+        assert svc.stop() == 0, svc.log_tail()
+    wait_for(lambda: svc.tuns() == [] and svc.journal()["sessions"] == [], 10,
+             what="nothing left")
