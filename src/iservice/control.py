@@ -129,6 +129,7 @@ _STATE_MARKS: tuple[tuple[str, str, str], ...] = (
     ("Initialization Sequence Completed", "CONNECTED", "SUCCESS"),
     ("AUTH_FAILED", "AUTH_FAILED", ""),
     ("process exiting", "EXITING", ""),
+    ("sending exit notification to peer", "EXITING", ""),  # explicit-exit-notify's wait
     ("process restarting", "RECONNECTING", ""),
     ("Restart pause", "RECONNECTING", ""),
     ("Need hold release from management interface", "HOLD", ""),

@@ -69,6 +69,7 @@ STARTUP_TIMEOUT = 2.0  # seconds for the startup message (the original's IO_TIME
 STARTUP_BUFSIZE = w.MAX_STARTUP_UNITS * 2 + 2  # one unit more than allowed: "too long"
 MAX_INFLIGHT = 2  # batches handed to the monitor and not yet answered
 SERVERS_PACE = 0.1  # seconds between two server-list updates of one session (_sync_servers)
+SIGTERM_REPEAT = 1.0  # seconds between two SIGTERMs to an openvpn asked to end (_stop_on_request)
 
 
 AFTER_REPLY_NICE = 5  # added to the service's nice value for the after-reply thread
@@ -503,11 +504,29 @@ class Session:
             await self._reply(w.exit_error_reply(status))
 
     async def _stop_on_request(self) -> None:
+        """``iservice disconnect`` or the service's stop: SIGTERM; again every
+        ``SIGTERM_REPEAT`` seconds while openvpn's output does not show that it is
+        exiting; SIGKILL once ``stop_grace`` is over.
+
+        openvpn 2.6 loses a SIGTERM that comes while it is inside a plugin call at
+        route-up (its start): sent once, such a disconnect waited the whole grace period
+        and ended in SIGKILL, without the exit notification to the server.  Not sent
+        again once openvpn says it is exiting ("process exiting", "sending exit
+        notification to peer"): a second SIGTERM would cut ``explicit-exit-notify``'s
+        wait short.
+        """
         await self._stop.wait()
         self.phase = Phase.STOPPING
         assert self.child is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.server.settings.stop_grace
         self.child.signal(signal.SIGTERM)
-        await asyncio.sleep(self.server.settings.stop_grace)
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(SIGTERM_REPEAT, left))
+            if self.vpn.name != "EXITING" and deadline > loop.time():
+                self._log(logging.INFO, "sigterm-again",
+                          reason="openvpn does not show that it is exiting")
+                self.child.signal(signal.SIGTERM)
         self._log(logging.WARNING, "kill", reason="did not exit after SIGTERM")
         self.child.signal(signal.SIGKILL)
 

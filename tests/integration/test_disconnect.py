@@ -18,7 +18,7 @@ from ipaddress import ip_network
 from typing import Any
 
 import pytest
-from tests.isv import Service, Services, wait_for
+from tests.isv import ISERVICE, PYTHON, Service, Services, wait_for
 from tests.lab import Lab, Pki, User
 
 pytestmark = [pytest.mark.root,
@@ -140,3 +140,55 @@ def test_a_restart_with_changed_routes_deletes_exactly_the_old_ones(
         svc.finish()
     finally:
         new.stop()
+
+
+# A test double of openvpn (the real one loses a SIGTERM only inside a narrow window of its
+# start, which a test cannot hit at will): it prints what it receives, like openvpn's log.
+STUBBORN = r'''
+import signal, sys, time
+NOTIFY = sys.argv[0].endswith("-notify")
+n = 0
+def on_term(sig, frame):
+    global n
+    n += 1
+    print(f"stand-in: SIGTERM {n}", flush=True)
+    if NOTIFY and n == 1:  # as openvpn with explicit-exit-notify: exits a while later
+        print("SIGTERM received, sending exit notification to peer", flush=True)
+        signal.setitimer(signal.ITIMER_REAL, 1.8)  # after SIGTERM_REPEAT, before the grace
+    elif not NOTIFY and n == 2:  # as openvpn that lost the first one
+        print("SIGTERM[hard,] received, process exiting", flush=True)
+        sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+signal.signal(signal.SIGALRM, lambda *_: sys.exit(0))
+print("Initialization Sequence Completed", flush=True)
+while True:
+    time.sleep(1)
+'''
+
+
+@pytest.mark.parametrize("kind", ["lost", "notify"])
+def test_disconnect_sends_sigterm_again_only_while_openvpn_does_not_show_it_exits(
+        lab: Lab, user: User, make_service: Callable[..., Service], kind: str) -> None:
+    """A lost SIGTERM (openvpn 2.6 at route-up) is sent again, so the disconnect ends as
+    asked instead of in SIGKILL after the grace period; an openvpn that says it is exiting
+    (explicit-exit-notify's wait) gets no second one, which would cut the wait short."""
+    exe = lab.write_file(f"bin/stubborn-{kind}", f"#!{PYTHON} -I\n{STUBBORN}", mode=0o755)
+    lab.write_client_config("stubborn.ovpn", port=1299)
+    svc = make_service(extra=f"exe_path = {exe}\n")  # stop_grace 3 s (tests/isv.py)
+    svc.start()
+    started_pid(svc.start_as(user, "--config", "stubborn.ovpn"))
+    [session] = svc.journal()["sessions"]
+    sid = session["id"]
+    wait_for(lambda: "Initialization Sequence Completed" in svc.session_log(sid), 10,
+             what=lambda: svc.session_log(sid))
+    cp = lab.run_client([ISERVICE, "disconnect", "--socket", str(svc.socket_path), str(sid)],
+                        user=user, timeout=40)
+    assert cp.returncode == 0, cp.stdout + cp.stderr + svc.log_tail()
+    out = svc.session_log(sid)
+    assert audit(svc, "kill") == [], svc.log_tail()  # no SIGKILL: it ended as asked
+    if kind == "lost":
+        assert "stand-in: SIGTERM 2" in out and len(audit(svc, "sigterm-again")) == 1, out
+    else:
+        assert "stand-in: SIGTERM 1" in out and "SIGTERM 2" not in out, out
+        assert audit(svc, "sigterm-again") == []
+    wait_for(lambda: not svc.tuns() and not svc.journal()["sessions"], 10, what="undone")

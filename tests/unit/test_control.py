@@ -96,6 +96,7 @@ def test_vpn_state_follows_the_log() -> None:
         ("Initialization Sequence Completed", "CONNECTED"),
         ("SIGUSR1[soft,ping-restart] received, process restarting", "RECONNECTING"),
         ("Initialization Sequence Completed With Errors", "CONNECTED"),
+        ("SIGTERM received, sending exit notification to peer", "EXITING"),
         ("SIGTERM[hard,] received, process exiting", "EXITING"),
     ]
     for line, state in lines:
