@@ -230,6 +230,21 @@ class _Task:
     future: concurrent.futures.Future[Any]
     pos: int = 0  # Apply: the next operation
     results: list[Applied] = field(default_factory=list)
+    taken: bool = False  # the monitor has begun it
+
+
+def _deliver(task: _Task, value: Any, error: BaseException | None = None) -> None:
+    """A job's result to its caller, unless the caller's wait was cancelled before the
+    job began (nobody waits for it then).  Never raises: a result that cannot be
+    delivered must not end the monitor thread, which serves every session."""
+    try:
+        if error is not None:
+            task.future.set_exception(error)
+        else:
+            task.future.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        log.info("event=monitor-result-dropped job=%s: its caller stopped waiting",
+                 type(task.job).__name__)
 
 
 class _Lanes:
@@ -355,16 +370,22 @@ class Monitor:
             if taken is None:
                 return
             lane, task = taken
+            if not task.taken:
+                # From now on the caller cannot cancel it (a cancelled wait — a session
+                # ending while its batch is applied — drops the result, below); one
+                # cancelled while queued still runs: every queued job is carried out.
+                task.taken = True
+                task.future.set_running_or_notify_cancel()
             finished = True
             try:
                 if isinstance(task.job, Apply):
                     finished = self._apply_turn(task)
                     if finished:
-                        task.future.set_result(task.results)
+                        _deliver(task, task.results)
                 else:
-                    task.future.set_result(self._run(task.job))
+                    _deliver(task, self._run(task.job))
             except BaseException as exc:  # the caller gets it; the thread goes on
-                task.future.set_exception(exc)
+                _deliver(task, None, exc)
                 finished = True
             self._lanes.turn_done(lane, finished)
 

@@ -700,6 +700,49 @@ def test_a_flood_of_control_requests_is_rate_limited_like_startup_requests(
     assert len(written) <= 60 + 5 * seconds + 1
 
 
+@pytest.mark.parametrize("ending", ["exit", "kill"])
+def test_openvpn_ending_while_its_routes_are_in_the_monitor_harms_no_other_session(
+        lab: Lab, make_service: Callable[..., Service], user: User, hostile_exe: Path,
+        ending: str) -> None:
+    """openvpn (the user's) sends routes and ends at once, while its batches are still
+    being applied: the session's wait for them is cancelled.  The monitor finishes the
+    batches all the same, the session is undone completely, and the next session of
+    anyone starts and gets its routes (a cancelled wait once made the monitor thread die
+    on the result it could no longer deliver: every later request hung)."""
+    svc = make_service(extra=f"exe_path = {hostile_exe}\n")
+    svc.start()
+    code = r'''
+import os, signal
+from ipaddress import IPv4Address
+own = m.Interface(tun_index, tun)
+for i in range(700):   # two batches (512 + 188): the second waits for the first
+    chan.send(m.encode_message(m.RouteMsg(m.MsgType.ADD_ROUTE, i + 1,
+        IPv4Address((100 << 24 | 80 << 16) + 4 * i), 30, IPv4Address(0), own, -1)))
+os.kill(os.getpid(), signal.SIGKILL) if "kill" in tun_note else os._exit(0)
+'''
+    other = lab.add_user("isvn")
+    for k in range(5):  # the race is not hit every time: several tries
+        lab.write_file(f"{lab.config_dir.name}/ending{k}.ovpn",
+                       f"tun_note = {ending!r}\n" + code)
+        started_pid(svc.start_as(user, "--config", f"ending{k}.ovpn"))
+        wait_for(lambda: not svc.journal()["sessions"] and not svc.tuns(), 20,
+                 what=svc.log_tail)
+    assert "Exception in thread monitor" not in svc.log(), svc.log_tail()
+    # the monitor still serves: another user's session starts, applies and ends
+    lab.write_file(f"{lab.config_dir.name}/after.ovpn", r'''
+from ipaddress import IPv4Address
+own = m.Interface(tun_index, tun)
+done(ack=send(m.encode_message(m.RouteMsg(m.MsgType.ADD_ROUTE, 1,
+    IPv4Address("100.81.0.0"), 24, IPv4Address(0), own, -1))))
+''')
+    pid = started_pid(svc.start_as(other, "--config", "after.ovpn"))
+    result = other.home / "after.ovpn.result"
+    wait_for(result.exists, 20, what=svc.log_tail)
+    assert json.loads(result.read_text())["ack"] == [1, 0]
+    end(svc, pid)
+    assert svc.stop() == 0
+
+
 def test_a_channel_flood_is_counted_per_event(
         lab: Lab, make_service: Callable[..., Service], user: User, hostile_exe: Path) -> None:
     """A hostile openvpn's denied messages (a line each) and applied routes (lines per
