@@ -16,6 +16,8 @@ facts that include the last push, however quick the plugin is.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Sequence
 
 from iservice.policy.redirect import (
@@ -39,15 +41,32 @@ def read_option_facts(argv: Sequence[str]) -> OptionFacts:
     options: list[list[str]] = []
     for opt in argv_options(argv):
         if opt[0] == "config" and len(opt) > 1:
-            try:
-                with open(opt[1], encoding="utf-8", errors="replace") as f:
-                    text = f.read(MAX_CONFIG)
-            except OSError:
-                continue  # openvpn will say what is wrong with it
-            options += config_options(text)
+            text = _read_config(opt[1])
+            if text is not None:
+                options += config_options(text)
         else:
             options.append(opt)
     return options_facts(options)
+
+
+def _read_config(path: str) -> str | None:
+    """A config file's text; None if it cannot be read (openvpn will say why) or is not
+    a regular file.  Opened with ``O_NONBLOCK``: an admin's ``--config`` may name a
+    FIFO (or ``/dev/stdin``), and a plain ``open`` would wait for a writer — holding one
+    of the few as-user check slots every user's start needs (``identity.FS_USER_THREADS``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, encoding="utf-8", errors="replace", closefd=False) as f:
+            return f.read(MAX_CONFIG)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 class SessionFacts:

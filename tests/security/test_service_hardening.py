@@ -743,6 +743,24 @@ done(ack=send(m.encode_message(m.RouteMsg(m.MsgType.ADD_ROUTE, 1,
     assert svc.stop() == 0
 
 
+def test_an_admins_fifo_config_does_not_hold_up_anyones_start(
+        lab: Lab, make_service: Callable[..., Service], user: User) -> None:
+    """An admin may name any file as ``--config``, a FIFO too.  The service reads the
+    config as the user (for the facts it watches) in one of the few check slots every
+    start needs: a plain ``open`` waited for a writer that never came, and two such
+    requests held every user's start.  Now a FIFO is not read (``facts._read_config``)."""
+    svc = make_service(extra="exe_path = /bin/true\n")
+    svc.start()
+    admin = lab.add_user("isva", groups=[svc.admin_group])
+    fifo = admin.home / "fifo.ovpn"
+    os.mkfifo(fifo)
+    os.chown(fifo, admin.uid, admin.gid)
+    for _ in range(3):  # more than the check slots (identity.FS_USER_THREADS = 2)
+        started_pid(svc.start_as(admin, "--config", str(fifo), "--verb", "3", timeout=20))
+    started_pid(svc.start_as(user, "--config", "approved.ovpn", timeout=20))
+    wait_for(lambda: not svc.journal()["sessions"], 10, what=svc.log_tail)
+
+
 def test_a_channel_flood_is_counted_per_event(
         lab: Lab, make_service: Callable[..., Service], user: User, hostile_exe: Path) -> None:
     """A hostile openvpn's denied messages (a line each) and applied routes (lines per
