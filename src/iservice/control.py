@@ -27,10 +27,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from iservice import audit
 from iservice import profiles as own_profiles
+from iservice.errors import StillStuck
 from iservice.policy.profile import ProfileError, valid_profile_name
 from iservice.wire import control as wc
 from iservice.wire.control import (
@@ -40,6 +41,8 @@ from iservice.wire.control import (
     profile_name,
     session_name,
 )
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from iservice.output import SessionOutput
@@ -342,9 +345,7 @@ class ControlServer:
             await send(wc.StatusReply(self._find(req.name, uid, req.all).info()))
         elif req.op == "profiles":
             config_dir = self.server.settings.config_dir
-            as_user = self.server.platform.identity.run_as_fs_user
-            profiles = await loop.run_in_executor(
-                None, as_user, user, lambda: list_profiles(config_dir))
+            profiles = await self._as_user(user, lambda: list_profiles(config_dir))
             profiles += await self._own_profiles(uid)
             await send(wc.ProfilesReply(config_dir, tuple(profiles)))
         elif req.op == "import":
@@ -377,6 +378,21 @@ class ControlServer:
             s = self._find(req.name, uid, req.all)
             await self._log(conn, s, req)
 
+    async def _as_user(self, user: Any, fn: Callable[[], T]) -> T:
+        """``fn`` with the caller's file-system rights, in the service's as-user threads
+        (one slot per user, ``check_timeout``): a path of the user's that never answers
+        (their own FUSE mount) costs one thread, never the executor's or the others'."""
+        identity = self.server.platform.identity
+        timeout = self.server.settings.check_timeout
+        try:
+            return await identity.as_fs_user(user, fn, timeout=timeout)
+        except TimeoutError:
+            raise ControlError("timeout", f"a path you named did not answer within "
+                                          f"{timeout:g} s") from None
+        except StillStuck:
+            raise ControlError("busy", "an earlier request of yours is still waiting for "
+                                       "the file system; try again later") from None
+
     def _user_profiles_on(self) -> None:
         if not self.server.settings.user_profiles:
             raise ControlError("forbidden", "the administrator has not allowed profiles of "
@@ -405,9 +421,7 @@ class ControlServer:
             raise ControlError("bad-request", f"{name!r} cannot be a profile name: use 1-64 "
                                "letters, digits, '_', '.' and '-', not starting with '.' "
                                "or '-' (--name NAME)")
-        as_user = self.server.platform.identity.run_as_fs_user
-        approved = await loop.run_in_executor(
-            None, as_user, user, lambda: list_profiles(settings.config_dir))
+        approved = await self._as_user(user, lambda: list_profiles(settings.config_dir))
         if any(p.name == name for p in approved):
             raise ControlError("exists", f"an approved profile is called {name!r}: choose "
                                          "another name (--name NAME)")
@@ -416,7 +430,7 @@ class ControlServer:
             return own_profiles.read_and_render(path)
 
         try:
-            text = await loop.run_in_executor(None, as_user, user, read)
+            text = await self._as_user(user, read)
         except ProfileError as exc:
             audit.record(logging.INFO, "profile-refused", uid=uid, path=path,
                          problems=len(exc.problems))

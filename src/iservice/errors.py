@@ -28,6 +28,7 @@ ERROR_ACCESS_DENIED = 5
 ERROR_NOT_SUPPORTED = 50
 ERROR_INVALID_PARAMETER = 87
 ERROR_CANT_WAIT = 0x22A  # "Too many concurrent clients"
+ERROR_TIMEOUT = 1460  # "This operation returned because the timeout period expired"
 ERROR_GEN_FAILURE = 31  # a DNS or firewall backend failed
 ERROR_NOT_FOUND = 1168
 ERROR_NOT_ENOUGH_QUOTA = 1816
@@ -123,3 +124,9 @@ class JournalError(IServiceError):
 
 class JournalDataError(IServiceError):
     """A journal row is not a record iservice writes (a damaged or foreign file)."""
+
+
+class StillStuck(Exception):
+    """A user's earlier check as the user, given up after its time limit, is still
+    waiting for the file system: no new check of that user starts until it has ended
+    (``linux/identity.as_fs_user``)."""

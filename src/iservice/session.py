@@ -323,7 +323,19 @@ class Session:
             # for both instead of a second one after the tun (~60 µs per start, measured).
             return approved, read_option_facts(approved.argv)
 
-        approved, self._option_facts = await identity.as_fs_user(user, check)
+        try:
+            approved, self._option_facts = await identity.as_fs_user(
+                user, check, timeout=settings.check_timeout)
+        except TimeoutError:
+            raise StartupDataError(
+                "Checking your request took too long",
+                f"a path it names did not answer within {settings.check_timeout:g} s",
+                code=errors.ERROR_TIMEOUT) from None
+        except errors.StillStuck:
+            raise StartupDataError(
+                "An earlier request of yours is still waiting for the file system",
+                "try again once the paths it names answer", code=errors.ERROR_TIMEOUT) \
+                from None
         return approved
 
     @property

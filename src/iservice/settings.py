@@ -67,6 +67,9 @@ Keys (original value names first)
                         and address limits (200000 and 64) are summed over the
                         user's sessions
 ``stop_grace``          seconds, decimal, 0 < x <= 300, default 5
+``check_timeout``       seconds, decimal, 0 < x <= 300, default 10: how long a start's
+                        check as the user (its paths: workdir, config) may wait for the
+                        file system before the request is refused
 ``audit_rate``, ``audit_burst``
                         decimal integers 1 ... 2**31-1, default 10 and 20000:
                         each user's audit lines, per second and saved up
@@ -276,6 +279,7 @@ class Settings:
     max_dns_servers: int = 8
     max_bypass_routes: int = 4
     stop_grace: float = 5.0
+    check_timeout: float = 10.0
     audit_rate: int = 10
     audit_burst: int = 20000
 
@@ -306,6 +310,7 @@ class Settings:
             except _Invalid as exc:
                 raise SettingsError(str(exc), key=name) from None
         object.__setattr__(self, "stop_grace", float(self.stop_grace))
+        object.__setattr__(self, "check_timeout", float(self.check_timeout))
 
 
 _CHECKS: dict[str, Callable[[Any], None]] = {
@@ -337,6 +342,7 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     "max_dns_servers": _check_limit,
     "max_bypass_routes": _check_limit,
     "stop_grace": _check_grace,
+    "check_timeout": _check_grace,
     "audit_rate": _check_limit,
     "audit_burst": _check_limit,
 }
@@ -344,7 +350,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     name: int if name.startswith(("max_", "audit_")) else str for name in _CHECKS
 }
 _TYPES.update(priority=int, socket_mode=int, block_dns=bool, user_profiles=bool,
-              stop_grace=(int, float))
+              stop_grace=(int, float), check_timeout=(int, float))
 
 
 # --- text -> value parsers (each ends with the matching check) ---
@@ -441,6 +447,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "max_dns_servers": _parse_limit,
     "max_bypass_routes": _parse_limit,
     "stop_grace": _parse_grace,
+    "check_timeout": _parse_grace,
     "audit_rate": _parse_limit,
     "audit_burst": _parse_limit,
 }

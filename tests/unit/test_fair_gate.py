@@ -103,3 +103,27 @@ def test_a_slot_granted_to_a_cancelled_waiter_passes_on() -> None:
 def test_no_slots_is_refused() -> None:
     with pytest.raises(ValueError):
         FairGate(0)
+
+
+def test_one_key_never_holds_more_than_its_cap() -> None:
+    """With ``per_key=1`` a key whose holder is stuck keeps one slot at most: the other
+    keys pass through the rest, even when that key asked first and more often."""
+    async def main() -> list[str]:
+        gate = FairGate(2, per_key=1)
+        order: list[str] = []
+        stuck = asyncio.Event()  # never set while the others run
+        go = asyncio.Event()
+        stuck_tasks = [asyncio.create_task(_run(gate, "a", order, stuck)) for _ in range(3)]
+        await asyncio.sleep(0)
+        others = [asyncio.create_task(_run(gate, k, order, go)) for k in "bcd"]
+        await asyncio.sleep(0)
+        go.set()
+        # (without the cap two stuck "a"s hold both slots and the others never run)
+        await asyncio.wait_for(asyncio.gather(*others), 5)
+        assert order == ["a", "b", "c", "d"], order  # one "a" inside, the rest waiting
+        stuck.set()
+        await asyncio.gather(*stuck_tasks)
+        assert gate.waiting == 0
+        return order
+
+    assert asyncio.run(main()) == ["a", "b", "c", "d", "a", "a"]

@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
+from iservice import errors
 from iservice.aio import FairGate
 from iservice.ports import PeerCredentials, UserIdentity
 
@@ -128,7 +129,8 @@ def run_as_fs_user(user: UserIdentity, fn: Callable[[], T]) -> T:
     return box["value"]  # type: ignore[return-value]
 
 
-async def as_fs_user(user: UserIdentity, fn: Callable[[], T]) -> T:
+async def as_fs_user(user: UserIdentity, fn: Callable[[], T], *,
+                     timeout: float | None = None) -> T:
     """``run_as_fs_user`` for the event loop: ``fn`` runs in a fresh thread holding
     ``user``'s file-system rights, and that thread hands its result straight to the loop.
 
@@ -137,27 +139,63 @@ async def as_fs_user(user: UserIdentity, fn: Callable[[], T]) -> T:
     and one of the executor's few threads held per concurrent start.  When there is
     nothing to drop (not root, or root asking) ``fn`` still runs off the loop.  The
     thread ends with ``fn``, and its changed credentials with it.
+
+    A path the user names may hang (a FUSE mount of theirs that never answers, a dead
+    NFS server): the wait ends after ``timeout`` seconds (``TimeoutError``; the thread
+    is left to end by itself), a user holds at most one of the ``FS_USER_THREADS``
+    slots, and while a check of theirs that was given up is still stuck, their next
+    one is refused at once (``errors.StillStuck``): one stuck user costs one thread, and
+    every other user's checks go on.
     """
     loop = asyncio.get_running_loop()
     gate = _GATES.get(loop)
     if gate is None:
-        gate = _GATES[loop] = FairGate(FS_USER_THREADS)
+        gate = _GATES[loop] = FairGate(FS_USER_THREADS, per_key=1)
+    if _ABANDONED.get(user.uid):
+        raise errors.StillStuck(f"an earlier check of uid {user.uid} is still waiting")
     async with gate.hold(user.uid):
-        return await _as_fs_user(loop, user, fn)
+        if _ABANDONED.get(user.uid):  # given up while this one waited for its turn
+            raise errors.StillStuck(f"an earlier check of uid {user.uid} is still waiting")
+        given_up = threading.Event()
+        try:
+            async with asyncio.timeout(timeout):
+                return await _as_fs_user(loop, user, fn, given_up)
+        except TimeoutError:
+            with _ABANDONED_LOCK:
+                if not given_up.is_set():  # (the thread may have ended just now)
+                    given_up.set()
+                    _ABANDONED[user.uid] = _ABANDONED.get(user.uid, 0) + 1
+            raise
 
 
-# At most this many checks at a time.  A burst of 100 requests otherwise makes 100
-# threads that all want the GIL at once, and the monitor thread, which gives it up
-# at every system call, waits behind them (P3, docs/performance.md).  The waiting
-# requests are served round robin by user: one user's burst does not queue every
-# other user's request behind all of its own.
+# At most this many checks at a time, one per user.  A burst of 100 requests otherwise
+# makes 100 threads that all want the GIL at once, and the monitor thread, which gives
+# it up at every system call, waits behind them (P3, docs/performance.md).  The waiting
+# requests are served round robin by user: one user's burst does not queue every other
+# user's request behind all of its own.
 FS_USER_THREADS = 2
 _GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FairGate] = \
     weakref.WeakKeyDictionary()
+# uid -> checks whose wait was given up and whose thread has not ended yet
+_ABANDONED: dict[int, int] = {}
+_ABANDONED_LOCK = threading.Lock()
+
+
+def _thread_ended(uid: int, given_up: threading.Event) -> None:
+    """The check's thread is done: if its wait was given up, it no longer counts."""
+    with _ABANDONED_LOCK:
+        if given_up.is_set():
+            left = _ABANDONED.get(uid, 0) - 1
+            if left > 0:
+                _ABANDONED[uid] = left
+            else:
+                _ABANDONED.pop(uid, None)
+        else:
+            given_up.set()  # ended in time: a late timeout must not count it
 
 
 async def _as_fs_user(loop: asyncio.AbstractEventLoop, user: UserIdentity,
-                      fn: Callable[[], T]) -> T:
+                      fn: Callable[[], T], given_up: threading.Event) -> T:
     fut: asyncio.Future[T] = loop.create_future()
     drop = os.geteuid() == 0 and user.uid != 0
 
@@ -178,6 +216,7 @@ async def _as_fs_user(loop: asyncio.AbstractEventLoop, user: UserIdentity,
             value = fn()
         except BaseException as exc:  # handed to the awaiting task
             error = exc
+        _thread_ended(user.uid, given_up)
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             loop.call_soon_threadsafe(settle, value, error)
 

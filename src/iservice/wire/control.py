@@ -449,16 +449,21 @@ def _printable(text: str) -> str:
 def chunk_lines(lines: Sequence[str], limit: int = MAX_MESSAGE) -> Iterator[tuple[str, ...]]:
     """Split lines into groups whose JSON stays below ``limit`` bytes."""
     group: list[str] = []
-    size = 0
+    size = _ENVELOPE
     for line in lines:
-        n = len(line) * 6 + 8  # worst case: every character escaped as \uXXXX
+        # worst case: every UTF-16 unit escaped as \uXXXX (a character beyond the BMP is
+        # two: \ud835\udce3), then the quotes and the comma
+        n = len(line.encode("utf-16-le", "surrogatepass")) * 3 + 3
         if group and size + n > limit:
             yield tuple(group)
-            group, size = [], 0
+            group, size = [], _ENVELOPE
         group.append(line)
         size += n
     if group:
         yield tuple(group)
+
+
+_ENVELOPE = len('{"ok":true,"lines":[]}') + 1  # what a LogLines reply adds to its lines
 
 
 # --------------------------------------------------------------------------- names
