@@ -156,14 +156,16 @@ async def as_fs_user(user: UserIdentity, fn: Callable[[], T], *,
     async with gate.hold(user.uid):
         if _ABANDONED.get(user.uid):  # given up while this one waited for its turn
             raise errors.StillStuck(f"an earlier check of uid {user.uid} is still waiting")
-        given_up = threading.Event()
+        # set by whichever comes first, the thread's end or the time limit: only a
+        # check whose time limit came first counts as given up while its thread runs
+        decided = threading.Event()
         try:
             async with asyncio.timeout(timeout):
-                return await _as_fs_user(loop, user, fn, given_up)
+                return await _as_fs_user(loop, user, fn, decided)
         except TimeoutError:
             with _ABANDONED_LOCK:
-                if not given_up.is_set():  # (the thread may have ended just now)
-                    given_up.set()
+                if not decided.is_set():  # (the thread may have ended just now)
+                    decided.set()
                     _ABANDONED[user.uid] = _ABANDONED.get(user.uid, 0) + 1
             raise
 
@@ -181,21 +183,21 @@ _ABANDONED: dict[int, int] = {}
 _ABANDONED_LOCK = threading.Lock()
 
 
-def _thread_ended(uid: int, given_up: threading.Event) -> None:
+def _thread_ended(uid: int, decided: threading.Event) -> None:
     """The check's thread is done: if its wait was given up, it no longer counts."""
     with _ABANDONED_LOCK:
-        if given_up.is_set():
+        if decided.is_set():  # the time limit came first
             left = _ABANDONED.get(uid, 0) - 1
             if left > 0:
                 _ABANDONED[uid] = left
             else:
                 _ABANDONED.pop(uid, None)
         else:
-            given_up.set()  # ended in time: a late timeout must not count it
+            decided.set()  # ended in time: a late time limit must not count it
 
 
 async def _as_fs_user(loop: asyncio.AbstractEventLoop, user: UserIdentity,
-                      fn: Callable[[], T], given_up: threading.Event) -> T:
+                      fn: Callable[[], T], decided: threading.Event) -> T:
     fut: asyncio.Future[T] = loop.create_future()
     drop = os.geteuid() == 0 and user.uid != 0
 
@@ -216,7 +218,7 @@ async def _as_fs_user(loop: asyncio.AbstractEventLoop, user: UserIdentity,
             value = fn()
         except BaseException as exc:  # handed to the awaiting task
             error = exc
-        _thread_ended(user.uid, given_up)
+        _thread_ended(user.uid, decided)
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             loop.call_soon_threadsafe(settle, value, error)
 
