@@ -5,7 +5,8 @@ pipe the service reads.  The lines are kept in a bounded ring (for ``iservice
 log``), appended to ``log_dir/session-<id>.log`` when ``log_dir`` is set, and
 offered to observers (for example a parser that watches for pushed options).
 Everything is bounded: a line longer than ``MAX_LINE`` is cut, the ring keeps
-``max_lines``, and a follower that does not keep up loses lines, not memory.
+``max_lines``, a follower that does not keep up loses lines, not memory, and the log
+file stops at ``MAX_LOG_FILE`` bytes with a note saying so.
 
 The log file is made by ``open_session_log``: root never opens an existing file
 there, so a link planted in ``log_dir`` is never followed (docs/security.md,
@@ -30,6 +31,12 @@ MAX_LINE = 4096
 FOLLOW_QUEUE = 1000
 PUMP_CHUNK = 16384  # bytes read from openvpn at a time, the loop yielding between
 LOG_FILE_MODE = 0o640  # root writes; log_dir's group may read; nobody else
+# A session's log file stops growing here: openvpn is the user's to make print at pipe
+# speed, and root writes the file on a disk every user (and the journal) shares.
+MAX_LOG_FILE = 32 * 1024 * 1024
+LOG_FULL_NOTE = (b"\n[iservice: this session's log file reached its limit of "
+                 b"%d bytes; the rest of openvpn's output is not written here "
+                 b"(iservice log shows the latest lines)]\n" % MAX_LOG_FILE)
 
 log = logging.getLogger("iservice.output")
 
@@ -94,13 +101,13 @@ class SessionOutput:
         self.followers: set[asyncio.Queue[str | None]] = set()
         self._partial = b""
         self._file: int | None = None
+        self._room = MAX_LOG_FILE  # bytes the log file may still take
         if file_path is not None:
             self._file = open_session_log(file_path)
 
     def feed(self, data: bytes) -> None:
         if self._file is not None and data:
-            with contextlib.suppress(OSError):
-                os.write(self._file, data)
+            self._write(data)
         chunks = (self._partial + data).split(b"\n")
         self._partial = chunks.pop()
         if len(self._partial) > MAX_LINE:
@@ -116,6 +123,18 @@ class SessionOutput:
         for q in list(self.followers):
             if q.qsize() < FOLLOW_QUEUE:
                 q.put_nowait(line)
+
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        with contextlib.suppress(OSError):
+            if len(data) <= self._room:
+                os.write(self._file, data)
+                self._room -= len(data)
+                return
+            os.write(self._file, data[:self._room] + LOG_FULL_NOTE)
+        with contextlib.suppress(OSError):
+            os.close(self._file)
+        self._file = None  # full: the ring, the observers and followers go on
 
     def lines(self) -> list[str]:
         return list(self.ring)

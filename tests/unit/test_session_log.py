@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from iservice.output import LOG_FILE_MODE, SessionOutput, open_session_log
+from iservice.output import (
+    LOG_FILE_MODE,
+    LOG_FULL_NOTE,
+    MAX_LOG_FILE,
+    SessionOutput,
+    open_session_log,
+)
 
 
 @pytest.fixture
@@ -134,3 +140,20 @@ def test_a_log_dir_replaced_by_a_symlink_is_refused(tmp_path: Path, log_dir: Pat
     with pytest.raises(OSError):
         open_session_log(str(swapped / "session-1.log"))
     assert list(log_dir.iterdir()) == []
+
+
+def test_the_log_file_stops_at_its_limit_and_says_so(log_dir: Path) -> None:
+    """openvpn is the user's to make print without end; the file root writes for it on a
+    shared disk stops at ``MAX_LOG_FILE`` bytes with a note, the ring goes on."""
+    path = log_dir / "session-1.log"
+    out = SessionOutput(file_path=str(path))
+    line = b"x" * 1023 + b"\n"
+    for _ in range(MAX_LOG_FILE // len(line)):
+        out.feed(line)
+    assert path.stat().st_size == MAX_LOG_FILE  # exactly full: nothing left out yet
+    out.feed(b"one more line\n")
+    out.feed(b"and the last one\n")
+    out.close()
+    data = path.read_bytes()
+    assert len(data) == MAX_LOG_FILE + len(LOG_FULL_NOTE) and data.endswith(LOG_FULL_NOTE)
+    assert out.lines()[-1] == "and the last one"  # iservice log still shows the latest
