@@ -140,9 +140,16 @@ def _root(b: Bench, cfg: Path, n: int, fam: int, dst_len: int, timeout: float,
                and e.dst_len == dst_len]
         return got if len(got) >= n else None
     ours = b.watcher.wait(all_routes, mark, 10, f"{n} route events")
-    got = count_routes(lab, idx, fam, dst_len)
+    # Counted until all are there: on a loaded host a root openvpn that restarted on
+    # its own (ping-restart while it took 40 s to connect) deletes and adds its routes
+    # again, so the events may outnumber what the kernel has at this moment (05:19 run:
+    # 19,811 of 30,000).
+    deadline = time.monotonic() + 30
+    while (got := count_routes(lab, idx, fam, dst_len)) != n and time.monotonic() < deadline:
+        time.sleep(0.2)
     if got != n:
-        raise RuntimeError(f"root openvpn: {got} of {n} routes in the kernel")
+        raise RuntimeError(f"root openvpn: {got} of {n} routes in the kernel\n"
+                           f"{tail.text[-3000:]}")
     out["total"].append(t1 - t0)
     out["routes"].append(ours[n - 1].t - ours[0].t)
     mark = b.watcher.mark()
