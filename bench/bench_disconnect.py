@@ -28,18 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.campaign import route_pushes  # noqa: E402
 from tests.isv import Service, wait_for  # noqa: E402
 from tests.lab import Lab, Pki  # noqa: E402
-
-
-def pushes(n: int) -> str:
-    base = 100 << 24 | 64 << 16  # /26s from 100.64.0.0, as bench/run.py's P2
-    out = []
-    for i in range(n):
-        a = base + i * 64
-        out.append(f'push "route {a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255} '
-                   '255.255.255.192"\n')
-    return "".join(out)
 
 
 def exited(pid: int) -> bool:
@@ -72,7 +63,7 @@ def main() -> int:
 
 def run(lab: Lab, n: int, repeat: int) -> int:
     timeout = 30 + n / 300
-    server = lab.start_server(pushes(n), port=1230, name="many", network="10.45.0.0/24",
+    server = lab.start_server(route_pushes(n), port=1230, name="many", network="10.45.0.0/24",
                               network6="fd00:45::/64", timeout=120)
     lab.write_client_config("many.ovpn", "verb 1\n", port=1230)
     cfg = lab.config_dir / "many.ovpn"

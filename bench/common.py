@@ -239,6 +239,15 @@ def session_logs(svc: Service) -> set[Path]:
     return set(svc.log_dir.glob("session-*.log")) if svc.log_dir.exists() else set()
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds per thread of ``pid`` so far (schedstat)."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
+    return out
+
+
 def wait_sessions(svc: Service, n: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while len(svc.journal()["sessions"]) != n:

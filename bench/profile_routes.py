@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import os
 import re
@@ -42,6 +41,7 @@ from tests.isv import PYTHON, Service, wait_for  # noqa: E402
 from tests.lab import Lab, Pki  # noqa: E402
 
 from bench.bench_channel import PLUGIN_SCENARIO  # noqa: E402
+from bench.common import thread_cpu  # noqa: E402
 
 # (step, pattern on "function (file:line)"), first match from the innermost iservice frame
 STEPS = [
@@ -67,13 +67,6 @@ IDLE = re.compile(r"^(Condition\.wait|wait|_wait_for_tstate_lock|select|[A-Za-z]
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")
 
 
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds per thread so far (schedstat)."""
-    out: dict[int, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            out[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
-    return out
 
 
 def step_of(frames: list[str]) -> str:

@@ -38,7 +38,13 @@ if __name__ == "__main__":
 from tests.isv import PYTHON, Service, wait_for  # noqa: E402
 from tests.lab import Lab, Pki  # noqa: E402
 
-from bench.common import BENCH_DIR, Driver, build_standin, wait_sessions  # noqa: E402
+from bench.common import (  # noqa: E402
+    BENCH_DIR,
+    Driver,
+    build_standin,
+    thread_cpu,
+    wait_sessions,
+)
 from bench.report import p99  # noqa: E402
 
 Event = tuple[str, str, float, float]
@@ -199,13 +205,6 @@ def run_burst(lab: Lab, drivers: list[Driver]) -> list[dict[str, Any]]:
     return results
 
 
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds per thread of ``pid`` so far (schedstat)."""
-    out: dict[int, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            out[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
-    return out
 
 
 def main() -> int:
