@@ -158,14 +158,19 @@ def bursts(lab: Lab, args: argparse.Namespace) -> None:
                   f"first connect, span {span:.0f} ms, each median "
                   f"{statistics.median((e[3] - e[2]) * 1000 for e in starts):.2f} ms")
             steps: dict[str, list[float]] = collections.defaultdict(list)
-            for name, _th, b, e in events:
+            threads: dict[str, str] = {}
+            for name, th, b, e in events:
                 steps[name].append((e - b) * 1000)
-            for name in ("validate (all)", "as-user thread (loop's wait)",
-                         "tun: create+owner+alias+persist", "spawn: Popen", "journal: COMMIT",
-                         "read startup message"):
-                if steps.get(name):
-                    print(f"    {name:<40} median {statistics.median(steps[name]):7.2f} "
-                          f"p90 {q(steps[name], .9):7.2f} ms")
+                threads.setdefault(name, th)
+            # the monitor thread's steps (the queue every start waits in), then the others'
+            shown = [n for n in steps if threads[n] == "monitor"] + [
+                n for n in ("validate (all)", "as-user thread (loop's wait)",
+                            "read startup message", "after reply (log file, start time)")
+                if n in steps]
+            for name in shown:
+                print(f"    {name:<40} {threads[name]:<10} median "
+                      f"{statistics.median(steps[name]):7.2f} p90 {q(steps[name], .9):7.2f} "
+                      f"ms, total {sum(steps[name]):6.1f} ms")
             delta = sorted(((cpu1[t] - cpu0.get(t, 0.0)) * 1000, t) for t in cpu1)
             print("    service CPU by thread (ms): " + ", ".join(
                 f"{'loop' if t == svc.service_pid() else t}: {ms:.0f}"

@@ -59,7 +59,7 @@ def _is_coroutine(fn: Any) -> bool:
 def install() -> None:
     from iservice import audit, journal, monitor, server, session
     from iservice.effects import tun as tun_effect
-    from iservice.linux import cgroup, identity, launch, netlink, tun
+    from iservice.linux import cgroup, identity, launch, netlink, spawn, tun
     wrap(session.Session, "run", "session task")
     wrap(session.Session, "_read_startup", "read startup message")
     wrap(session.Session, "_validate", "validate (all)")
@@ -88,7 +88,8 @@ def install() -> None:
     wrap(tun, "_create", "tun: create+owner+alias+persist")
     wrap(netlink.Rtnl, "link_set", "rtnl link_set")
     wrap(launch, "start_openvpn", "spawn (all)")
-    wrap(launch.subprocess, "Popen", "spawn: Popen")
+    wrap(launch.subprocess, "Popen", "spawn: Popen")  # the fallbacks (setpriv, no helper)
+    wrap(spawn, "spawn", "spawn: posix_spawn")
 
 
 def serve_requests(directory: Path) -> None:

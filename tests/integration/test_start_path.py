@@ -1,22 +1,24 @@
 """The start path (issue 8, P1/P3): how openvpn is spawned, journaled and recovered.
 
-openvpn is spawned through iservice's ``iservice-runas`` helper (else util-linux's
-``setpriv``; either way CPython can ``vfork``), from the monitor thread, and its start
-time is journaled after the PID reply.  These tests check that the process openvpn
-becomes is exactly what SPEC §4 asks for, by all three spawn paths (``iservice-runas``,
-``setpriv`` and the ``Popen(user=...)`` fallback) and through the service: the user's
-uid, gid and supplementary groups, no capabilities in any set, the clean environment,
-a new session, the ``priority`` nice value, the raised stack limit, stdin then EOF,
-only the channel and facts descriptors, ``--cd WORKDIR`` first; that the helper
-refuses malformed numbers and commands before anything runs, and is not used when
-others could replace it.  Then that recovery ends a leftover process only when pid
-*and* start time match, that concurrent requests of one user respect
-``max_sessions_per_user``, and that an ``exe_path`` that cannot run gets the
-original's "cannot start" reply and leaves nothing.
+openvpn is spawned through iservice's ``iservice-runas`` helper with glibc's
+``posix_spawn`` (else util-linux's ``setpriv`` by CPython's ``vfork``), from the monitor
+thread.  These tests check that the process openvpn becomes is exactly what SPEC §4
+asks for, by all three spawn paths (``iservice-runas``, ``setpriv`` and the
+``Popen(user=...)`` fallback) and through the service: the user's uid, gid and
+supplementary groups, no capabilities in any set, the clean environment, a new session,
+the ``priority`` nice value, the raised stack limit, stdin then EOF, only the channel
+and facts descriptors, ``--cd WORKDIR`` first; that the helper refuses malformed
+numbers and commands before anything runs, and is not used when others could replace
+it; that the spawn (``linux/spawn.py``) lets the service's other threads run while the
+child gets to its ``exec``, and leaves nothing when it fails.  Then that recovery ends
+a leftover process only when pid *and* start time match, that concurrent requests of
+one user respect ``max_sessions_per_user``, and that an ``exe_path`` that cannot run
+gets the original's "cannot start" reply and leaves nothing.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -26,6 +28,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,9 +37,10 @@ from typing import Any
 import pytest
 from tests.isv import PYTHON, Service, Services, wait_for
 from tests.lab import Lab, Pki, User
+from tests.lab.hung import hung_mount
 
 from iservice.journal import Journal
-from iservice.linux import launch
+from iservice.linux import launch, spawn
 from iservice.linux.identity import user_identity
 
 pytestmark = [pytest.mark.root,
@@ -160,7 +164,7 @@ def test_every_spawn_path_makes_the_same_process(reporter: Path, grouped_user: U
                          keep_fds={chan_b.fileno(), facts_r})
         finally:
             child.signal(signal.SIGKILL)
-            child.proc.wait()
+            child.reap()
             child.close()
     finally:
         for fd in (facts_r, facts_w, out_r, out_w, stray):
@@ -170,15 +174,19 @@ def test_every_spawn_path_makes_the_same_process(reporter: Path, grouped_user: U
         chan_b.close()
 
 
-BAD_RUNAS_ARGS = [[*a, "-"] for a in [
+BAD_RUNAS_ARGS = [[*a, "-", "-"] for a in [
     ["x", "1000", "-", "0"], ["-1", "1000", "-", "0"], ["4294967295", "1000", "-", "0"],
     ["1000", "", "-", "0"], ["1000", "1e3", "-", "0"], ["1000", "1000", "", "0"],
     ["1000", "1000", "1,,2", "0"], ["1000", "1000", "1,", "0"], ["1000", "1000", ",", "0"],
     ["1000", "1000", "-", "20"], ["1000", "1000", "-", "-21"], ["1000", "1000", "-", "+1"],
 ]] + [
     # the cgroup descriptor: not a number, stdin/out/err, not open
-    ["1000", "1000", "-", "0", "x"], ["1000", "1000", "-", "0", "2"],
-    ["1000", "1000", "-", "0", "999"], ["1000", "1000", "-", "0", ""],
+    ["1000", "1000", "-", "0", "x", "-"], ["1000", "1000", "-", "0", "2", "-"],
+    ["1000", "1000", "-", "0", "999", "-"], ["1000", "1000", "-", "0", "", "-"],
+    # the descriptors to keep: not numbers, stdin/out/err, not open, empty entries
+    ["1000", "1000", "-", "0", "-", "x"], ["1000", "1000", "-", "0", "-", "1"],
+    ["1000", "1000", "-", "0", "-", "999"], ["1000", "1000", "-", "0", "-", ""],
+    ["1000", "1000", "-", "0", "-", "3,,4"], ["1000", "1000", "-", "0", "-", ","],
 ]
 
 
@@ -193,12 +201,61 @@ def test_the_helper_refuses_bad_numbers_before_running_anything(tmp_path: Path,
     assert not mark.exists()
 
 
+def test_a_spawn_lets_the_services_other_threads_run_until_its_exec(lab: Lab) -> None:
+    """``spawn.spawn`` waits for the child's ``exec`` without the GIL (CPython 3.11's
+    ``Popen`` holds it all that time: docs/performance.md).  Here the ``exec`` waits on a
+    file system that never answers; the main thread meanwhile sleeps 0.1 s and wakes,
+    which it could not while another thread held the GIL (it would wake only when the
+    mount's dead man's switch ends the wait, after 20 s)."""
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    outcome: list[BaseException] = []
+
+    def start(path: str) -> None:
+        try:
+            spawn.spawn(path, [path], {}, stdin=out_r, stdout=out_w, stderr=out_w)
+        except OSError as exc:
+            outcome.append(exc)
+    try:
+        with hung_mount(lab.base_dir / "hung-exec", deadline=20) as hung:
+            th = threading.Thread(target=start, args=(str(hung / "openvpn"),), daemon=True)
+            th.start()
+            time.sleep(0.2)  # the child is in its exec by now
+            t0 = time.monotonic()
+            time.sleep(0.1)
+            slept = time.monotonic() - t0
+            waiting = th.is_alive()
+        th.join(20)  # the mount is gone: the exec failed, posix_spawn reaped the child
+        assert slept < 2 and waiting, (slept, waiting)
+        assert not th.is_alive() and len(outcome) == 1 and \
+            isinstance(outcome[0], OSError), outcome
+    finally:
+        os.close(out_r)
+        os.close(out_w)
+
+
+def test_a_spawn_that_cannot_exec_raises_and_leaves_no_process(tmp_path: Path) -> None:
+    r, w_ = os.pipe2(os.O_CLOEXEC)
+    try:
+        for path, err in ((tmp_path / "missing", errno.ENOENT),
+                          (tmp_path, errno.EACCES)):  # a directory
+            with pytest.raises(OSError) as info:
+                spawn.spawn(str(path), [str(path)], {}, stdin=r, stdout=w_, stderr=w_)
+            assert info.value.errno == err
+        with pytest.raises(ChildProcessError):  # reaped by posix_spawn itself
+            os.waitpid(-1, os.WNOHANG)
+        with pytest.raises(ValueError):  # the child's 0-2 are made from others
+            spawn.spawn("/bin/true", ["true"], {}, stdin=0, stdout=w_, stderr=w_)
+    finally:
+        os.close(r)
+        os.close(w_)
+
+
 @pytest.mark.parametrize("tail", [["/usr/bin/touch", "{mark}"], ["--"],
                                   ["-", "/usr/bin/touch", "{mark}"], ["--", "touch", "{mark}"]],
                          ids=["no-dashes", "no-exe", "not-dashes", "relative-exe"])
 def test_the_helper_refuses_a_malformed_command(tmp_path: Path, tail: list[str]) -> None:
     mark = tmp_path / "ran"
-    r = subprocess.run([launch.SPAWNERS[0].path, "1000", "1000", "-", "0", "-",
+    r = subprocess.run([launch.SPAWNERS[0].path, "1000", "1000", "-", "0", "-", "-",
                         *(t.format(mark=mark) for t in tail)],
                        capture_output=True, text=True, cwd="/usr/bin")
     assert r.returncode == 126 and "usage" in r.stderr, r
@@ -206,7 +263,7 @@ def test_the_helper_refuses_a_malformed_command(tmp_path: Path, tail: list[str])
 
 
 def test_the_helper_reports_an_exec_failure_as_127() -> None:
-    r = subprocess.run([launch.SPAWNERS[0].path, "1000", "1000", "-", "0", "-", "--",
+    r = subprocess.run([launch.SPAWNERS[0].path, "1000", "1000", "-", "0", "-", "-", "--",
                         "/nonexistent/openvpn"], capture_output=True, text=True)
     assert r.returncode == 127 and "cannot run /nonexistent/openvpn" in r.stderr, r
 
@@ -214,7 +271,7 @@ def test_the_helper_reports_an_exec_failure_as_127() -> None:
 JOIN = """mount -t cgroup2 none /sys/fs/cgroup || exit 1
 d=/sys/fs/cgroup/$1
 mkdir "$d" || exit 1
-"$2" 65534 65534 - 0 3 -- /bin/sh -c 'cat /proc/self/cgroup; ls -l /proc/$$/fd' \
+"$2" 65534 65534 - 0 3 - -- /bin/sh -c 'cat /proc/self/cgroup; ls -l /proc/$$/fd' \
     3>"$d/cgroup.procs"
 rc=$?
 rmdir "$d"

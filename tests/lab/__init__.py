@@ -20,6 +20,7 @@ The package, by concern:
                    a DNS responder, inspection (links, routes, ping)
 ``openvpn.py``     ``OpenVpnLab``: openvpn servers and clients, their handles,
                    configs, the auth and env-dump scripts
+``hung.py``        ``hung_mount``: a test double of a file system that never answers
 ``files/``         the scripts and configuration the lab runs (shell, Python, openssl)
 =================  ==================================================================
 

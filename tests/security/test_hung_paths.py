@@ -5,42 +5,16 @@ next request is refused at once while the given-up check is still stuck."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from tests.isv import PYTHON, Service, wait_for
 from tests.lab import Lab, LabProcess, User
+from tests.lab.hung import hung_mount
 
 from iservice.wire import startup as w
 
 pytestmark = [pytest.mark.root]
-
-
-@contextlib.contextmanager
-def hung_mount(path: Path) -> Iterator[Path]:
-    """TEST DOUBLE of a file system that never answers: the kernel's FUSE mounted on a
-    ``/dev/fuse`` descriptor nobody serves, so every access below ``path`` waits —
-    until the descriptor is closed, which aborts the connection (ENOTCONN)."""
-    path.mkdir()
-    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-    try:
-        subprocess.run(["mount", "-i", "-t", "fuse.isvhung", "-o",
-                        f"fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other",
-                        "isvhung", str(path)], pass_fds=(fd,), check=True)
-        try:
-            yield path
-        finally:
-            os.close(fd)
-            fd = -1
-            subprocess.run(["umount", "-l", str(path)], check=False)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        path.rmdir()
 
 
 SENDER = r"""

@@ -21,7 +21,10 @@ whole service (~26 MB: ~0.9 ms of page tables) and waits for the child's ``exec`
 spawned with ``vfork`` (0.12 ms), that takes the user's identity itself and then
 ``exec``s openvpn in place: same PID, same start time, same environment and
 descriptors.  That program is iservice's own ``iservice-runas`` (``plugin/
-iservice_runas.c``, built by ``pip install``), else util-linux's ``setpriv``: both
+iservice_runas.c``, built by ``pip install``), started by ``spawn.spawn`` (glibc's
+``posix_spawn`` without the GIL held: CPython 3.11's ``Popen`` holds it until the
+child's ``exec``, ~0.55 ms per start in which no other thread of the service ran;
+``linux/spawn.py``), else util-linux's ``setpriv`` through ``Popen``: both
 take the uid, gid and groups, and clear the inheritable capability set; taking a
 non-zero uid clears the permitted, effective and ambient sets (no
 ``SECBIT_KEEP_CAPS``), so openvpn has none.  ``setpriv`` cost ~1.0 ms of CPU per start
@@ -46,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from iservice.aio import readable
+from iservice.linux import spawn
 from iservice.linux.cgroup import move_self
 from iservice.linux.identity import UserIdentity
 from iservice.plugin import runas_path
@@ -143,28 +147,35 @@ def exit_status(returncode: int) -> int:
 
 @dataclass
 class Child:
-    proc: subprocess.Popen[bytes]
+    """openvpn as started: its pid, a pidfd for waiting and signalling, and the ``Popen``
+    of the fallback paths (None when ``spawn.spawn`` started it)."""
+
+    pid: int
     pidfd: int
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        """None while it runs (it is reaped only by ``wait``)."""
-        return self.proc.returncode
+    proc: subprocess.Popen[bytes] | None = None
+    returncode: int | None = None  # None while it runs (it is reaped only by ``wait``)
 
     async def wait(self) -> int:
         """Wait for exit without a thread; returns the shell-style exit status."""
-        if self.proc.returncode is None:
+        if self.returncode is None:
             await readable(self.pidfd)
-            self.proc.wait()
-        assert self.proc.returncode is not None
-        return exit_status(self.proc.returncode)
+            self.reap()
+        assert self.returncode is not None
+        return exit_status(self.returncode)
+
+    def reap(self) -> int:
+        """Wait for the exit (blocking) and collect it; ``Popen``'s returncode: -N for
+        signal N."""
+        if self.returncode is None:
+            if self.proc is not None:
+                self.returncode = self.proc.wait()
+            else:
+                _pid, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
 
     def signal(self, sig: int) -> None:
-        if self.proc.returncode is None:
+        if self.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self.pidfd, sig)
 
@@ -216,21 +227,24 @@ def spawner_name() -> str:
 
 
 def spawn_argv(exe: str, argv: Sequence[str], user: UserIdentity, *, nice: int = 0,
-               spawner: Spawner | None = SPAWNER, cgroup_fd: int | None = None) -> list[str]:
+               spawner: Spawner | None = SPAWNER, cgroup_fd: int | None = None,
+               keep: Sequence[int] = ()) -> list[str]:
     """The command that runs ``exe argv`` as ``user`` (through ``spawner`` if given).
 
     Everything after ``--`` is openvpn's: neither program parses its own options past
     it, so no user-chosen option can reach them; they ``exec`` ``exe`` (an absolute
     path, no PATH search) once they are the user.  ``iservice-runas`` also sets the
-    nice value, as root before it drops privileges, and joins the session's cgroup
-    through ``cgroup_fd``; for the others the caller does both.
+    nice value, as root before it drops privileges, joins the session's cgroup
+    through ``cgroup_fd`` and closes every descriptor but 0-2 and ``keep``; for the
+    others the caller does all three.
     """
     if spawner is None:
         return [exe, *argv]
     if spawner.kind == "runas":
         groups = ",".join(str(g) for g in user.groups) or "-"
         return [spawner.path, str(user.uid), str(user.gid), groups, str(nice),
-                "-" if cgroup_fd is None else str(cgroup_fd), "--", exe, *argv]
+                "-" if cgroup_fd is None else str(cgroup_fd),
+                ",".join(str(fd) for fd in keep) or "-", "--", exe, *argv]
     groups = ",".join(str(g) for g in user.groups)
     return [spawner.path, f"--reuid={user.uid}", f"--regid={user.gid}",
             f"--groups={groups}" if groups else "--clear-groups", "--inh-caps=-all",
@@ -250,10 +264,18 @@ def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir:
     """
     raise_stack_limit()  # openvpn's hooks get up to 6 MiB of environment
     via_runas = spawner is not None and spawner.kind == "runas"
-    full = spawn_argv(exe, ["--cd", workdir, *argv], user, nice=nice, spawner=spawner,
-                      cgroup_fd=cgroup_fd if via_runas else None)
-    ids: dict[str, Any] = {}
     passed: tuple[int, ...] = (channel_fd, *extra_fds)
+    full = spawn_argv(exe, ["--cd", workdir, *argv], user, nice=nice, spawner=spawner,
+                      cgroup_fd=cgroup_fd if via_runas else None, keep=passed)
+    if spawner is not None and not os.access(exe, os.X_OK):
+        # The spawner would report this only as an exit status, after the PID reply; the
+        # client gets the original's "cannot start" error instead (as with Popen).
+        raise FileNotFoundError(errno.ENOENT if not os.path.exists(exe) else errno.EACCES,
+                                f"{exe} is not executable", exe)
+    if via_runas and spawn.available():
+        return _spawn_runas(full, user, stdin, output_fd,
+                            passed + (() if cgroup_fd is None else (cgroup_fd,)))
+    ids: dict[str, Any] = {}
     if cgroup_fd is not None:
         if via_runas:
             passed += (cgroup_fd,)  # runas writes and closes it before anything else
@@ -264,11 +286,6 @@ def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir:
             ids["preexec_fn"] = lambda: move_self(fd)
     if spawner is None:
         ids.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
-    elif not os.access(exe, os.X_OK):
-        # The spawner would report this only as an exit status, after the PID reply; the
-        # client gets the original's "cannot start" error instead (as with Popen).
-        raise FileNotFoundError(errno.ENOENT if not os.path.exists(exe) else errno.EACCES,
-                                f"{exe} is not executable", exe)
     proc = subprocess.Popen(
         full,
         executable=full[0],
@@ -294,4 +311,27 @@ def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir:
         proc.stdin.close()
     except BrokenPipeError:
         pass
-    return Child(proc, pidfd)
+    return Child(proc.pid, pidfd, proc)
+
+
+def _spawn_runas(full: list[str], user: UserIdentity, stdin: bytes, output_fd: int,
+                 keep: tuple[int, ...]) -> Child:
+    """``iservice-runas`` started by ``spawn.spawn`` (no GIL held while it starts; its
+    KEEP closes whatever else the spawn let through)."""
+    stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = spawn.spawn(full[0], full, clean_environment(user), stdin=stdin_r,
+                          stdout=output_fd, stderr=output_fd, keep=keep)
+    finally:
+        os.close(stdin_r)
+    try:
+        pidfd = os.pidfd_open(pid)
+        try:
+            # At most 4096 UTF-16 units: fits a pipe buffer, so this never blocks.
+            if stdin:
+                os.write(stdin_w, stdin)
+        except BrokenPipeError:
+            pass
+    finally:
+        os.close(stdin_w)
+    return Child(pid, pidfd)

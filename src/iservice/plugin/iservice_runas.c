@@ -1,33 +1,37 @@
 /* iservice-runas: become a user, then exec a program in place (same PID).
  *
- *   iservice-runas UID GID GROUPS NICE CGROUP -- EXE [ARG...]
+ *   iservice-runas UID GID GROUPS NICE CGROUP KEEP -- EXE [ARG...]
  *
  * UID, GID and NICE are decimal; GROUPS is a comma-separated list of decimal gids or
  * "-" for none; CGROUP is "-" or the decimal number of an open descriptor of the
  * session cgroup's cgroup.procs (written "0" = this process, then closed: the program
- * never inherits it; iservice/linux/cgroup.py says why).  EXE is an absolute path,
- * executed with argv[0] = EXE and the rest as
- * given; the environment and descriptors pass through unchanged.
+ * never inherits it; iservice/linux/cgroup.py says why).  KEEP is "-" or a
+ * comma-separated list of open descriptors (3 or above) the program gets; every other
+ * descriptor from 3 up is closed first, so the program has 0-2 and KEEP, whatever the
+ * service's spawn let through (iservice/linux/spawn.py).  EXE is an absolute path,
+ * executed with argv[0] = EXE and the rest as given; the environment passes through
+ * unchanged.
  *
  * The service (iservice/linux/launch.py) starts openvpn through this helper, as root,
- * with CPython's vfork-based spawn: it replaces util-linux's setpriv, which did the
+ * with glibc's posix_spawn (iservice/linux/spawn.py): it replaces util-linux's setpriv, which did the
  * same but cost ~1 ms of CPU per start (libcap-ng set-up) against ~0.1 ms here, and
  * that CPU was taken from the service while a burst of sessions started (issue 8, P3;
  * docs/performance.md).  It never parses a user-chosen value: the service builds the
- * four numbers; everything after "--" is openvpn's and only passed on.
+ * numbers; everything after "--" is openvpn's and only passed on.
  *
- * Order: into the session's cgroup (as root, before anything else: from here on
- * every process of the session is in it), nice (while still root, so any value of
- * `priority` works), ambient
- * capabilities cleared, supplementary groups, gid, uid (all three ids of each: a
- * saved root id would let the program take root back), inheritable capabilities
- * cleared (setresuid to a non-zero uid already emptied the permitted and effective
- * sets; this matches setpriv --inh-caps=-all), then a check that the ids really are
- * the user's.  Any failure: a message on stderr and exit 126 before the program runs;
+ * Order: every descriptor not in KEEP closed, into the session's cgroup (as root,
+ * before anything else: from here on every process of the session is in it), nice
+ * (while still root, so any value of `priority` works), ambient capabilities cleared,
+ * supplementary groups, gid, uid (all three ids of each: a saved root id would let the
+ * program take root back), inheritable capabilities cleared (setresuid to a non-zero
+ * uid already emptied the permitted and effective sets; this matches setpriv
+ * --inh-caps=-all), then a check that the ids really are the user's.  Any failure: a
+ * message on stderr and exit 126 before the program runs;
  * an exec failure: exit 127 (the shell's codes, as setpriv's).
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
 #include <linux/capability.h>
@@ -40,6 +44,7 @@
 #include <unistd.h>
 
 #define MAX_GROUPS 65536 /* the kernel's NGROUPS_MAX */
+#define MAX_KEEP 16
 
 static void die(const char *what, int err)
 {
@@ -86,10 +91,54 @@ static size_t parse_groups(char *list, gid_t *out)
     }
 }
 
+/* "-" or "FD[,FD...]", each open and 3 or above; sorted into out. */
+static size_t parse_keep(char *list, int *out)
+{
+    if (strcmp(list, "-") == 0)
+        return 0;
+    size_t n = 0;
+    for (char *tok = list;; n++) {
+        char *comma = strchr(tok, ',');
+        if (comma)
+            *comma = '\0';
+        if (n == MAX_KEEP)
+            die("too many descriptors to keep", 0);
+        int fd = (int)number(tok, 3, INT_MAX, "bad descriptor to keep");
+        if (fcntl(fd, F_GETFD) < 0)
+            die("a descriptor to keep is not open", errno);
+        size_t i = n;
+        for (; i > 0 && out[i - 1] > fd; i--)
+            out[i] = out[i - 1];
+        out[i] = fd;
+        if (!comma)
+            return n + 1;
+        tok = comma + 1;
+    }
+}
+
+/* Close every descriptor from 3 up but keep[0..n) (sorted) and also_keep. */
+static void close_others(const int *keep, size_t n, int also_keep)
+{
+    int lo = 3;
+    for (size_t i = 0; i <= n; i++) {
+        int hi = i < n ? keep[i] : INT_MAX; /* close [lo, hi) */
+        for (int a = lo; a < hi;) {
+            /* split around also_keep (the cgroup descriptor, closed after its use) */
+            int b = (also_keep >= a && also_keep < hi) ? also_keep : hi;
+            if (b > a && syscall(SYS_close_range, (unsigned)a, (unsigned)(b - 1), 0) != 0)
+                die("closing descriptors", errno);
+            a = b == also_keep ? b + 1 : hi;
+        }
+        if (i < n)
+            lo = keep[i] + 1;
+    }
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 8 || strcmp(argv[6], "--") != 0 || argv[7][0] != '/')
-        die("usage: iservice-runas UID GID GROUPS NICE CGROUP -- /ABSOLUTE/EXE [ARG...]", 0);
+    if (argc < 9 || strcmp(argv[7], "--") != 0 || argv[8][0] != '/')
+        die("usage: iservice-runas UID GID GROUPS NICE CGROUP KEEP -- /ABSOLUTE/EXE "
+            "[ARG...]", 0);
     uid_t uid = (uid_t)number(argv[1], 0, 4294967294L, "bad uid");
     gid_t gid = (gid_t)number(argv[2], 0, 4294967294L, "bad gid");
     gid_t *groups = calloc(MAX_GROUPS, sizeof *groups);
@@ -100,6 +149,12 @@ int main(int argc, char **argv)
     int cgroup_fd = -1;
     if (strcmp(argv[5], "-") != 0)
         cgroup_fd = (int)number(argv[5], 3, INT_MAX, "bad cgroup descriptor");
+    int keep[MAX_KEEP];
+    size_t nkeep = parse_keep(argv[6], keep);
+    for (size_t i = 0; i < nkeep; i++)
+        if (keep[i] == cgroup_fd)
+            die("the cgroup descriptor cannot be kept", 0);
+    close_others(keep, nkeep, cgroup_fd);
 
     if (cgroup_fd >= 0) {
         if (write(cgroup_fd, "0", 1) != 1)
@@ -136,7 +191,7 @@ int main(int argc, char **argv)
         die("the ids did not change", 0);
     free(groups);
 
-    execv(argv[7], argv + 7); /* argv[0] = the program's path, as setpriv gives it */
-    fprintf(stderr, "iservice-runas: cannot run %s: %s\n", argv[7], strerror(errno));
+    execv(argv[8], argv + 8); /* argv[0] = the program's path, as setpriv gives it */
+    fprintf(stderr, "iservice-runas: cannot run %s: %s\n", argv[8], strerror(errno));
     return 127;
 }
