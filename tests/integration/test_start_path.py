@@ -55,6 +55,7 @@ status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in
 report = {{"argv": sys.argv[1:], "resuid": os.getresuid(), "resgid": os.getresgid(),
           "groups": sorted(os.getgroups()),
           "caps": {{k: status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")}},
+          "signals": {{k: status[k].strip() for k in ("SigBlk", "SigIgn")}},
           "env": dict(os.environ), "nice": os.getpriority(os.PRIO_PROCESS, 0),
           "pid": os.getpid(), "sid": os.getsid(0), "cwd": os.getcwd(), "fds": fds,
           "stack": resource.getrlimit(resource.RLIMIT_STACK)[0],
@@ -100,6 +101,11 @@ def check_report(r: dict[str, Any], user: User, *, nice: int, stdin: str,
     assert r["resgid"] == [user.gid] * 3
     assert r["groups"] == expected_groups(user) and len(r["groups"]) == 3
     assert r["caps"] == ZERO_CAPS  # no capability in any set
+    # nothing blocked or ignored (a blocked SIGTERM would break every disconnect), but
+    # for the two signals the Python stand-in's own start ignores
+    python_ignores = 1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)
+    assert int(r["signals"]["SigBlk"], 16) == 0, r["signals"]
+    assert int(r["signals"]["SigIgn"], 16) & ~python_ignores == 0, r["signals"]
     assert r["env"] == launch.clean_environment(user_identity(user.uid, user.gid))
     assert r["nice"] == nice
     assert r["sid"] == r["pid"]  # a new session: no signals from the service's terminal

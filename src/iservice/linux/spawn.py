@@ -6,7 +6,8 @@ kernel makes the parent wait for.  A py-spy ``--gil`` profile of P3's bursts (10
 starts at once, 2 vCPUs, 2026-12-06) had 25 % of all GIL-holding samples on that one
 line of ``_execute_child``: ~0.55 ms per start in which neither the event loop nor the
 as-user checks could run.  ``ctypes`` releases the GIL around a foreign call, so here
-only the monitor thread waits for the ``exec`` (CPython 3.12 releases it itself).
+only the monitor thread waits for the ``exec``.  (CPython issue gh-104372; 3.12 drops
+the GIL around its ``vfork`` itself, Debian 12's 3.11.2 does not.)
 
 glibc's ``posix_spawn`` is made for threaded callers: ``clone(CLONE_VM|CLONE_VFORK)``
 with a stack of its own, signals blocked, handlers reset in the child.  What the

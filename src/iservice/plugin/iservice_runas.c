@@ -25,8 +25,9 @@
  * supplementary groups, gid, uid (all three ids of each: a saved root id would let the
  * program take root back), inheritable capabilities cleared (setresuid to a non-zero
  * uid already emptied the permitted and effective sets; this matches setpriv
- * --inh-caps=-all), then a check that the ids really are the user's.  Any failure: a
- * message on stderr and exit 126 before the program runs;
+ * --inh-caps=-all), then a check that the ids really are the user's, then every signal
+ * at its default disposition and none blocked.  Any failure: a message on stderr and
+ * exit 126 before the program runs;
  * an exec failure: exit 127 (the shell's codes, as setpriv's).
  */
 #define _GNU_SOURCE
@@ -34,6 +35,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <signal.h>
 #include <linux/capability.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -134,6 +136,20 @@ static void close_others(const int *keep, size_t n, int also_keep)
     }
 }
 
+/* Every signal at its default disposition, none blocked, as a freshly started program
+ * expects: glibc's posix_spawn (the service's spawn) leaves its two internal signals
+ * (32 and 33) ignored in the child, and an ignored signal stays ignored across exec.
+ * Raw system calls: glibc's wrappers refuse to touch those two. */
+static void default_signals(void)
+{
+    unsigned long zero[4] = {0, 0, 0, 0}; /* struct sigaction: SIG_DFL, no flags, empty mask */
+    for (int sig = 1; sig <= 64; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            syscall(SYS_rt_sigaction, sig, zero, NULL, 8); /* 8: the kernel's sigset_t */
+    if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, zero, NULL, 8) != 0)
+        die("clearing the signal mask", errno);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 9 || strcmp(argv[7], "--") != 0 || argv[8][0] != '/')
@@ -191,6 +207,7 @@ int main(int argc, char **argv)
         die("the ids did not change", 0);
     free(groups);
 
+    default_signals();
     execv(argv[8], argv + 8); /* argv[0] = the program's path, as setpriv gives it */
     fprintf(stderr, "iservice-runas: cannot run %s: %s\n", argv[8], strerror(errno));
     return 127;
