@@ -266,6 +266,31 @@ def test_a_spawn_that_cannot_exec_raises_and_leaves_no_process(tmp_path: Path) -
         os.close(w_)
 
 
+@pytest.mark.parametrize("spawner", SPAWN_PATHS)
+def test_a_child_that_cannot_be_watched_is_ended(reporter: Path, grouped_user: User,
+                                                 spawner: launch.Spawner | None,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of descriptors right after the spawn (no pidfd): the child is killed and
+    reaped, and the start fails, instead of an openvpn nobody watches."""
+    user = user_identity(grouped_user.uid, grouped_user.gid)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+
+    def no_pidfd(pid: int) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+    try:
+        before = own_children()
+        monkeypatch.setattr(launch.os, "pidfd_open", no_pidfd)
+        with pytest.raises(OSError) as info:
+            launch.start_openvpn(str(reporter), [], user=user, workdir="/tmp", nice=0,
+                                 stdin=b"", channel_fd=out_r, output_fd=out_w,
+                                 spawner=spawner)
+        assert info.value.errno == errno.EMFILE
+        assert own_children() == before
+    finally:
+        os.close(out_r)
+        os.close(out_w)
+
+
 @pytest.mark.parametrize("tail", [["/usr/bin/touch", "{mark}"], ["--"],
                                   ["-", "/usr/bin/touch", "{mark}"], ["--", "touch", "{mark}"]],
                          ids=["no-dashes", "no-exe", "not-dashes", "relative-exe"])

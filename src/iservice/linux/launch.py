@@ -298,7 +298,12 @@ def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir:
         start_new_session=True,  # no signals from the service's terminal
         **ids,
     )
-    pidfd = os.pidfd_open(proc.pid)
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:  # out of descriptors: a child nobody could watch is ended
+        proc.kill()
+        proc.wait()
+        raise
     if nice and (spawner is None or spawner.kind != "runas"):
         # Set while the child is most likely still setpriv (it loads its libraries
         # for ~0.5 ms before it execs openvpn), so openvpn usually starts with it.
@@ -325,7 +330,12 @@ def _spawn_runas(full: list[str], user: UserIdentity, stdin: bytes, output_fd: i
     finally:
         os.close(stdin_r)
     try:
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # out of descriptors: a child nobody could watch is ended
+            os.kill(pid, signal.SIGKILL)  # still our unreaped child: the pid is its own
+            os.waitpid(pid, 0)
+            raise
         try:
             # At most 4096 UTF-16 units: fits a pipe buffer, so this never blocks.
             if stdin:
