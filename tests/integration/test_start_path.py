@@ -259,6 +259,11 @@ def test_a_spawn_that_cannot_exec_raises_and_leaves_no_process(tmp_path: Path) -
                 spawn.spawn(str(path), [str(path)], {}, stdin=r, stdout=w_, stderr=w_)
             assert info.value.errno == err
         assert own_children() == before  # the child was reaped by posix_spawn itself
+        # a NUL would cut the argument in C: refused before anything runs
+        for argv, env in ((["true", "--config\0x"], {}), (["true"], {"A": "b\0c"})):
+            with pytest.raises(ValueError, match="NUL"):
+                spawn.spawn("/bin/true", argv, env, stdin=r, stdout=w_, stderr=w_)
+        assert own_children() == before
         with pytest.raises(ValueError):  # the child's 0-2 are made from others
             spawn.spawn("/bin/true", ["true"], {}, stdin=0, stdout=w_, stderr=w_)
     finally:

@@ -24,7 +24,9 @@ child gets:
 * exactly ``env`` as its environment, ``argv`` as given (``argv[0]`` included).
 
 Errors: an ``OSError`` with the errno ``posix_spawn`` returned, including the ``exec``'s
-(``ENOENT``, ``EACCES``); nothing is left running then.
+(``ENOENT``, ``EACCES``); nothing is left running then.  ``ValueError`` for a NUL inside
+a string, before anything runs (C would cut the string there, so openvpn would get
+another argument than the one the validator checked).
 """
 
 from __future__ import annotations
@@ -82,8 +84,17 @@ def _check(ret: int, what: str) -> None:
         raise OSError(ret, f"{what}: {os.strerror(ret)}")
 
 
-def _strings(items: Sequence[bytes]) -> ctypes.Array[ctypes.c_char_p]:
-    return (ctypes.c_char_p * (len(items) + 1))(*items, None)
+def _c_string(value: str) -> bytes:
+    """``value`` for C: a NUL inside would silently cut it there (``Popen`` raises too),
+    and the argument openvpn got would not be the one that was checked."""
+    raw = os.fsencode(value)
+    if b"\0" in raw:
+        raise ValueError(f"embedded NUL in {value!r}")
+    return raw
+
+
+def _strings(items: Sequence[str]) -> ctypes.Array[ctypes.c_char_p]:
+    return (ctypes.c_char_p * (len(items) + 1))(*(_c_string(x) for x in items), None)
 
 
 def spawn(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin: int,
@@ -97,8 +108,9 @@ def spawn(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin: int,
     for fd in (stdin, stdout, stderr, *keep):
         if fd < 3:
             raise ValueError(f"descriptor {fd}: the child's 0-2 are made from others")
-    c_argv = _strings([os.fsencode(a) for a in argv])
-    c_env = _strings([os.fsencode(f"{k}={v}") for k, v in env.items()])
+    c_path, c_cwd = _c_string(path), _c_string(cwd)
+    c_argv = _strings(argv)
+    c_env = _strings([f"{k}={v}" for k, v in env.items()])
     actions = ctypes.create_string_buffer(_OPAQUE)
     attr = ctypes.create_string_buffer(_OPAQUE)
     every = ctypes.create_string_buffer(_SIGSET)
@@ -109,8 +121,7 @@ def spawn(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin: int,
         try:
             for src, dst in ((stdin, 0), (stdout, 1), (stderr, 2), *((k, k) for k in keep)):
                 _check(libc.posix_spawn_file_actions_adddup2(actions, src, dst), "dup2")
-            _check(libc.posix_spawn_file_actions_addchdir_np(actions, os.fsencode(cwd)),
-                   "chdir")
+            _check(libc.posix_spawn_file_actions_addchdir_np(actions, c_cwd), "chdir")
             libc.sigfillset(every)
             libc.sigemptyset(none)
             _check(libc.posix_spawnattr_setsigdefault(attr, every), "signals")
@@ -120,8 +131,7 @@ def spawn(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin: int,
                 "flags")
             pid = ctypes.c_int(0)
             # The call that waits for the child's exec; ctypes releases the GIL around it.
-            ret = libc.posix_spawn(ctypes.byref(pid), os.fsencode(path), actions, attr,
-                                   c_argv, c_env)
+            ret = libc.posix_spawn(ctypes.byref(pid), c_path, actions, attr, c_argv, c_env)
             if ret != 0:
                 raise OSError(ret, os.strerror(ret), path)
             return pid.value
