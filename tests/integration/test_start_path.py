@@ -308,6 +308,27 @@ def test_the_helper_refuses_a_malformed_command(tmp_path: Path, tail: list[str])
     assert not mark.exists()
 
 
+def test_the_helper_keeps_exactly_the_descriptors_it_is_told_to() -> None:
+    """KEEP with gaps around and between its descriptors: the program has 0-2 and KEEP,
+    whatever else was open (here ten inheritable descriptors around them)."""
+    opened = [os.open("/dev/null", os.O_RDONLY) for _ in range(10)]
+    try:
+        for fd in opened:
+            os.set_inheritable(fd, True)
+        keep = sorted(opened)[2::4]  # e.g. 5 and 9: open ones before, between, after
+        r = subprocess.run([launch.SPAWNERS[0].path, "65534", "65534", "-", "0", "-",
+                            ",".join(map(str, reversed(keep))), "--", "/bin/ls",
+                            "/proc/self/fd"], capture_output=True, text=True,
+                           close_fds=False)
+        assert r.returncode == 0, r
+        listed = sorted(int(x) for x in r.stdout.split())
+        # and ls's own descriptor of the directory: the lowest free one, 3
+        assert listed == sorted({0, 1, 2, 3, *keep}), (listed, keep)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
 def test_the_helper_reports_an_exec_failure_as_127() -> None:
     r = subprocess.run([launch.SPAWNERS[0].path, "1000", "1000", "-", "0", "-", "-", "--",
                         "/nonexistent/openvpn"], capture_output=True, text=True)
