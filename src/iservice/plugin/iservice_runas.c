@@ -74,23 +74,31 @@ static long number(const char *s, long lo, long hi, const char *what)
     return v;
 }
 
+/* The next entry of a comma-separated list, cut off in place; NULL after the last. */
+static char *next_entry(char **rest)
+{
+    char *tok = *rest;
+    if (!tok)
+        return NULL;
+    char *comma = strchr(tok, ',');
+    if (comma)
+        *comma = '\0';
+    *rest = comma ? comma + 1 : NULL;
+    return tok;
+}
+
 /* "-" or "G[,G...]": no empty entries. */
 static size_t parse_groups(char *list, gid_t *out)
 {
     if (strcmp(list, "-") == 0)
         return 0;
     size_t n = 0;
-    for (char *tok = list;; n++) {
-        char *comma = strchr(tok, ',');
-        if (comma)
-            *comma = '\0';
+    for (char *rest = list, *tok; (tok = next_entry(&rest)) != NULL; n++) {
         if (n == MAX_GROUPS)
             die("too many groups", 0);
         out[n] = (gid_t)number(tok, 0, 4294967294L, "bad group id");
-        if (!comma)
-            return n + 1;
-        tok = comma + 1;
     }
+    return n;
 }
 
 /* "-" or "FD[,FD...]", each open and 3 or above; sorted into out. */
@@ -99,10 +107,7 @@ static size_t parse_keep(char *list, int *out)
     if (strcmp(list, "-") == 0)
         return 0;
     size_t n = 0;
-    for (char *tok = list;; n++) {
-        char *comma = strchr(tok, ',');
-        if (comma)
-            *comma = '\0';
+    for (char *rest = list, *tok; (tok = next_entry(&rest)) != NULL; n++) {
         if (n == MAX_KEEP)
             die("too many descriptors to keep", 0);
         int fd = (int)number(tok, 3, INT_MAX, "bad descriptor to keep");
@@ -112,10 +117,8 @@ static size_t parse_keep(char *list, int *out)
         for (; i > 0 && out[i - 1] > fd; i--)
             out[i] = out[i - 1];
         out[i] = fd;
-        if (!comma)
-            return n + 1;
-        tok = comma + 1;
     }
+    return n;
 }
 
 /* Close every descriptor from 3 up but keep[0..n) (sorted) and also_keep. */
