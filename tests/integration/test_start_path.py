@@ -41,7 +41,7 @@ from tests.lab import Lab, Pki, User
 from tests.lab.hung import hung_mount
 
 from iservice.journal import Journal
-from iservice.linux import launch, spawn
+from iservice.linux import identity, launch, spawn
 from iservice.linux.identity import user_identity
 
 pytestmark = [pytest.mark.root,
@@ -90,6 +90,16 @@ def make_service(lab: Lab) -> Iterator[Callable[..., Service]]:
 def grouped_user(lab: Lab) -> User:
     """A user with two supplementary groups besides its own."""
     return lab.add_user("isvs", groups=[lab.add_group("isvsa"), lab.add_group("isvsb")])
+
+
+def test_the_group_list_is_the_c_librarys(lab: Lab, grouped_user: User) -> None:
+    """``identity.getgrouplist`` (through ctypes, without the GIL) gives what
+    ``os.getgrouplist`` gives, also past its first buffer of 64 groups."""
+    many = lab.add_user("isvm", groups=[lab.add_group("isvmg") for _ in range(70)])
+    for u in (grouped_user, many):
+        assert sorted(identity.getgrouplist(u.name, u.gid)) == \
+            sorted(os.getgrouplist(u.name, u.gid))
+    assert len(identity.getgrouplist(many.name, many.gid)) == 71
 
 
 def expected_groups(user: User) -> list[int]:
