@@ -44,7 +44,7 @@ import os
 import resource
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -264,26 +264,24 @@ def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir:
     """
     raise_stack_limit()  # openvpn's hooks get up to 6 MiB of environment
     via_runas = spawner is not None and spawner.kind == "runas"
-    passed: tuple[int, ...] = (channel_fd, *extra_fds)
+    keep: tuple[int, ...] = (channel_fd, *extra_fds)  # openvpn's
     full = spawn_argv(exe, ["--cd", workdir, *argv], user, nice=nice, spawner=spawner,
-                      cgroup_fd=cgroup_fd if via_runas else None, keep=passed)
+                      cgroup_fd=cgroup_fd if via_runas else None, keep=keep)
+    # what the spawned program gets; runas writes the cgroup's and closes it first
+    passed = keep + ((cgroup_fd,) if via_runas and cgroup_fd is not None else ())
     if spawner is not None and not os.access(exe, os.X_OK):
         # The spawner would report this only as an exit status, after the PID reply; the
         # client gets the original's "cannot start" error instead (as with Popen).
         raise FileNotFoundError(errno.ENOENT if not os.path.exists(exe) else errno.EACCES,
                                 f"{exe} is not executable", exe)
     if via_runas and spawn.available():
-        return _spawn_runas(full, user, stdin, output_fd,
-                            passed + (() if cgroup_fd is None else (cgroup_fd,)))
+        return _spawn_runas(full, user, stdin, output_fd, passed)
     ids: dict[str, Any] = {}
-    if cgroup_fd is not None:
-        if via_runas:
-            passed += (cgroup_fd,)  # runas writes and closes it before anything else
-        else:
-            # The fallbacks join in the child before exec: CPython then forks instead
-            # of vforking (slower, ~1.5 ms), which is why runas is preferred.
-            fd = cgroup_fd
-            ids["preexec_fn"] = lambda: move_self(fd)
+    if cgroup_fd is not None and not via_runas:
+        # The fallbacks join in the child before exec: CPython then forks instead
+        # of vforking (slower, ~1.5 ms), which is why runas is preferred.
+        fd = cgroup_fd
+        ids["preexec_fn"] = lambda: move_self(fd)
     if spawner is None:
         ids.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
     proc = subprocess.Popen(
@@ -298,12 +296,7 @@ def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir:
         start_new_session=True,  # no signals from the service's terminal
         **ids,
     )
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except OSError:  # out of descriptors: a child nobody could watch is ended
-        proc.kill()
-        proc.wait()
-        raise
+    pidfd = _pidfd_or_end(proc.pid, proc.wait)
     if nice and (spawner is None or spawner.kind != "runas"):
         # Set while the child is most likely still setpriv (it loads its libraries
         # for ~0.5 ms before it execs openvpn), so openvpn usually starts with it.
@@ -319,6 +312,18 @@ def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir:
     return Child(proc.pid, pidfd, proc)
 
 
+def _pidfd_or_end(pid: int, reap: Callable[[], object]) -> int:
+    """A pidfd for our child ``pid``; if none can be opened (out of descriptors) the
+    child is killed, reaped by ``reap`` and the error raised: nobody could watch it.
+    (Still our unreaped child, so the pid cannot name another process.)"""
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        os.kill(pid, signal.SIGKILL)
+        reap()
+        raise
+
+
 def _spawn_runas(full: list[str], user: UserIdentity, stdin: bytes, output_fd: int,
                  keep: tuple[int, ...]) -> Child:
     """``iservice-runas`` started by ``spawn.spawn`` (no GIL held while it starts; its
@@ -330,12 +335,7 @@ def _spawn_runas(full: list[str], user: UserIdentity, stdin: bytes, output_fd: i
     finally:
         os.close(stdin_r)
     try:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:  # out of descriptors: a child nobody could watch is ended
-            os.kill(pid, signal.SIGKILL)  # still our unreaped child: the pid is its own
-            os.waitpid(pid, 0)
-            raise
+        pidfd = _pidfd_or_end(pid, lambda: os.waitpid(pid, 0))
         try:
             # At most 4096 UTF-16 units: fits a pipe buffer, so this never blocks.
             if stdin:
