@@ -131,6 +131,46 @@ def p1(lab: Lab, args: argparse.Namespace) -> None:
               f"{q(dur[name], .9):8.3f}")
 
 
+def machine_busy() -> tuple[float, float]:
+    """(CPU seconds busy over all CPUs, seconds of CPU available) since boot (/proc/stat)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz  # idle, iowait
+
+
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """Every process's (name, CPU seconds so far of its live threads), from schedstat:
+    exact, where /proc/PID/stat counts in ticks of 10 ms."""
+    out: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            name = (entry / "comm").read_text().strip()
+            ns = sum(int((task / "schedstat").read_text().split()[0])
+                     for task in (entry / "task").iterdir())
+            out[int(entry.name)] = (name, ns / 1e9)
+    return out
+
+
+def cpu_account(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                service: int, sessions: set[int], drivers: set[int]) -> dict[str, float]:
+    """CPU ms in the window by who used it: the service, the sessions' processes
+    (iservice-runas, then the stand-in: one pid), the users' drivers, kernel threads
+    (no parent but kthreadd), the rest.  A process that started and ended inside the
+    window is not seen (none of the burst's do)."""
+    kernel = {pid for pid, (name, _) in after.items()
+              if name.startswith(("kworker", "ksoftirqd", "rcu_", "kdamond", "migration"))}
+    out: dict[str, float] = collections.defaultdict(float)
+    for pid, (_name, cpu) in after.items():
+        used = (cpu - before[pid][1] if pid in before else cpu) * 1000
+        who = ("service" if pid == service else "sessions" if pid in sessions
+               else "drivers" if pid in drivers else "kernel threads" if pid in kernel
+               else "other")
+        out[who] += used
+    return out
+
+
 def bursts(lab: Lab, args: argparse.Namespace) -> None:
     stay = build_standin(lab)
     svc, probe = start_service(lab, "psvstay", str(stay))
@@ -142,7 +182,9 @@ def bursts(lab: Lab, args: argparse.Namespace) -> None:
         for k in range(args.bursts):
             probe.events()
             cpu0 = thread_cpu(svc.service_pid())
+            procs0, busy0 = cpu_by_process(), machine_busy()
             results = run_burst(lab, drivers)
+            procs1, busy1 = cpu_by_process(), machine_busy()
             cpu1 = thread_cpu(svc.service_pid())
             got = [(x["t1"] - x["t0"]) * 1000 for r in results for x in r["results"]
                    if x["pid"]]
@@ -175,6 +217,15 @@ def bursts(lab: Lab, args: argparse.Namespace) -> None:
             print("    service CPU by thread (ms): " + ", ".join(
                 f"{'loop' if t == svc.service_pid() else t}: {ms:.0f}"
                 for ms, t in reversed(delta) if ms >= 1))
+            # Is the monitor thread the queue (busy most of the span), or the CPUs?
+            account = cpu_account(procs0, procs1, svc.service_pid(), set(pids),
+                                  {drv.proc.pid for drv in drivers})
+            busy, avail = busy1[0] - busy0[0], busy1[1] - busy0[1]
+            print(f"    monitor busy {sum(e[3] - e[2] for e in starts) * 1000 / span:.0%} of "
+                  f"its span; all CPUs busy {busy / avail:.0%} of the window "
+                  f"({busy * 1000:.0f} ms of {avail * 1000:.0f}); CPU by whom (ms): "
+                  + ", ".join(f"{who} {ms:.0f}" for who, ms in
+                              sorted(account.items(), key=lambda kv: -kv[1]) if ms >= 1))
             lat += got
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):

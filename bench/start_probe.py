@@ -83,7 +83,7 @@ def install() -> None:
     wrap(journal._Transaction, "__enter__", "journal: BEGIN")
     wrap(journal._Transaction, "__exit__", "journal: COMMIT")
     wrap(cgroup.Cgroups, "create", "cgroup mkdir")
-    wrap(cgroup.Cgroups, "open_procs", "cgroup open procs")
+    wrap(cgroup.Cgroups, "open_dir", "cgroup open dir")
     wrap(tun_effect, "create", "tun (all)")
     wrap(tun, "_create", "tun: create+owner+alias+persist")
     wrap(netlink.Rtnl, "link_set", "rtnl link_set")

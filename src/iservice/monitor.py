@@ -439,12 +439,12 @@ class Monitor:
                 change = self.journal.record(session_id, first.KIND, first.to_data())
         except Exception as exc:
             raise StartFailed(None, "journal", exc) from None
-        procs_fd: int | None = None
+        group_fd: int | None = None
         try:
             if group is not None:
                 assert self.cgroups is not None
                 self.cgroups.create(group.path)
-                procs_fd = self.cgroups.open_procs(group.path)
+                group_fd = self.cgroups.open_dir(group.path)
         except Exception as exc:
             raise StartFailed(session_id, "cgroup", exc) from None
         try:
@@ -464,12 +464,12 @@ class Monitor:
                 child = self.platform.launcher.start_openvpn(
                     spec.exe, argv, user=spec.user, workdir=spec.workdir, nice=spec.nice,
                     stdin=spec.stdin, channel_fd=spec.channel_fd, output_fd=spec.output_fd,
-                    cgroup_fd=procs_fd)
+                    cgroup_fd=group_fd)
             except Exception as exc:
                 raise StartFailed(session_id, "spawn", exc) from None
         finally:
-            if procs_fd is not None:
-                os.close(procs_fd)
+            if group_fd is not None:
+                os.close(group_fd)
         full = {**job.info, "tun": rec.name, "pid": child.pid, "start_time": None}
         try:
             with self.journal.transaction():

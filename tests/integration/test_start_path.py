@@ -42,6 +42,7 @@ from tests.lab.hung import hung_mount
 
 from iservice.journal import Journal
 from iservice.linux import identity, launch, spawn
+from iservice.linux.cgroup import Cgroups
 from iservice.linux.identity import user_identity
 
 pytestmark = [pytest.mark.root,
@@ -60,6 +61,7 @@ report = {{"argv": sys.argv[1:], "resuid": os.getresuid(), "resgid": os.getresgi
           "env": dict(os.environ), "nice": os.getpriority(os.PRIO_PROCESS, 0),
           "pid": os.getpid(), "sid": os.getsid(0), "cwd": os.getcwd(), "fds": fds,
           "stack": resource.getrlimit(resource.RLIMIT_STACK)[0],
+          "cgroup": [x[3:].strip() for x in open("/proc/self/cgroup") if x.startswith("0::")],
           "stdin": sys.stdin.buffer.read().decode()}}
 print("REPORT " + json.dumps(report), flush=True)
 time.sleep(600)
@@ -90,6 +92,20 @@ def make_service(lab: Lab) -> Iterator[Callable[..., Service]]:
 def grouped_user(lab: Lab) -> User:
     """A user with two supplementary groups besides its own."""
     return lab.add_user("isvs", groups=[lab.add_group("isvsa"), lab.add_group("isvsb")])
+
+
+@pytest.fixture
+def session_cgroup(tmp_path: Path) -> Iterator[tuple[Cgroups, str]]:
+    """A session cgroup made as the service makes one (``Cgroups``), removed after."""
+    groups = Cgroups.find(str(tmp_path))
+    path = groups.path_for(os.getpid())
+    groups.create(path)
+    try:
+        yield groups, path
+    finally:
+        groups.remove(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(groups._abs(groups.base))
 
 
 def test_the_group_list_is_the_c_librarys(lab: Lab, grouped_user: User) -> None:
@@ -218,22 +234,27 @@ def test_the_helper_refuses_bad_numbers_before_running_anything(tmp_path: Path,
     assert not mark.exists()
 
 
-def test_a_spawn_lets_the_services_other_threads_run_until_its_exec(lab: Lab) -> None:
+@pytest.mark.parametrize("into_cgroup", [False, True], ids=["posix_spawn", "clone3"])
+def test_a_spawn_lets_the_services_other_threads_run_until_its_exec(
+        lab: Lab, session_cgroup: tuple[Cgroups, str], into_cgroup: bool) -> None:
     """``spawn.spawn`` waits for the child's ``exec`` without the GIL (CPython 3.11's
-    ``Popen`` holds it all that time: docs/performance.md).  Here the ``exec`` waits on a
-    file system that never answers; the main thread meanwhile sleeps 0.1 s and wakes,
-    which it could not while another thread held the GIL (it would wake only when the
-    mount's dead man's switch ends the wait, after 20 s)."""
+    ``Popen`` holds it all that time: docs/performance.md), by either of its ways.  Here
+    the ``exec`` waits on a file system that never answers; the main thread meanwhile
+    sleeps 0.1 s and wakes, which it could not while another thread held the GIL (it
+    would wake only when the mount's dead man's switch ends the wait, after 20 s)."""
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     outcome: list[BaseException] = []
+    groups, path = session_cgroup
+    cgroup = groups.open_dir(path) if into_cgroup else None
 
     def start(path: str) -> None:
         try:
-            spawn.spawn(path, [path], {}, stdin=out_r, stdout=out_w, stderr=out_w)
+            spawn.spawn(path, [path], {}, stdin=out_r, stdout=out_w, stderr=out_w,
+                        cgroup=cgroup)
         except OSError as exc:
             outcome.append(exc)
     try:
-        with hung_mount(lab.base_dir / "hung-exec", deadline=20) as hung:
+        with hung_mount(lab.base_dir / f"hung-exec-{into_cgroup}", deadline=20) as hung:
             th = threading.Thread(target=start, args=(str(hung / "openvpn"),), daemon=True)
             th.start()
             time.sleep(0.2)  # the child is in its exec by now
@@ -246,8 +267,9 @@ def test_a_spawn_lets_the_services_other_threads_run_until_its_exec(lab: Lab) ->
         assert not th.is_alive() and len(outcome) == 1 and \
             isinstance(outcome[0], OSError), outcome
     finally:
-        os.close(out_r)
-        os.close(out_w)
+        for fd in (out_r, out_w, cgroup):
+            if fd is not None:
+                os.close(fd)
 
 
 def own_children() -> set[int]:
@@ -366,6 +388,118 @@ def test_the_helper_joins_the_sessions_cgroup_and_closes_its_descriptor() -> Non
     assert r.returncode == 0, r
     assert f"0::/{name}" in r.stdout.split()
     assert "cgroup.procs" not in r.stdout
+
+
+def start_reporter(reporter: Path, grouped_user: User, cgroup_fd: int,
+                   ) -> tuple[dict[str, Any], set[int]]:
+    """``start_openvpn`` through ``iservice-runas`` with ``cgroup_fd``: the stand-in's
+    report and the descriptors it was to keep."""
+    user = user_identity(grouped_user.uid, grouped_user.gid)
+    chan_a, chan_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        child = launch.start_openvpn(str(reporter), [], user=user, workdir="/tmp", nice=0,
+                                     stdin=b"", channel_fd=chan_b.fileno(), output_fd=out_w,
+                                     spawner=launch.SPAWNERS[0], cgroup_fd=cgroup_fd)
+        try:
+            os.close(out_w)
+            out_w = -1
+            return read_report(out_r), {chan_b.fileno()}
+        finally:
+            child.signal(signal.SIGKILL)
+            child.reap()
+            child.close()
+    finally:
+        for fd in (out_r, out_w):
+            if fd >= 0:
+                os.close(fd)
+        chan_a.close()
+        chan_b.close()
+
+
+@pytest.mark.parametrize("way", ["created-there", "joined"])
+def test_openvpn_is_in_the_sessions_cgroup_either_way(
+        reporter: Path, grouped_user: User, session_cgroup: tuple[Cgroups, str], way: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Created in the cgroup (``iservice_spawn.so``, clone3's CLONE_INTO_CGROUP), or, where
+    that cannot be done, joined by ``iservice-runas`` before it drops root: the same
+    process, in the session's cgroup, and no descriptor of the cgroup reaches it."""
+    groups, path = session_cgroup
+    if way == "joined":
+        monkeypatch.setattr(spawn, "_cgroup_spawner", None)
+    else:  # setup.sh builds the library; the machines have Linux >= 5.7 on x86-64
+        assert spawn.into_cgroup_available()
+    dir_fd = groups.open_dir(path)
+    try:
+        r, keep = start_reporter(reporter, grouped_user, dir_fd)
+    finally:
+        os.close(dir_fd)
+    assert r["cgroup"] == [path]
+    check_report(r, grouped_user, nice=0, stdin="", keep_fds=keep)
+
+
+class NoClone3IntoCgroup:
+    """Test double for a kernel without clone3 (or a seccomp filter refusing it), which
+    these machines do not have: ``isv_spawn`` answers ENOSYS and starts nothing."""
+
+    calls = 0
+
+    def isv_spawn(self, *args: object) -> int:
+        self.calls += 1
+        return errno.ENOSYS
+
+
+def test_a_kernel_that_cannot_create_in_a_cgroup_falls_back_to_joining_it(
+        reporter: Path, grouped_user: User, session_cgroup: tuple[Cgroups, str],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The start still succeeds, in the cgroup (the helper joins it); the service says
+    so once and does not try again."""
+    groups, path = session_cgroup
+    double = NoClone3IntoCgroup()
+    monkeypatch.setattr(spawn, "_cgroup_spawner", double)
+    dir_fd = groups.open_dir(path)
+    try:
+        with caplog.at_level("WARNING", logger="iservice.launch"):
+            first, _ = start_reporter(reporter, grouped_user, dir_fd)
+            second, keep = start_reporter(reporter, grouped_user, dir_fd)
+    finally:
+        os.close(dir_fd)
+    assert first["cgroup"] == second["cgroup"] == [path]
+    check_report(second, grouped_user, nice=0, stdin="", keep_fds=keep)
+    assert double.calls == 1 and not spawn.into_cgroup_available()
+    assert [m for m in caplog.messages if "event=cgroup-spawn-unavailable" in m] != []
+
+
+def test_a_spawn_into_a_cgroup_is_there_from_its_first_instruction(
+        tmp_path: Path, session_cgroup: tuple[Cgroups, str]) -> None:
+    """The program's first read of /proc/self/cgroup already names the session's cgroup
+    (nothing joined it); a failing exec, a descriptor that is not a cgroup's, a NUL:
+    an error, and no process left."""
+    groups, path = session_cgroup
+    dir_fd = groups.open_dir(path)
+    r, w_ = os.pipe2(os.O_CLOEXEC)
+    not_a_cgroup = os.open(str(tmp_path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        before = own_children()
+        pid = spawn.spawn("/bin/cat", ["cat", "/proc/self/cgroup"], {}, stdin=r, stdout=w_,
+                          stderr=w_, cgroup=dir_fd)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert f"0::{path}" in os.read(r, 65536).decode().splitlines()
+        for exe, fd, err in ((tmp_path / "missing", dir_fd, errno.ENOENT),
+                             (tmp_path, dir_fd, errno.EACCES),
+                             (Path("/bin/true"), not_a_cgroup, errno.EBADF)):
+            with pytest.raises(OSError) as info:
+                spawn.spawn(str(exe), [str(exe)], {}, stdin=r, stdout=w_, stderr=w_, cgroup=fd)
+            assert info.value.errno == err
+            assert not isinstance(info.value, spawn.CgroupSpawnUnavailable)
+        with pytest.raises(ValueError, match="NUL"):
+            spawn.spawn("/bin/true", ["true", "a\0b"], {}, stdin=r, stdout=w_, stderr=w_,
+                        cgroup=dir_fd)
+        assert own_children() == before and groups.procs(path) == []
+        assert spawn.into_cgroup_available()  # those were errors, not a kernel without it
+    finally:
+        for fd in (dir_fd, r, w_, not_a_cgroup):
+            os.close(fd)
 
 
 def test_a_helper_others_could_replace_is_not_used(tmp_path: Path) -> None:

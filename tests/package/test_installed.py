@@ -45,10 +45,14 @@ def test_it_is_the_installed_package_under_test() -> None:
         "install ok installed"
     assert run([ISERVICE, "--version"]).stdout.split() == ["iservice", __version__]
     where = run([PYTHON, "-I", "-c", "import iservice.plugin as p, iservice\n"
-                 "print(iservice.__file__); print(p.plugin_path()); print(p.runas_path())"])
+                 "print(iservice.__file__); print(p.plugin_path()); print(p.runas_path())\n"
+                 "print(p.spawn_library_path())\n"
+                 "from iservice.linux import spawn; print(spawn.into_cgroup_available())"])
     assert where.stdout.split() == [str(SITE / "__init__.py"),
                                     str(SITE / "plugin" / "iservice_plugin.so"),
-                                    str(SITE / "plugin" / "iservice-runas")], where.stderr
+                                    str(SITE / "plugin" / "iservice-runas"),
+                                    str(SITE / "plugin" / "iservice_spawn.so"),
+                                    "True"], where.stderr
     # Debian's python3 and python3-jeepney, no venv
     jeepney = run([PYTHON, "-I", "-c", "import jeepney; print(jeepney.__file__)"]).stdout
     assert jeepney.startswith("/usr/lib/python3/dist-packages/jeepney/")

@@ -1,16 +1,18 @@
 """A cgroup per session: every process of a session's openvpn, forks included, ends with it.
 
-The user controls their openvpn completely (it runs as them: they can ptrace it, make
-it fork, start a daemon from it).  Its pid identifies none of that, and a pid journaled
+The user controls their openvpn completely (it runs as them: they can ptrace it, make it
+fork, start a daemon from it). Its pid identifies none of that, and a pid journaled
 after the spawn leaves a window in which a crash of the service cannot prove which
-process to end.  So each session gets a cgroup of the cgroup v2 hierarchy, made and
-journaled *before* openvpn is spawned; the spawner (``iservice-runas``, or the fallback's
-``preexec_fn``) moves itself into it while still root, then becomes the user and execs
-openvpn.  Whatever openvpn or its descendants do, they stay in that cgroup: moving a
-process elsewhere needs write access to the target's ``cgroup.procs`` and to the common
-ancestor's, both root's.  At the session's end — and at the next start after the
-service was killed, from the journaled path — ``cgroup.kill`` ends all of them at once
-(kernel ≥ 5.14), and the emptied directory is removed.
+process to end. So each session gets a cgroup of the cgroup v2 hierarchy, made and
+journaled *before* openvpn is spawned; the spawner (``iservice-runas``) is created in it
+(``linux/spawn.py``: clone3's ``CLONE_INTO_CGROUP``), or, where that cannot be done,
+moves itself into it while still root (``iservice-runas``'s ``CGROUP``, the fallbacks'
+``preexec_fn``), then becomes the user and execs openvpn. Whatever openvpn or its
+descendants do, they stay in that cgroup: moving a process elsewhere needs write access
+to the target's ``cgroup.procs`` and to the common ancestor's, both root's. At the
+session's end — and at the next start after the service was killed, from the journaled
+path — ``cgroup.kill`` ends all of them at once (kernel ≥ 5.14), and the emptied
+directory is removed.
 
 Where: ``<the service's own cgroup>/iservice-<key>/session-<id>`` (paths in the
 hierarchy's own terms: journaled, they mean the same wherever it is mounted); the own
@@ -163,11 +165,14 @@ class Cgroups:
             raise CgroupError(errno.EINVAL, f"not a session cgroup of this service: {path}")
         os.mkdir(self._abs(path), 0o755)
 
-    def open_procs(self, path: str) -> int:
-        """A descriptor of the cgroup's ``cgroup.procs`` for the spawner: it writes "0" to
-        it (itself) while root.  Close-on-exec: it must never reach openvpn."""
-        return os.open(os.path.join(self._abs(path), "cgroup.procs"),
-                       os.O_WRONLY | os.O_CLOEXEC)
+    def open_dir(self, path: str) -> int:
+        """A descriptor of the session cgroup's directory for the spawn: the process is
+        created in it (``linux/spawn.py``), or joins it through ``open_procs_at``.
+        ``O_PATH`` (it reads and writes nothing itself), close-on-exec: it must never
+        reach openvpn."""
+        if not self.owns(path):
+            raise CgroupError(errno.EINVAL, f"not a session cgroup of this service: {path}")
+        return os.open(self._abs(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def kill(self, path: str) -> bool:
         """SIGKILL every process in the cgroup; False if the cgroup is gone."""
@@ -243,6 +248,12 @@ def wait_empty(path: str, timeout: float) -> bool:
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def open_procs_at(dir_fd: int) -> int:
+    """The ``cgroup.procs`` of the cgroup whose directory ``dir_fd`` is, for a process
+    that joins it itself (writes "0" while root).  Close-on-exec."""
+    return os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=dir_fd)
 
 
 def move_self(procs_fd: int) -> None:

@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import logging
 import os
 import resource
 import signal
@@ -50,9 +52,11 @@ from typing import Any, Literal
 
 from iservice.aio import readable
 from iservice.linux import spawn
-from iservice.linux.cgroup import move_self
+from iservice.linux.cgroup import move_self, open_procs_at
 from iservice.linux.identity import UserIdentity
 from iservice.plugin import runas_path
+
+log = logging.getLogger("iservice.launch")
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -257,30 +261,59 @@ def start_openvpn(exe: str, argv: Sequence[str], *, user: UserIdentity, workdir:
                   cgroup_fd: int | None = None) -> Child:
     """Start openvpn; its stdout and stderr go to ``output_fd`` (the session's log pipe).
 
-    ``cgroup_fd``: the session cgroup's ``cgroup.procs`` (``linux/cgroup.py``); the
-    process joins it before it becomes the user, so it and everything it ever forks
-    are in it.  Raises OSError when it cannot be started (``exe`` not executable,
-    spawn failed).
+    ``cgroup_fd``: the session cgroup's directory (``Cgroups.open_dir``).  The process
+    is created in it (``spawn.spawn(cgroup=…)``, with ``iservice-runas``), or else joins
+    it before it becomes the user; either way it and everything it ever forks are in
+    it.  Raises OSError when it cannot be started (``exe`` not executable, spawn
+    failed).
     """
     raise_stack_limit()  # openvpn's hooks get up to 6 MiB of environment
     via_runas = spawner is not None and spawner.kind == "runas"
     keep: tuple[int, ...] = (channel_fd, *extra_fds)  # openvpn's
-    full = spawn_argv(exe, ["--cd", workdir, *argv], user, nice=nice, spawner=spawner,
-                      cgroup_fd=cgroup_fd if via_runas else None, keep=keep)
-    # what the spawned program gets; runas writes the cgroup's and closes it first
-    passed = keep + ((cgroup_fd,) if via_runas and cgroup_fd is not None else ())
+    argv = ["--cd", workdir, *argv]
     if spawner is not None and not os.access(exe, os.X_OK):
         # The spawner would report this only as an exit status, after the PID reply; the
         # client gets the original's "cannot start" error instead (as with Popen).
         raise FileNotFoundError(errno.ENOENT if not os.path.exists(exe) else errno.EACCES,
                                 f"{exe} is not executable", exe)
+    if via_runas and spawn.available() and cgroup_fd is not None \
+            and spawn.into_cgroup_available():
+        try:  # born in the cgroup: nothing to join (spawn.py says what that saves)
+            return _spawn_runas(spawn_argv(exe, argv, user, nice=nice, spawner=spawner,
+                                           keep=keep),
+                                user, stdin, output_fd, keep, cgroup=cgroup_fd)
+        except spawn.CgroupSpawnUnavailable as exc:  # said once: from now on the old way
+            log.warning("event=cgroup-spawn-unavailable reason=%s: each session's "
+                        "iservice-runas joins its cgroup itself, which waits for an RCU "
+                        "grace period (~10-20 ms) per start", json.dumps(str(exc)))
+    procs_fd = None if cgroup_fd is None else open_procs_at(cgroup_fd)
+    try:
+        return _start_joining(exe, argv, user=user, nice=nice, stdin=stdin,
+                              output_fd=output_fd, keep=keep, spawner=spawner,
+                              procs_fd=procs_fd)
+    finally:
+        if procs_fd is not None:
+            os.close(procs_fd)
+
+
+def _start_joining(exe: str, argv: list[str], *, user: UserIdentity, nice: int,
+                   stdin: bytes, output_fd: int, keep: tuple[int, ...],
+                   spawner: Spawner | None, procs_fd: int | None) -> Child:
+    """``start_openvpn`` where the process joins its cgroup itself, through ``procs_fd``
+    (the cgroup's ``cgroup.procs``): ``iservice-runas``'s ``CGROUP``, or a
+    ``preexec_fn`` in the fallbacks."""
+    via_runas = spawner is not None and spawner.kind == "runas"
+    full = spawn_argv(exe, argv, user, nice=nice, spawner=spawner,
+                      cgroup_fd=procs_fd if via_runas else None, keep=keep)
+    # what the spawned program gets; runas writes the cgroup's and closes it first
+    passed = keep + ((procs_fd,) if via_runas and procs_fd is not None else ())
     if via_runas and spawn.available():
         return _spawn_runas(full, user, stdin, output_fd, passed)
     ids: dict[str, Any] = {}
-    if cgroup_fd is not None and not via_runas:
+    if procs_fd is not None and not via_runas:
         # The fallbacks join in the child before exec: CPython then forks instead
         # of vforking (slower, ~1.5 ms), which is why runas is preferred.
-        fd = cgroup_fd
+        fd = procs_fd
         ids["preexec_fn"] = lambda: move_self(fd)
     if spawner is None:
         ids.update(user=user.uid, group=user.gid, extra_groups=list(user.groups))
@@ -325,16 +358,16 @@ def _pidfd_or_end(pid: int, reap: Callable[[], object]) -> int:
 
 
 def _spawn_runas(full: list[str], user: UserIdentity, stdin: bytes, output_fd: int,
-                 keep: tuple[int, ...]) -> Child:
+                 keep: tuple[int, ...], *, cgroup: int | None = None) -> Child:
     """``iservice-runas`` started by ``spawn.spawn`` (no GIL held while it starts; its
-    KEEP closes whatever else the spawn let through)."""
+    KEEP closes whatever else the spawn let through), in ``cgroup`` if given."""
     stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = spawn.spawn(full[0], full, clean_environment(user), stdin=stdin_r,
-                          stdout=output_fd, stderr=output_fd, keep=keep)
-    finally:
-        os.close(stdin_r)
-    try:
+        try:
+            pid = spawn.spawn(full[0], full, clean_environment(user), stdin=stdin_r,
+                              stdout=output_fd, stderr=output_fd, keep=keep, cgroup=cgroup)
+        finally:
+            os.close(stdin_r)
         pidfd = _pidfd_or_end(pid, lambda: os.waitpid(pid, 0))
         try:
             # At most 4096 UTF-16 units: fits a pipe buffer, so this never blocks.
@@ -343,5 +376,5 @@ def _spawn_runas(full: list[str], user: UserIdentity, stdin: bytes, output_fd: i
         except BrokenPipeError:
             pass
     finally:
-        os.close(stdin_w)
+        os.close(stdin_w)  # also when nothing was started
     return Child(pid, pidfd)
