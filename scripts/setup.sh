@@ -43,9 +43,10 @@ fi
   echo "setup: atheris could not be installed; fuzzing falls back to hypothesis"
 chmod -R go+rX "$VENV"
 # pip shows setup.py's warnings only with -v: say it here when a C part is missing
-"$VENV/bin/python" -c 'from iservice.plugin import plugin_path, runas_path
-for what, found in (("the openvpn plugin", plugin_path()), ("iservice-runas", runas_path())):
+"$VENV/bin/python" -c 'from iservice.plugin import plugin_path, runas_path, spawn_library_path
+for what, found in (("the openvpn plugin", plugin_path()), ("iservice-runas", runas_path()),
+                    ("iservice_spawn.so", spawn_library_path())):
     if found is None:
         print(f"setup: WARNING: {what} was not built (gcc, libc6-dev, openvpn-plugin.h?);"
-              " the service falls back to the script hook / setpriv")' >&2
+              " the service falls back to the script hook / setpriv / the cgroup join")' >&2
 echo "setup: iservice $("$VENV/bin/iservice" --version | cut -d' ' -f2) in $VENV"
