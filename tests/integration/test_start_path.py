@@ -42,7 +42,7 @@ from tests.lab.hung import hung_mount
 
 from iservice.journal import Journal
 from iservice.linux import identity, launch, spawn
-from iservice.linux.cgroup import Cgroups
+from iservice.linux.cgroup import CgroupError, Cgroups
 from iservice.linux.identity import user_identity
 
 pytestmark = [pytest.mark.root,
@@ -62,6 +62,7 @@ report = {{"argv": sys.argv[1:], "resuid": os.getresuid(), "resgid": os.getresgi
           "pid": os.getpid(), "sid": os.getsid(0), "cwd": os.getcwd(), "fds": fds,
           "stack": resource.getrlimit(resource.RLIMIT_STACK)[0],
           "cgroup": [x[3:].strip() for x in open("/proc/self/cgroup") if x.startswith("0::")],
+          "cpus": sorted(os.sched_getaffinity(0)),
           "stdin": sys.stdin.buffer.read().decode()}}
 print("REPORT " + json.dumps(report), flush=True)
 time.sleep(600)
@@ -143,6 +144,8 @@ def check_report(r: dict[str, Any], user: User, *, nice: int, stdin: str,
         min(launch.OPENVPN_STACK_LIMIT, hard)
     assert r["stack"] == resource.RLIM_INFINITY or r["stack"] >= want
     assert r["stdin"] == stdin  # written, then EOF (the read returned)
+    # the spawner's own CPUs: never left pinned to the one it was created on (spawn.py)
+    assert r["cpus"] == sorted(os.sched_getaffinity(0))
 
 
 def read_report(fd: int, timeout: float = 10) -> dict[str, Any]:
@@ -436,6 +439,22 @@ def test_openvpn_is_in_the_sessions_cgroup_either_way(
         os.close(dir_fd)
     assert r["cgroup"] == [path]
     check_report(r, grouped_user, nice=0, stdin="", keep_fds=keep)
+
+
+def test_only_a_session_cgroup_is_opened_for_a_spawn(
+        session_cgroup: tuple[Cgroups, str]) -> None:
+    """The descriptor a spawn is created under names a session cgroup of this service and
+    nothing else, whatever path it is asked for (a damaged journal names the path)."""
+    groups, path = session_cgroup
+    for other in ("/", groups.base, f"{path}/../session-1", "session-1",
+                  f"{groups.base}/session-x"):
+        with pytest.raises(CgroupError):
+            groups.open_dir(other)
+    fd = groups.open_dir(path)
+    try:
+        assert os.path.samestat(os.fstat(fd), os.stat(groups._abs(path)))
+    finally:
+        os.close(fd)
 
 
 class NoClone3IntoCgroup:
