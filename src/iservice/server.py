@@ -535,6 +535,10 @@ class Server:
                         os.unlink(self.settings.socket_path)
         finally:
             self.monitor.close()
+            # Every session was undone, its cgroup with it: the (then empty) directory that
+            # held them goes too.  One a session's leftovers still fill stays for the
+            # next start, which ends them from the journal.
+            cgroups.remove_base()
 
     async def _serve(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()

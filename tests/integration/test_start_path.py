@@ -42,7 +42,7 @@ from tests.lab.hung import hung_mount
 
 from iservice.journal import Journal
 from iservice.linux import identity, launch, spawn
-from iservice.linux.cgroup import CgroupError, Cgroups
+from iservice.linux.cgroup import CgroupError, Cgroups, cgroup2_mount
 from iservice.linux.identity import user_identity
 
 pytestmark = [pytest.mark.root,
@@ -585,7 +585,12 @@ def test_the_service_starts_openvpn_as_the_user_with_nothing_else(
     finally:
         os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not svc.tuns() and not svc.journal()["sessions"], 5, what=svc.log_tail)
+    mount = cgroup2_mount(Path("/proc/self/mountinfo").read_text())
+    assert mount is not None and mount[1] == "/"
+    base = Path(mount[0] + os.path.dirname(group))  # where the service made its cgroups
+    assert base.is_dir() and not (base / os.path.basename(group)).exists()
     assert svc.stop() == 0
+    assert not base.exists()  # a stopped service leaves no empty cgroup behind
 
 
 def test_recovery_ends_a_leftover_process_only_if_pid_and_start_time_match(

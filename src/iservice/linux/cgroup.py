@@ -165,6 +165,12 @@ class Cgroups:
             raise CgroupError(errno.EINVAL, f"not a session cgroup of this service: {path}")
         os.mkdir(self._abs(path), 0o755)
 
+    def remove_base(self) -> None:
+        """Remove ``base`` if no session cgroup is left in it (at the service's stop;
+        the next start makes it again).  Not empty, or gone already: left as it is."""
+        with contextlib.suppress(OSError):  # ENOTEMPTY, EBUSY, ENOENT
+            os.rmdir(self._abs(self.base))
+
     def open_dir(self, path: str) -> int:
         """A descriptor of the session cgroup's directory for the spawn: the process is
         created in it (``linux/spawn.py``), or joins it through ``open_procs_at``.
