@@ -674,6 +674,8 @@ def cleanup(settings: Settings, platform: Platform | None = None) -> int:
             return asyncio.run(recover(mon))
         finally:
             mon.close()
+            if cgroups is not None:
+                cgroups.remove_base()  # made by finding it; empty unless a session is left
     finally:
         os.close(lock)
 
