@@ -31,6 +31,9 @@ PATTERNS = [
     "/usr/share/man/man*/iservice*", "/usr/share/bash-completion/completions/iservice",
     "/usr/share/zsh/vendor-completions/_iservice", "/usr/share/doc/iservice",
     "/usr/share/lintian/overrides/iservice", "/var/lib/dpkg/info/iservice.*",
+    # the directory of a service's session cgroups, made under its own cgroup (the root
+    # one here: the maintainer scripts' `iservice cleanup`); cgroup2 alone or beside v1
+    "/sys/fs/cgroup/iservice-*", "/sys/fs/cgroup/unified/iservice-*",
 ]
 
 
