@@ -22,7 +22,8 @@ accounts the sessions to the service), and ``<key>`` is made from the state dire
 session ids are unique per journal, and two services that share a cgroup (an
 administrator's hand-started test instance, the test lab) keep theirs apart.  No
 controller is enabled: only membership is used, so the "no internal processes" rule
-does not apply.
+does not apply.  ``iservice-<key>`` is made when the service starts (or ``iservice
+cleanup`` runs) and removed when it stops, if no session's cgroup is left in it.
 """
 
 from __future__ import annotations
