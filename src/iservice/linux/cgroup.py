@@ -1,15 +1,15 @@
 """A cgroup per session: every process of a session's openvpn, forks included, ends with it.
 
 The user controls their openvpn completely (it runs as them: they can ptrace it, make it
-fork, start a daemon from it). Its pid identifies none of that, and a pid journaled
+fork, start a daemon from it).  Its pid identifies none of that, and a pid journaled
 after the spawn leaves a window in which a crash of the service cannot prove which
-process to end. So each session gets a cgroup of the cgroup v2 hierarchy, made and
+process to end.  So each session gets a cgroup of the cgroup v2 hierarchy, made and
 journaled *before* openvpn is spawned; the spawner (``iservice-runas``) is created in it
 (``linux/spawn.py``: clone3's ``CLONE_INTO_CGROUP``), or, where that cannot be done,
 moves itself into it while still root (``iservice-runas``'s ``CGROUP``, the fallbacks'
-``preexec_fn``), then becomes the user and execs openvpn. Whatever openvpn or its
+``preexec_fn``), then becomes the user and execs openvpn.  Whatever openvpn or its
 descendants do, they stay in that cgroup: moving a process elsewhere needs write access
-to the target's ``cgroup.procs`` and to the common ancestor's, both root's. At the
+to the target's ``cgroup.procs`` and to the common ancestor's, both root's.  At the
 session's end — and at the next start after the service was killed, from the journaled
 path — ``cgroup.kill`` ends all of them at once (kernel ≥ 5.14), and the emptied
 directory is removed.
