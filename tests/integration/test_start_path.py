@@ -174,40 +174,55 @@ SPAWN_PATHS = [pytest.param(s, id=s.kind) for s in launch.SPAWNERS] + \
     [pytest.param(None, id="popen-user")]
 
 
-@pytest.mark.parametrize("spawner", SPAWN_PATHS)
-@pytest.mark.parametrize("nice", [10, -5])
-def test_every_spawn_path_makes_the_same_process(reporter: Path, grouped_user: User,
-                                                 spawner: launch.Spawner | None,
-                                                 nice: int) -> None:
+def start_reporter(reporter: Path, grouped_user: User, *,
+                   spawner: launch.Spawner | None = launch.SPAWNER,
+                   cgroup_fd: int | None = None, nice: int = 0, stdin: bytes = b"",
+                   argv: tuple[str, ...] = (), extra_fds: tuple[int, ...] = (),
+                   ) -> tuple[dict[str, Any], set[int], int]:
+    """``start_openvpn`` of the stand-in: its report, the descriptors it was to keep and
+    the pid ``start_openvpn`` gave (the child is ended after its report)."""
     user = user_identity(grouped_user.uid, grouped_user.gid)
     chan_a, chan_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    facts_r, facts_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    stray = os.open("/dev/null", os.O_RDONLY)  # not passed: must not reach the child
-    os.set_inheritable(stray, True)
     try:
-        child = launch.start_openvpn(str(reporter), ["--config", "x.ovpn"], user=user,
-                                     workdir="/tmp", nice=nice, stdin=b"user\npass\n",
-                                     channel_fd=chan_b.fileno(), output_fd=out_w,
-                                     extra_fds=(facts_r,), spawner=spawner)
+        child = launch.start_openvpn(str(reporter), list(argv), user=user, workdir="/tmp",
+                                     nice=nice, stdin=stdin, channel_fd=chan_b.fileno(),
+                                     output_fd=out_w, extra_fds=extra_fds, spawner=spawner,
+                                     cgroup_fd=cgroup_fd)
         try:
             os.close(out_w)
             out_w = -1
-            r = read_report(out_r)
-            assert r["argv"] == ["--cd", "/tmp", "--config", "x.ovpn"]
-            assert r["pid"] == child.pid
-            check_report(r, grouped_user, nice=nice, stdin="user\npass\n",
-                         keep_fds={chan_b.fileno(), facts_r})
+            return read_report(out_r), {chan_b.fileno(), *extra_fds}, child.pid
         finally:
             child.signal(signal.SIGKILL)
             child.reap()
             child.close()
     finally:
-        for fd in (facts_r, facts_w, out_r, out_w, stray):
+        for fd in (out_r, out_w):
             if fd >= 0:
                 os.close(fd)
         chan_a.close()
         chan_b.close()
+
+
+@pytest.mark.parametrize("spawner", SPAWN_PATHS)
+@pytest.mark.parametrize("nice", [10, -5])
+def test_every_spawn_path_makes_the_same_process(reporter: Path, grouped_user: User,
+                                                 spawner: launch.Spawner | None,
+                                                 nice: int) -> None:
+    facts_r, facts_w = os.pipe2(os.O_CLOEXEC)
+    stray = os.open("/dev/null", os.O_RDONLY)  # not passed: must not reach the child
+    os.set_inheritable(stray, True)
+    try:
+        r, keep, pid = start_reporter(reporter, grouped_user, spawner=spawner, nice=nice,
+                                      stdin=b"user\npass\n", argv=("--config", "x.ovpn"),
+                                      extra_fds=(facts_r,))
+        assert r["argv"] == ["--cd", "/tmp", "--config", "x.ovpn"]
+        assert r["pid"] == pid
+        check_report(r, grouped_user, nice=nice, stdin="user\npass\n", keep_fds=keep)
+    finally:
+        for fd in (facts_r, facts_w, stray):
+            os.close(fd)
 
 
 BAD_RUNAS_ARGS = [[*a, "-", "-"] for a in [
@@ -393,33 +408,6 @@ def test_the_helper_joins_the_sessions_cgroup_and_closes_its_descriptor() -> Non
     assert "cgroup.procs" not in r.stdout
 
 
-def start_reporter(reporter: Path, grouped_user: User, cgroup_fd: int,
-                   ) -> tuple[dict[str, Any], set[int]]:
-    """``start_openvpn`` through ``iservice-runas`` with ``cgroup_fd``: the stand-in's
-    report and the descriptors it was to keep."""
-    user = user_identity(grouped_user.uid, grouped_user.gid)
-    chan_a, chan_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    try:
-        child = launch.start_openvpn(str(reporter), [], user=user, workdir="/tmp", nice=0,
-                                     stdin=b"", channel_fd=chan_b.fileno(), output_fd=out_w,
-                                     spawner=launch.SPAWNERS[0], cgroup_fd=cgroup_fd)
-        try:
-            os.close(out_w)
-            out_w = -1
-            return read_report(out_r), {chan_b.fileno()}
-        finally:
-            child.signal(signal.SIGKILL)
-            child.reap()
-            child.close()
-    finally:
-        for fd in (out_r, out_w):
-            if fd >= 0:
-                os.close(fd)
-        chan_a.close()
-        chan_b.close()
-
-
 @pytest.mark.parametrize("way", ["created-there", "joined"])
 def test_openvpn_is_in_the_sessions_cgroup_either_way(
         reporter: Path, grouped_user: User, session_cgroup: tuple[Cgroups, str], way: str,
@@ -434,7 +422,8 @@ def test_openvpn_is_in_the_sessions_cgroup_either_way(
         assert spawn.into_cgroup_available()
     dir_fd = groups.open_dir(path)
     try:
-        r, keep = start_reporter(reporter, grouped_user, dir_fd)
+        r, keep, _pid = start_reporter(reporter, grouped_user, cgroup_fd=dir_fd,
+                                      spawner=launch.SPAWNERS[0])
     finally:
         os.close(dir_fd)
     assert r["cgroup"] == [path]
@@ -479,8 +468,10 @@ def test_a_kernel_that_cannot_create_in_a_cgroup_falls_back_to_joining_it(
     dir_fd = groups.open_dir(path)
     try:
         with caplog.at_level("WARNING", logger="iservice.launch"):
-            first, _ = start_reporter(reporter, grouped_user, dir_fd)
-            second, keep = start_reporter(reporter, grouped_user, dir_fd)
+            first, _, _ = start_reporter(reporter, grouped_user, cgroup_fd=dir_fd,
+                                         spawner=launch.SPAWNERS[0])
+            second, keep, _ = start_reporter(reporter, grouped_user, cgroup_fd=dir_fd,
+                                              spawner=launch.SPAWNERS[0])
     finally:
         os.close(dir_fd)
     assert first["cgroup"] == second["cgroup"] == [path]
