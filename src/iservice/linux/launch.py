@@ -176,7 +176,6 @@ class Child:
             else:
                 _pid, status = os.waitpid(self.pid, 0)
                 self.returncode = os.waitstatus_to_exitcode(status)
-                _spawn_reaped(self.pid)
         return self.returncode
 
     def signal(self, sig: int) -> None:
@@ -346,15 +345,6 @@ def _start_joining(exe: str, argv: list[str], *, user: UserIdentity, nice: int,
     return Child(proc.pid, pidfd, proc)
 
 
-def _spawn_reaped(pid: int) -> None:
-    """``spawn.reaped``, and the reason said if the child failed before its ``exec``
-    (the clone3 way does not wait for it: its exit status is then 127)."""
-    err = spawn.reaped(pid)
-    if err:
-        log.error("event=spawn-failed pid=%d errno=%d: iservice-runas could not be "
-                  "started: %s", pid, err, os.strerror(err))
-
-
 def _pidfd_or_end(pid: int, reap: Callable[[], object]) -> int:
     """A pidfd for our child ``pid``; if none can be opened (out of descriptors) the
     child is killed, reaped by ``reap`` and the error raised: nobody could watch it.
@@ -370,8 +360,7 @@ def _pidfd_or_end(pid: int, reap: Callable[[], object]) -> int:
 def _spawn_runas(full: list[str], user: UserIdentity, stdin: bytes, output_fd: int,
                  keep: tuple[int, ...], *, cgroup: int | None = None) -> Child:
     """``iservice-runas`` started by ``spawn.spawn`` (no GIL held while it starts; its
-    KEEP closes whatever else the spawn let through), in ``cgroup`` if given (then it
-    returns before the helper's ``exec``: ``Child.reap`` tells a failure there)."""
+    KEEP closes whatever else the spawn let through), in ``cgroup`` if given."""
     stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
     try:
         try:
@@ -379,10 +368,7 @@ def _spawn_runas(full: list[str], user: UserIdentity, stdin: bytes, output_fd: i
                               stdout=output_fd, stderr=output_fd, keep=keep, cgroup=cgroup)
         finally:
             os.close(stdin_r)
-        def reap() -> None:
-            os.waitpid(pid, 0)
-            _spawn_reaped(pid)
-        pidfd = _pidfd_or_end(pid, reap)
+        pidfd = _pidfd_or_end(pid, lambda: os.waitpid(pid, 0))
         try:
             # At most 4096 UTF-16 units: fits a pipe buffer, so this never blocks.
             if stdin:

@@ -27,12 +27,6 @@ With ``cgroup`` (a directory descriptor of a cgroup2 cgroup) the child is create
 that cgroup instead: ``isv_spawn`` of the small library ``iservice_spawn.so``
 (``plugin/iservice_spawn.c``, built next to the plugin), the same child made with
 ``clone3``'s ``CLONE_INTO_CGROUP``, which glibc 2.36's ``posix_spawn`` cannot ask for.
-That way does not wait for the child's ``exec`` (waiting cost ~1.2 ms per start on
-an idle 2-vCPU guest: docs/performance.md, "Sixth look"): ``spawn`` returns as soon
-as the process exists, and a failure before or in its ``exec`` (``ENOENT``, say) is
-its exit status 127, with the errno given by ``reaped(pid)``, which the caller must
-call once it has reaped the child (it frees the child's copy of the arguments and
-its stack).
 A process that moves itself into a cgroup waits for an RCU grace period (the
 kernel's ``cgroup_threadgroup_rwsem``): 14 ms per session start on an idle 2-vCPU
 guest, during which openvpn has not started and every fork on the machine waits
@@ -43,9 +37,9 @@ from then on ``into_cgroup_available()`` is False: the caller joins the cgroup t
 way (``iservice-runas``'s ``CGROUP``).
 
 Errors: an ``OSError`` with the errno ``posix_spawn`` returned, including the ``exec``'s
-(``ENOENT``, ``EACCES``) on the ``posix_spawn`` way; nothing is left running then.
-``ValueError`` for a NUL inside a string, before anything runs (C would cut the string
-there, so openvpn would get another argument than the one the validator checked).
+(``ENOENT``, ``EACCES``); nothing is left running then.  ``ValueError`` for a NUL inside
+a string, before anything runs (C would cut the string there, so openvpn would get
+another argument than the one the validator checked).
 """
 
 from __future__ import annotations
@@ -58,7 +52,7 @@ from collections.abc import Mapping, Sequence
 
 from iservice.plugin import spawn_library_path
 
-__all__ = ["CgroupSpawnUnavailable", "available", "into_cgroup_available", "reaped", "spawn"]
+__all__ = ["CgroupSpawnUnavailable", "available", "into_cgroup_available", "spawn"]
 
 POSIX_SPAWN_SETSIGDEF = 0x04
 POSIX_SPAWN_SETSIGMASK = 0x08
@@ -108,26 +102,15 @@ def _load_cgroup_spawner() -> ctypes.CDLL | None:
     int_p = ctypes.POINTER(ctypes.c_int)
     func.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p),
                      ctypes.POINTER(ctypes.c_char_p), int_p, int_p, ctypes.c_int,
-                     ctypes.c_char_p, ctypes.c_int, int_p, ctypes.POINTER(ctypes.c_void_p)]
+                     ctypes.c_char_p, ctypes.c_int, int_p]
     func.restype = ctypes.c_int
-    try:
-        lib.isv_spawn_release.argtypes = [ctypes.c_void_p]
-    except AttributeError:  # an older build, whose isv_spawn waited for the exec
-        return None
-    lib.isv_spawn_release.restype = ctypes.c_int
     return lib
 
 
-_library = _load_cgroup_spawner()
-_cgroup_spawner = _library  # None from the first answer that this kernel cannot
+_cgroup_spawner = _load_cgroup_spawner()
 # what isv_spawn answers when clone3 or CLONE_INTO_CGROUP cannot be used here (a seccomp
 # filter may answer EPERM): nothing was started, and the old way is taken from then on
 _UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.E2BIG, errno.EPERM})
-
-
-# pid → the mapping isv_spawn made for that child (its arguments and stack), until the
-# child is reaped; touched by the monitor thread (spawn) and the event loop (reap)
-_mappings: dict[int, int] = {}
 
 
 class CgroupSpawnUnavailable(OSError):
@@ -219,29 +202,14 @@ def _spawn_in_cgroup(c_path: bytes, c_argv: ctypes.Array[ctypes.c_char_p],
     if lib is None:
         raise CgroupSpawnUnavailable(errno.ENOSYS, "iservice_spawn.so is not available")
     pid = ctypes.c_int(0)
-    handle = ctypes.c_void_p(None)
     c_stdio = (ctypes.c_int * 3)(*stdio)
     c_keep = (ctypes.c_int * max(1, len(keep)))(*keep)
-    # ctypes releases the GIL around the call (the clone's kernel work)
+    # The call that waits for the child's exec; ctypes releases the GIL around it.
     ret = lib.isv_spawn(c_path, c_argv, c_env, c_stdio, c_keep, len(keep), c_cwd, cgroup,
-                        ctypes.byref(pid), ctypes.byref(handle))
+                        ctypes.byref(pid))
     if ret in _UNSUPPORTED:
         _cgroup_spawner = None
         raise CgroupSpawnUnavailable(ret, f"clone3 into a cgroup: {os.strerror(ret)}")
     if ret != 0:
         raise OSError(ret, os.strerror(ret), os.fsdecode(c_path))
-    assert handle.value is not None
-    _mappings[pid.value] = handle.value
     return pid.value
-
-
-def reaped(pid: int) -> int:
-    """``pid``, started by ``spawn(..., cgroup=…)``, has been reaped: free what it was
-    given, and say why it failed if it did so before its ``exec`` was done (an errno,
-    its exit status then being 127), else 0.  0 for a pid of the other ways (they
-    report such failures from ``spawn`` itself)."""
-    handle = _mappings.pop(pid, None)
-    lib = _library
-    if handle is None or lib is None:
-        return 0
-    return int(lib.isv_spawn_release(handle))
