@@ -495,6 +495,19 @@ def test_a_spawn_into_a_cgroup_is_there_from_its_first_instruction(
                           stderr=w_, cgroup=dir_fd)
         assert os.waitpid(pid, 0)[1] == 0
         assert f"0::{path}" in os.read(r, 65536).decode().splitlines()
+        # every argument and variable arrives as given
+        args = [f"arg{i}-" + "é" * (i % 40) for i in range(200)]
+        env = {f"V{i}": "x" * (i % 50) for i in range(300)}
+        pid = spawn.spawn("/bin/sh", ["sh", "-c", 'printf "%s\\n" "$@"; env', "sh", *args],
+                          env, stdin=r, stdout=w_, stderr=w_, cgroup=dir_fd)
+        out = b""  # read before the wait: it may be more than a pipe holds
+        while not out.endswith(b"\n") or out.count(b"\n") < len(args) + len(env):
+            out += os.read(r, 1 << 20)
+        assert os.waitpid(pid, 0)[1] == 0
+        lines = out.decode().splitlines()
+        assert lines[:len(args)] == args
+        assert {k: v for k, _, v in (x.partition("=") for x in lines[len(args):])
+                if k != "PWD"} == env
         for exe, fd, err in ((tmp_path / "missing", dir_fd, errno.ENOENT),
                              (tmp_path, dir_fd, errno.EACCES),
                              (Path("/bin/true"), not_a_cgroup, errno.EBADF)):
