@@ -191,6 +191,24 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def cpu_probe_ms(rounds: int = 5) -> float:
+    """The fastest of ``rounds`` runs of one fixed pure-Python loop (~1 ms), in ms: how
+    fast this machine's CPU was just then.  On the 2-vCPU KVM guest of
+    docs/performance.md it moved between 0.63 and 1.07 ms within six seconds, with no
+    other load and no steal time counted (a 1,000,000-step loop: 95-169 ms over 13 s):
+    the host's speed moves a burst's p99 more than most changes do.  One probe before
+    a burst tells the machine's state then, not through the burst (it changes within
+    one: docs/performance.md, "Sixth look")."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        acc = 0
+        for i in range(20_000):
+            acc += i * i
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
