@@ -500,7 +500,7 @@ def test_a_spawn_into_a_cgroup_is_there_from_its_first_instruction(
         env = {f"V{i}": "x" * (i % 50) for i in range(300)}
         pid = spawn.spawn("/bin/sh", ["sh", "-c", 'printf "%s\\n" "$@"; env', "sh", *args],
                           env, stdin=r, stdout=w_, stderr=w_, cgroup=dir_fd)
-        out = b""  # read before the wait: it may be more than a pipe holds
+        out = b""  # read before the wait, so that no output can hold the child up
         while not out.endswith(b"\n") or out.count(b"\n") < len(args) + len(env):
             out += os.read(r, 1 << 20)
         assert os.waitpid(pid, 0)[1] == 0
