@@ -330,7 +330,7 @@ def _start_joining(exe: str, argv: list[str], *, user: UserIdentity, nice: int,
         **ids,
     )
     pidfd = _pidfd_or_end(proc.pid, proc.wait)
-    if nice and (spawner is None or spawner.kind != "runas"):
+    if nice and not via_runas:
         # Set while the child is most likely still setpriv (it loads its libraries
         # for ~0.5 ms before it execs openvpn), so openvpn usually starts with it.
         with contextlib.suppress(OSError):  # it already exited; the session will see that
