@@ -334,7 +334,7 @@ def test_a_child_that_cannot_be_watched_is_ended(reporter: Path, grouped_user: U
         raise OSError(errno.EMFILE, "Too many open files")
     try:
         before = own_children()
-        monkeypatch.setattr(launch.os, "pidfd_open", no_pidfd)
+        monkeypatch.setattr(os, "pidfd_open", no_pidfd)  # the module launch uses
         with pytest.raises(OSError) as info:
             launch.start_openvpn(str(reporter), [], user=user, workdir="/tmp", nice=0,
                                  stdin=b"", channel_fd=out_r, output_fd=out_w,
